@@ -1,0 +1,76 @@
+"""What a person sees while optimize runs: rich progress bars per phase, a table per step."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .optimize import OptimizeResult, Reporter, StepRecord
+
+
+def _pct(rate: float) -> str:
+    return f"{rate:.1%}"
+
+
+class RichReporter(Reporter):
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self.tasks: dict[str, int] = {}
+        self.label = "baseline"
+
+    def start(self, options, split, init) -> None:
+        evol, opt = options.evol_settings(), options.optimizer_settings()
+        self.console.print(
+            f"[bold]auto-evol optimize[/] {split.name}: {len(split.train)} training, {len(split.dev)} dev | "
+            f"start {init.name} | steps {options.steps}, m {options.candidates}, batch {options.batch_size}, "
+            f"rounds {options.rounds} | evol {evol.label} (t={evol.temperature}), "
+            f"optimizer {opt.label} (t={opt.temperature})")
+        self.progress.start()
+
+    def phase(self, name: str, total: int) -> None:
+        for task in self.tasks.values():
+            self.progress.remove_task(task)
+        self.tasks = {name: self.progress.add_task(f"{self.label}: {name}", total=total)}
+
+    def advance(self, name: str) -> None:
+        task = self.tasks.get(name)
+        if task is not None:
+            self.progress.advance(task)
+
+    def baseline(self, evaluation) -> None:
+        counts = ", ".join(f"{k} {v}" for k, v in evaluation.counts().most_common()) or "none"
+        self.console.print(f"{evaluation.method.name} on the dev set: failure rate {_pct(evaluation.rate)} "
+                           f"({counts})")
+        self.label = "step 1"
+
+    def step(self, record: StepRecord) -> None:
+        self.console.print(step_table(record))
+        self.label = f"step {record.step + 1}"
+
+    def finish(self, result: OptimizeResult) -> None:
+        self.progress.stop()
+        rates = " -> ".join(_pct(r) for r in result.rates)
+        self.console.print(f"[bold]e*[/] = {result.best.name} (from {result.best.parent}) written to "
+                           f"{result.method_path}; failure rate {rates}")
+        calls = {role: u["calls"] for role, u in result.usage.items()}
+        self.console.print(f"{sum(calls.values())} LLM calls ({calls['evol']} evol, {calls['optimizer']} "
+                           f"optimizer) in {result.seconds:.0f} s"
+                           + (f"; MLflow run {result.run_id}" if result.run_id else ""))
+
+
+def step_table(record: StepRecord) -> Table:
+    table = Table(title=f"step {record.step}: incumbent {record.incumbent.name} "
+                        f"at {_pct(record.incumbent_rate)}", title_justify="left")
+    for column in ("candidate", "failure rate", "failures by type", "method", "result"):
+        table.add_column(column)
+    for c in record.candidates:
+        counts = ", ".join(f"{k} {v}" for k, v in c.evaluation.counts().most_common()) or "-"
+        result = "accepted" if record.accepted == c.index else ("" if c.readable else "unreadable, kept incumbent")
+        table.add_row(str(c.index + 1), _pct(c.evaluation.rate), counts, c.method.hash, result)
+    phases = ", ".join(f"{k} {record.calls.get(k, 0)} calls / {v:.0f}s" for k, v in record.seconds.items())
+    table.caption = phases
+    table.caption_justify = "left"
+    return table

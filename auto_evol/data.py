@@ -1,0 +1,132 @@
+"""Instruction datasets in: JSONL, JSON, CSV or Parquet files, one instruction per row.
+
+Every problem is reported as one line naming the file (and line, where there is one) and what is
+wrong. Rows keep all their columns; the instruction column is named by the user or guessed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+# Column names tried, in order, when the user names none.
+COMMON_INSTRUCTION_FIELDS = ("instruction", "prompt", "question", "query", "input", "text", "problem")
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One instruction with its id and the rest of its row (answers, metadata)."""
+    id: str
+    instruction: str
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a data file")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        known = ", ".join(sorted(FORMATS))
+        raise UserError(f"{path}: unknown data format {path.suffix or '(no suffix)'!r} (known: {known})")
+    rows = {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet}[kind](path)
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 ({exc.reason})") from None
+
+
+def _jsonl(path: Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        row.setdefault("_line", number)
+        rows.append(row)
+    return rows
+
+
+def _json(path: Path) -> list[dict]:
+    try:
+        data = json.loads(_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if isinstance(data, dict):  # {"data": [...]} and similar single-key wrappers
+        lists = [v for v in data.values() if isinstance(v, list)]
+        data = lists[0] if len(lists) == 1 else data
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of objects")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: item {i} is {type(row).__name__}, expected an object")
+    return data
+
+
+def _csv(path: Path) -> list[dict]:
+    text = _text(path)
+    try:
+        reader = csv.DictReader(text.splitlines())
+        rows = []
+        for row in reader:
+            row["_line"] = reader.line_num
+            rows.append(row)
+    except csv.Error as exc:
+        raise UserError(f"{path}: not valid CSV ({exc})") from None
+    return rows
+
+
+def _parquet(path: Path) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+
+
+def instruction_field(rows: list[dict], wanted: str | None, source: str) -> str:
+    columns = [c for c in rows[0] if not c.startswith("_")]
+    if wanted:
+        if wanted not in rows[0]:
+            raise UserError(f"{source}: no column {wanted!r} (columns: {', '.join(columns)})")
+        return wanted
+    for name in COMMON_INSTRUCTION_FIELDS:
+        if name in rows[0]:
+            return name
+    raise UserError(f"{source}: no instruction column found (columns: {', '.join(columns)}); "
+                    f"name one with --instruction-field")
+
+
+def to_items(rows: list[dict], field_name: str, source: str) -> list[Item]:
+    items = []
+    for i, row in enumerate(rows):
+        where = f"{source}:{row['_line']}" if "_line" in row else f"{source} row {i + 1}"
+        value = row.get(field_name)
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"{where}: empty or missing {field_name!r}")
+        extra = {k: v for k, v in row.items() if k not in (field_name, "_line")}
+        items.append(Item(id=str(row.get("id", i)), instruction=value.strip(), extra=extra))
+    return items
+
+
+def load_items(path: Path, field_name: str | None = None) -> list[Item]:
+    rows = read_rows(path)
+    return to_items(rows, instruction_field(rows, field_name, str(path)), str(path))

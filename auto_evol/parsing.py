@@ -1,0 +1,112 @@
+"""Reading what an LLM meant out of what it wrote.
+
+Two readers: the final instruction in an evolver's reply, and the new method in an optimizer's reply.
+Both tolerate the ways real models drift from the requested format: markers in any case and spacing,
+wrapped in markdown bold or headings, with or without the 'Step N' prefix, the format echoed back
+empty before the real answer, and an instruction that itself mentions the marker words mid-line.
+A marker only counts when it starts a line (after decoration), never inside running text.
+"""
+from __future__ import annotations
+
+import re
+
+from .method import PLACEHOLDER, placeholder_problem
+
+# Decoration that may surround a marker at the start of a line: quote marks, list bullets,
+# markdown headings and emphasis, '#' marker fences.
+_DECOR = r"[ \t>*_#`\-]*"
+_STEP = r"(?:step\s*\d+\s*[:.)\-–]?\s*)?"
+
+
+def _marker(words: str) -> str:
+    return r"\s+".join(words.split())
+
+
+_FINAL = _marker("finally rewritten instruction")
+_KNOWN = "|".join(_marker(w) for w in (
+    "finally rewritten instruction", "rewritten instruction", "methods list", "method list", "plan",
+    "instruction", "explanation", "review",
+))
+# A line that opens one of the reply's sections: 'Step 4 #Finally Rewritten Instruction#:',
+# '**Finally rewritten instruction:**', '### Rewritten Instruction', ...
+_FINAL_HEADER = re.compile(rf"^{_DECOR}{_STEP}{_DECOR}(?:{_FINAL}){_DECOR}:?{_DECOR}", re.I | re.M)
+# Any section header that ends the final instruction. To avoid cutting an instruction at one of its
+# own lines ('Plan: ...', 'Step 1: add the numbers'), a header is a known section name behind a
+# 'Step N' prefix or inside the '#...#' fence.
+_SECTION_HEADER = re.compile(
+    rf"^{_DECOR}(?:step\s*\d+\s*[:.)\-–]?\s*{_DECOR}(?:{_KNOWN})\b|#\s*(?:{_KNOWN})\s*#)", re.I | re.M)
+
+
+def _clean(text: str) -> str:
+    text = text.strip()
+    fence = re.fullmatch(r"```[\w-]*\n(.*?)\n?```", text, re.S)
+    if fence:
+        text = fence.group(1).strip()
+    # Emphasis or quotes left around the whole answer by the marker's own decoration.
+    for left, right in (("**", "**"), ("__", "__"), ('"', '"'), ("“", "”")):
+        if text.startswith(left) and text.endswith(right) and len(text) > len(left) + len(right):
+            text = text[len(left):-len(right)].strip()
+    text = re.sub(r"^(?:\*\*|__)\s*", "", text)
+    text = re.sub(r"\s*(?:\*\*|__)$", "", text)
+    return text.strip()
+
+
+def final_instruction(reply: str) -> str | None:
+    """The final rewritten instruction in an evolver's reply, or None when there is none to read.
+
+    Every 'Finally Rewritten Instruction' header is tried in order; the first one followed by text
+    wins, so a format echoed back empty before the answer is skipped. The text runs to the next
+    section header or the end of the reply.
+    """
+    if not reply:
+        return None
+    for match in _FINAL_HEADER.finditer(reply):
+        rest = reply[match.end():]
+        end = _SECTION_HEADER.search(rest)
+        candidate = _clean(rest[: end.start()] if end else rest)
+        if candidate:
+            return candidate
+    return None
+
+
+_OPTIMIZED_HEADER = re.compile(
+    rf"^{_DECOR}{_STEP}{_DECOR}(?:{_marker('optimized method')}){_DECOR}:?{_DECOR}", re.I | re.M)
+_INSTRUCTION_SLOT = re.compile(r"^[ \t*_]*#\s*instruction\s*#\s*:?[ \t*_]*$", re.I | re.M)
+
+
+def optimized_method(reply: str) -> str | None:
+    """The method text in an optimizer's reply, or None when none can be read.
+
+    The text follows the last line that opens with 'Optimized Method' (the optimizer may first
+    mention the words while reasoning); a fenced block right after the header is taken whole.
+    A method whose ``#Instruction#:`` slot lost its placeholder gets it back; anything else without
+    exactly one placeholder is unreadable.
+    """
+    if not reply:
+        return None
+    for match in reversed(list(_OPTIMIZED_HEADER.finditer(reply))):
+        rest = reply[match.end():].strip("\n")
+        fenced = re.match(r"[ \t]*```[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", rest, re.S)
+        text = (fenced.group(1) if fenced else rest).strip()
+        text = _restore_placeholder(text)
+        if text and placeholder_problem(text) is None:
+            return text + "\n"
+    return None
+
+
+def _restore_placeholder(text: str) -> str:
+    if PLACEHOLDER in text:
+        return text
+    slots = list(_INSTRUCTION_SLOT.finditer(text))
+    if slots and not text[slots[-1].end():].strip():
+        return text.rstrip() + "\n" + PLACEHOLDER
+    return text
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def same_instruction(a: str, b: str) -> bool:
+    """Equal up to case, spacing and punctuation: an evolution that changed nothing."""
+    return _normal(a) == _normal(b)
