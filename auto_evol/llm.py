@@ -24,6 +24,8 @@ from .errors import UserError
 EMBEDDED = "embedded"
 GGUF_PREFIX = "gguf:"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# LiteLLM would otherwise fetch its model price list from the network on import.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 @dataclass(frozen=True)

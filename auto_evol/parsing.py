@@ -30,6 +30,10 @@ _KNOWN = "|".join(_marker(w) for w in (
 # A line that opens one of the reply's sections: 'Step 4 #Finally Rewritten Instruction#:',
 # '**Finally rewritten instruction:**', '### Rewritten Instruction', ...
 _FINAL_HEADER = re.compile(rf"^{_DECOR}{_STEP}{_DECOR}(?:{_FINAL}){_DECOR}:?{_DECOR}", re.I | re.M)
+# Step 3's header: read only when no step 4 can be ('rewritten' must open the line, so this never
+# matches a 'Finally Rewritten Instruction' header).
+_REWRITTEN_HEADER = re.compile(
+    rf"^{_DECOR}{_STEP}{_DECOR}(?:{_marker('rewritten instruction')}){_DECOR}:?{_DECOR}", re.I | re.M)
 # Any section header that ends the final instruction. To avoid cutting an instruction at one of its
 # own lines ('Plan: ...', 'Step 1: add the numbers'), a header is a known section name behind a
 # 'Step N' prefix or inside the '#...#' fence.
@@ -56,16 +60,18 @@ def final_instruction(reply: str) -> str | None:
 
     Every 'Finally Rewritten Instruction' header is tried in order; the first one followed by text
     wins, so a format echoed back empty before the answer is skipped. The text runs to the next
-    section header or the end of the reply.
+    section header or the end of the reply. A reply that stopped before step 4 gives the text of
+    its step 3 ('Rewritten Instruction') the same way.
     """
     if not reply:
         return None
-    for match in _FINAL_HEADER.finditer(reply):
-        rest = reply[match.end():]
-        end = _SECTION_HEADER.search(rest)
-        candidate = _clean(rest[: end.start()] if end else rest)
-        if candidate:
-            return candidate
+    for header in (_FINAL_HEADER, _REWRITTEN_HEADER):
+        for match in header.finditer(reply):
+            rest = reply[match.end():]
+            end = _SECTION_HEADER.search(rest)
+            candidate = _clean(rest[: end.start()] if end else rest)
+            if candidate:
+                return candidate
     return None
 
 

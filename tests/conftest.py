@@ -1,0 +1,55 @@
+"""Shared test helpers: a scripted LM that runs behind DSPy exactly like a real engine."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+class ScriptedEngine:
+    """A DSPy engine whose reply is ``script(prompt)``; counts the prompts it really saw."""
+
+    def __init__(self, script: Callable[[str], str]) -> None:
+        self.script = script
+        self.prompts: list[str] = []
+
+    def complete(self, request):
+        from dspy import lm15
+
+        prompt = "".join(m.text or "" for m in request.messages)
+        self.prompts.append(prompt)
+        text = self.script(prompt)
+        return lm15.Response(id=None, model=request.model, message=lm15.Message.assistant([lm15.TextPart(text)]),
+                             finish_reason="stop", usage=lm15.Usage(input_tokens=len(prompt.split()),
+                                                                    output_tokens=len(text.split()),
+                                                                    total_tokens=0))
+
+    def stream(self, request):
+        from dspy import lm15
+
+        return lm15.response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+def scripted_llm(script: Callable[[str], str], *, temperature: float = 0.0, name: str = "scripted"):
+    """An auto_evol Llm over a scripted engine, with DSPy's cache kept in memory."""
+    import dspy
+
+    from auto_evol import llm
+
+    engine = ScriptedEngine(script)
+    lm = dspy.LM(f"test/{name}", engine=engine, cache=False, num_retries=0)
+    return llm.Llm(llm.RoleSettings(model=f"test/{name}", temperature=temperature), lm), engine
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run in an empty folder with MLflow's store inside it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
