@@ -1,0 +1,60 @@
+"""Bad input at the command line: one clear line, exit code 2, no traceback, nothing written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+
+
+def cli(args, cwd):
+    env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "MLFLOW_TRACKING_URI"}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    return subprocess.run([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "few.jsonl").write_text("\n".join(json.dumps({"prompt": f"q{i}"}) for i in range(5)))
+    (tmp_path / "nocol.jsonl").write_text("\n".join(json.dumps({"body": f"q{i}"}) for i in range(80)))
+    (tmp_path / "ok.jsonl").write_text("\n".join(json.dumps({"prompt": f"q{i}"}) for i in range(80)))
+    (tmp_path / "noslot.md").write_text("---\nname: noslot\n---\nMake it harder.\n")
+    (tmp_path / "bad.toml").write_text("steps = 2\ncandidatez = 3\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "nope"], "unknown data set 'nope'"),
+    (["--data", "missing.jsonl"], "missing.jsonl: file not found"),
+    (["--data", "empty.jsonl"], "empty.jsonl: no rows"),
+    (["--data", "few.jsonl"], "few.jsonl: 5 rows are too few for a dev set of 50 plus a mini-batch of 10"),
+    (["--data", "nocol.jsonl"], "nocol.jsonl: no instruction column found"),
+    (["--data", "ok.jsonl", "--evol-model", "nosuchprovider/model"], "unknown provider 'nosuchprovider'"),
+    (["--data", "ok.jsonl", "--optimizer-model", "openai/gpt-4o-mini"], "no API key in the environment (set OPENAI_API_KEY)"),
+    (["--data", "ok.jsonl", "--evol-model", "anthropic/claude-sonnet-4-5"], "set ANTHROPIC_API_KEY"),
+    (["--init-method", "noslot.md"], "noslot.md: not a method: it has no {instruction} placeholder"),
+    (["--init-method", "nope"], "unknown method 'nope'"),
+    (["--config", "bad.toml"], "bad.toml:2: unknown setting 'candidatez'"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--evol-model", "gguf:/nowhere/model.gguf"], "/nowhere/model.gguf: GGUF file not found"),
+])
+def test_bad_input_is_one_clear_line(files, args, message):
+    out = cli(["optimize", *args], files)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("auto-evol: error: ") and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not (files / "methods").exists() and not (files / "mlruns").exists()
+
+
+def test_help_lists_the_options(tmp_path):
+    out = cli(["optimize", "--help"], tmp_path)
+    assert out.returncode == 0
+    for flag in ("--data", "--config", "--init-method", "--candidates", "--evol-model", "--quiet"):
+        assert flag in out.stdout

@@ -1,0 +1,44 @@
+"""End to end on the real embedded model (SmolLM2-135M GGUF, in process): tiny settings, real calls."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from auto_evol import llm, method
+
+pytestmark = pytest.mark.embedded
+
+
+def test_the_embedded_model_answers():
+    llm.configure_cache(None)
+    model = llm.build(llm.RoleSettings(max_tokens=24), slots=1)
+    reply = model.ask("Say hello.")
+    assert reply.text.strip() and reply.output_tokens > 0
+    assert model.usage.snapshot()["calls"] == 1
+
+
+def test_optimize_on_the_embedded_model_writes_e_star_and_a_failure_rate_history(tmp_path):
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = ["optimize", "--steps", "1", "--candidates", "1", "--batch-size", "1", "--dev-size", "2",
+            "--evol-max-tokens", "96", "--optimizer-max-tokens", "128", "--name", "tiny",
+            "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    out = subprocess.run([sys.executable, "-m", "auto_evol", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    path = tmp_path / "methods" / "tiny.md"
+    assert out.stdout.strip().endswith("tiny.md") and path.is_file()
+    e_star = method.load(path)
+    assert e_star.text.count("{instruction}") == 1 and "lineage" in e_star.extra
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("gsm8k_seed").experiment_id])
+    history = sorted(client.get_metric_history(run.info.run_id, "failure_rate"), key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 1]
+    assert all(0.0 <= m.value <= 1.0 for m in history)
+    assert run.data.params["evol_model"] == "embedded" and run.data.tags["auto_evol.e_star"] == "tiny"

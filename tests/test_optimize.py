@@ -1,0 +1,160 @@
+"""The optimize loop end to end with a scripted LM behind DSPy, and a real MLflow store on disk."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import pytest
+
+from auto_evol import method, optimize
+from auto_evol.errors import UserError
+from auto_evol.failure import Failure
+from conftest import scripted_llm
+
+INIT = "Rewrite (level 0) this: {instruction}\n"
+
+
+class World:
+    """A scripted evol + optimizer pair whose methods have known failure rates.
+
+    A method's level L is written in its text. Question i fails to evolve well when i % 4 > L:
+    even i give an unreadable reply, odd i a rewrite that the evol LLM answers with a question back.
+    The k-th optimization call writes level+1 when k is odd and nothing readable when k is even.
+    """
+
+    def __init__(self, improve: bool = True) -> None:
+        self.improve = improve
+        self.optimizations = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def level(text: str) -> int:
+        return int(re.search(r"level (\d+)", text).group(1))
+
+    def evol(self, prompt: str) -> str:
+        if prompt.startswith("Rewrite"):
+            level = self.level(prompt)
+            i = int(re.search(r"number (\d+)", prompt).group(1))
+            if i % 4 <= level:
+                return f"#Finally Rewritten Instruction#: Question number {i}, with a twist?"
+            if i % 2 == 0:
+                return "I would rather not."
+            return f"#Finally Rewritten Instruction#: Question number {i} [vague]"
+        # An answer to an evolved instruction.
+        return "Sure, which numbers do you mean?" if "[vague]" in prompt else "The answer is 4."
+
+    def optimizer(self, prompt: str) -> str:
+        if prompt.startswith("You are reviewing"):
+            return "Case 1 failed: no usable rewrite."
+        assert prompt.startswith("You improve")
+        with self.lock:
+            self.optimizations += 1
+            k = self.optimizations
+        if not self.improve or k % 2 == 0:
+            return "I am not sure how to improve it."
+        level = self.level(prompt.split("=== End of current method ===")[0])
+        return f"Some thoughts first.\n\nOptimized Method:\nRewrite (level {level + 1}) this: {{instruction}}\n"
+
+
+@pytest.fixture
+def dataset(workdir):
+    path = workdir / "questions.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(40)))
+    (workdir / "init.md").write_text(INIT)
+    return path
+
+
+def run(dataset, world, **options):
+    evol, evol_engine = scripted_llm(world.evol, name="evol")
+    opt, _ = scripted_llm(world.optimizer, temperature=0.6, name="optimizer")
+    settings = dict(data=str(dataset), init_method="init.md", steps=3, candidates=2, batch_size=3, dev_size=8,
+                    seed=1, concurrency=1, methods_dir="methods", cache_dir=None)
+    settings.update(options)
+    return optimize(evol=evol, optimizer=opt, **settings), evol_engine
+
+
+def expected_rate(result, level):
+    ids = [int(r.item.id) for r in result.initial.results]
+    return sum(i % 4 > level for i in ids) / len(ids)
+
+
+def test_each_step_accepts_the_better_candidate_and_e_star_is_saved_and_recorded(dataset):
+    result, _ = run(dataset, World())
+    assert [World.level(r.candidates[r.accepted].method.text) for r in result.history] == [1, 2, 3]
+    assert result.rates == [expected_rate(result, level) for level in range(4)]
+    assert result.rates[0] > result.rates[-1]
+    for record in result.history:
+        assert [c.readable for c in record.candidates] == [True, False]
+        assert record.candidates[1].evaluation.rate == record.incumbent_rate  # kept the incumbent
+        # Calls per phase: batch x rounds, m, m, and at most m x |D| x 2.
+        assert record.calls["trajectory"] == 3 and record.calls["analysis"] == 2
+        assert record.calls["optimization"] == 2 and record.calls["dev evaluation"] <= 2 * 8 * 2
+    # e0's failures are typed.
+    counts = result.initial.counts()
+    assert set(counts) <= {Failure.UNREADABLE_EVOLUTION.value, Failure.INSUFFICIENT_QUALIFICATION.value}
+    assert sum(counts.values()) == result.initial.failures
+
+    saved = method.load(result.method_path)
+    assert saved.text == "Rewrite (level 3) this: {instruction}\n"
+    assert saved.name.startswith("questions-") and saved.extra["lineage"].startswith("init -> step1-c1")
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dataset.parent / 'mlruns' / 'mlflow.db'}")
+    run_info = client.get_run(result.run_id)
+    assert run_info.data.params["candidates"] == "2" and run_info.info.status == "FINISHED"
+    history = client.get_metric_history(result.run_id, "failure_rate")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == result.rates
+    artifact = client.download_artifacts(result.run_id, f"e_star/{saved.name}.md", str(dataset.parent))
+    assert "level 3" in open(artifact).read()
+
+
+def test_no_improvement_stops_on_patience_and_e_star_is_the_initial_text(dataset):
+    result, _ = run(dataset, World(improve=False), patience=1, track=False)
+    assert len(result.history) == 1 and result.history[0].accepted is None
+    assert all(not c.readable for c in result.history[0].candidates)
+    assert result.best.text == INIT and result.rates == [result.rates[0]] * 2
+
+
+def test_concurrent_run_reaches_the_same_e_star(dataset):
+    serial, _ = run(dataset, World(), track=False, name="serial")
+    parallel, _ = run(dataset, World(), track=False, concurrency=8, name="parallel")
+    assert parallel.best.text == serial.best.text and parallel.rates == serial.rates
+
+
+def test_rounds_make_longer_trajectories(dataset):
+    result, _ = run(dataset, World(), track=False, rounds=2, steps=1)
+    assert result.history[0].calls["trajectory"] >= 3
+
+
+def test_a_failing_call_fails_its_item_not_the_run(dataset):
+    from dspy import lm15
+
+    world = World()
+    plain = world.evol
+
+    def flaky(prompt):  # every answer to a well evolved instruction fails at the server
+        if "twist" in prompt and not prompt.startswith("Rewrite"):
+            raise lm15.ServerError("boom")
+        return plain(prompt)
+
+    world.evol = flaky
+    result, _ = run(dataset, world, track=False, steps=1)
+    evolved = [r for r in result.initial.results if r.evolved is not None and "twist" in r.evolved]
+    assert evolved and all(r.failure is Failure.LLM_ERROR for r in evolved)
+    assert result.initial.rate == 1.0 and len(result.history) == 1
+
+
+def test_a_bad_key_stops_the_run_with_a_clear_error(dataset):
+    from dspy import lm15
+
+    def denied(prompt):
+        raise lm15.AuthError("invalid api key")
+
+    evol, _ = scripted_llm(denied, name="denied")
+    opt, _ = scripted_llm(World().optimizer, name="o")
+    with pytest.raises(UserError, match="invalid api key"):
+        optimize(evol=evol, optimizer=opt, data=str(dataset), init_method="init.md", dev_size=8, batch_size=3,
+                 steps=1, candidates=1, track=False, cache_dir=None)
+    assert not (dataset.parent / "methods").exists()
