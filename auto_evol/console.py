@@ -56,8 +56,9 @@ class RichReporter(Reporter):
         self.console.print(f"[bold]e*[/] = {result.best.name} (from {result.best.parent}) written to "
                            f"{result.method_path}; failure rate {rates}")
         calls = {role: u["calls"] for role, u in result.usage.items()}
+        tokens = sum(u["output_tokens"] for u in result.usage.values())
         self.console.print(f"{sum(calls.values())} LLM calls ({calls['evol']} evol, {calls['optimizer']} "
-                           f"optimizer) in {result.seconds:.0f} s"
+                           f"optimizer; cache hits included), {tokens} tokens written, in {result.seconds:.0f} s"
                            + (f"; MLflow run {result.run_id}" if result.run_id else ""))
 
 

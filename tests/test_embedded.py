@@ -42,3 +42,26 @@ def test_optimize_on_the_embedded_model_writes_e_star_and_a_failure_rate_history
     assert [m.step for m in history] == [0, 1]
     assert all(0.0 <= m.value <= 1.0 for m in history)
     assert run.data.params["evol_model"] == "embedded" and run.data.tags["auto_evol.e_star"] == "tiny"
+
+
+def test_optimize_through_an_openai_compatible_server_on_loopback(tmp_path, monkeypatch):
+    """The provider path (LiteLLM/DSPy over HTTP) against a real server: llama.cpp's own, on 127.0.0.1."""
+    import xllamacpp
+
+    from auto_evol import optimize
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(llm.embedded_model_path())
+    params.n_ctx = 4096
+    params.verbosity = -1
+    server = xllamacpp.Server(params)
+    base = server.listening_address + "/v1"
+    assert base.startswith("http://127.0.0.1:")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    result = optimize(data="gsm8k_seed", evol_model="openai/smollm2", optimizer_model="openai/smollm2",
+                      api_base=base, steps=1, candidates=1, batch_size=1, dev_size=2, evol_max_tokens=64,
+                      optimizer_max_tokens=96, cache_dir=None, track=False, name="via-http")
+    assert result.usage["evol"]["calls"] >= 3 and result.usage["evol"]["errors"] == 0
+    assert result.usage["evol"]["output_tokens"] > 0
+    assert (tmp_path / "methods" / "via-http.md").is_file() and len(result.rates) == 2
