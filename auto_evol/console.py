@@ -58,7 +58,8 @@ class RichReporter(Reporter):
         calls = {role: u["calls"] for role, u in result.usage.items()}
         tokens = sum(u["output_tokens"] for u in result.usage.values())
         self.console.print(f"{sum(calls.values())} LLM calls ({calls['evol']} evol, {calls['optimizer']} "
-                           f"optimizer; cache hits included), {tokens} tokens written, in {result.seconds:.0f} s"
+                           f"optimizer; {sum(u['cached'] for u in result.usage.values())} from the cache), "
+                           f"{tokens} tokens written, in {result.seconds:.0f} s"
                            + (f"; MLflow run {result.run_id}" if result.run_id else ""))
 
 
@@ -71,7 +72,8 @@ def step_table(record: StepRecord) -> Table:
         counts = ", ".join(f"{k} {v}" for k, v in c.evaluation.counts().most_common()) or "-"
         result = "accepted" if record.accepted == c.index else ("" if c.readable else "unreadable, kept incumbent")
         table.add_row(str(c.index + 1), _pct(c.evaluation.rate), counts, c.method.hash, result)
-    phases = ", ".join(f"{k} {record.calls.get(k, 0)} calls / {v:.0f}s" for k, v in record.seconds.items())
+    phases = ", ".join(f"{k} {record.calls.get(k, 0)} calls ({record.cached.get(k, 0)} cached) / {v:.0f}s"
+                       for k, v in record.seconds.items())
     table.caption = phases
     table.caption_justify = "left"
     return table

@@ -53,11 +53,13 @@ class Reply:
     input_tokens: int = 0
     output_tokens: int = 0
     truncated: bool = False
+    cached: bool = False         # answered from DSPy's cache: no LLM work paid for
 
 
 @dataclass
 class Usage:
     calls: int = 0
+    cached: int = 0
     errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -70,13 +72,16 @@ class Usage:
             self.seconds += seconds
             if reply is None:
                 self.errors += 1
+            elif reply.cached:
+                self.cached += 1
             else:
                 self.input_tokens += reply.input_tokens
                 self.output_tokens += reply.output_tokens
 
     def snapshot(self) -> dict[str, float]:
         with self._lock:
-            return {"calls": self.calls, "errors": self.errors, "input_tokens": self.input_tokens,
+            return {"calls": self.calls, "cached": self.cached, "errors": self.errors,
+                    "input_tokens": self.input_tokens,
                     "output_tokens": self.output_tokens, "seconds": round(self.seconds, 3)}
 
 
@@ -87,22 +92,29 @@ class LLMError(Exception):
 class Llm:
     """One role's LLM: ask it a prompt, get a Reply; usage is counted per role."""
 
-    def __init__(self, settings: RoleSettings, lm) -> None:
+    def __init__(self, settings: RoleSettings, lm, *, seeded: bool = False) -> None:
         self.settings = settings
         self._lm = lm
+        self._seeded = seeded  # the backend takes a per-request sampling seed (our GGUF engine does)
         self.usage = Usage()
 
     def ask(self, prompt: str, *, rollout: int | None = None) -> Reply:
-        """One completion. ``rollout`` separates otherwise identical sampled requests in the cache."""
+        """One completion. ``rollout`` separates otherwise identical sampled requests in the cache
+        and seeds the sampler, so a sampled call repeats exactly where the backend honours seeds."""
+        import dspy
         from dspy import lm15
 
         s = self.settings
-        config = lm15.Config(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p)
+        sampled = rollout is not None and s.temperature > 0
+        config = lm15.Config(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
+                             seed=rollout if sampled and self._seeded else None)
         request = lm15.Request(model=self._lm.model, messages=(lm15.Message.user(prompt),), config=config)
-        kwargs = {"rollout_id": rollout} if rollout is not None and s.temperature > 0 else {}
+        kwargs = {"rollout_id": rollout} if sampled else {}
         started = time.perf_counter()
         try:
-            response = self._lm(request, **kwargs)
+            # DSPy's usage tracker records nothing for a cache hit: that is how a hit is told apart.
+            with dspy.track_usage() as tracker:
+                response = self._lm(request, **kwargs)
         except Exception as exc:
             self.usage.add(None, time.perf_counter() - started)
             if _is_fatal(exc):
@@ -111,7 +123,7 @@ class Llm:
         usage = response.usage
         reply = Reply(text=response.text or "", input_tokens=getattr(usage, "input_tokens", 0) or 0,
                       output_tokens=getattr(usage, "output_tokens", 0) or 0,
-                      truncated=response.finish_reason == "length")
+                      truncated=response.finish_reason == "length", cached=not tracker.get_total_tokens())
         self.usage.add(reply, time.perf_counter() - started)
         return reply
 
@@ -199,7 +211,7 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, s
         # The file's name and size identify the model in the cache.
         lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, cache=cache,
                      num_retries=num_retries)
-        return Llm(settings, lm)
+        return Llm(settings, lm, seeded=True)
     kwargs = {}
     if settings.api_base:
         kwargs["api_base"] = settings.api_base

@@ -87,6 +87,7 @@ class StepRecord:
     candidates: tuple[Candidate, ...]
     accepted: int | None            # index of the candidate that became e_t, or None
     calls: dict[str, int]           # LLM calls per phase
+    cached: dict[str, int]          # of which answered from the cache
     seconds: dict[str, float]       # wall seconds per phase
 
     @property
@@ -134,10 +135,11 @@ class _Runner:
     def __init__(self, pool: ThreadPoolExecutor, reporter: Reporter, llms: Iterable[Llm]) -> None:
         self.pool, self.reporter, self.llms = pool, reporter, list(llms)
         self.calls: dict[str, int] = {}
+        self.cached: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
 
     def map(self, phase: str, fn: Callable[[T], R], items: list[T]) -> list[R]:
-        before = sum(llm.usage.calls for llm in self.llms)
+        before = self._counts()
         started = time.perf_counter()
         self.reporter.phase(phase, len(items))
 
@@ -148,13 +150,18 @@ class _Runner:
 
         results = list(self.pool.map(run, items))
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
-        self.calls[phase] = self.calls.get(phase, 0) + sum(llm.usage.calls for llm in self.llms) - before
+        after = self._counts()
+        self.calls[phase] = self.calls.get(phase, 0) + after[0] - before[0]
+        self.cached[phase] = self.cached.get(phase, 0) + after[1] - before[1]
         return results
 
-    def take(self) -> tuple[dict[str, int], dict[str, float]]:
-        calls, seconds = self.calls, {k: round(v, 2) for k, v in self.seconds.items()}
-        self.calls, self.seconds = {}, {}
-        return calls, seconds
+    def _counts(self) -> tuple[int, int]:
+        return (sum(llm.usage.calls for llm in self.llms), sum(llm.usage.cached for llm in self.llms))
+
+    def take(self) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+        out = self.calls, self.cached, {k: round(v, 2) for k, v in self.seconds.items()}
+        self.calls, self.cached, self.seconds = {}, {}, {}
+        return out
 
 
 def _rollout(seed: int, step: int, index: int) -> int:
@@ -255,8 +262,8 @@ def _step(step: int, incumbent: Method, incumbent_eval: Evaluation, split: Split
     candidates = [dataclasses.replace(c, evaluation=Evaluation(c.method, tuple(judged[i * n:(i + 1) * n])))
                   for i, c in enumerate(candidates)]
     chosen = selection.winner(incumbent_eval.rate, [c.evaluation.rate for c in candidates])
-    calls, seconds = runner.take()
-    return StepRecord(step, incumbent, incumbent_eval.rate, tuple(candidates), chosen, calls, seconds)
+    calls, cached, seconds = runner.take()
+    return StepRecord(step, incumbent, incumbent_eval.rate, tuple(candidates), chosen, calls, cached, seconds)
 
 
 def _final_method(best: Method, init: Method, data_name: str, options: Options,

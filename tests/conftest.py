@@ -36,14 +36,15 @@ class ScriptedEngine:
         pass
 
 
-def scripted_llm(script: Callable[[str], str], *, temperature: float = 0.0, name: str = "scripted"):
-    """An auto_evol Llm over a scripted engine, with DSPy's cache kept in memory."""
+def scripted_llm(script: Callable[[str], str], *, temperature: float = 0.0, name: str = "scripted",
+                 cache: bool = False):
+    """An auto_evol Llm over a scripted engine (DSPy's cache off unless asked for)."""
     import dspy
 
     from auto_evol import llm
 
     engine = ScriptedEngine(script)
-    lm = dspy.LM(f"test/{name}", engine=engine, cache=False, num_retries=0)
+    lm = dspy.LM(f"test/{name}", engine=engine, cache=cache, num_retries=0)
     return llm.Llm(llm.RoleSettings(model=f"test/{name}", temperature=temperature), lm), engine
 
 

@@ -1,0 +1,52 @@
+import pytest
+
+from auto_evol import llm
+from auto_evol.errors import UserError
+from conftest import scripted_llm
+
+
+@pytest.fixture(autouse=True)
+def memory_cache():
+    llm.configure_cache(None)
+
+
+def test_cache_hits_are_counted_apart_from_paid_calls():
+    model, engine = scripted_llm(lambda p: f"echo {p}", cache=True, name="cache-count")
+    assert model.ask("one").text == "echo one"
+    assert model.ask("one").text == "echo one"
+    model.ask("two")
+    usage = model.usage.snapshot()
+    assert len(engine.prompts) == 2 and usage["calls"] == 3 and usage["cached"] == 1
+
+
+def test_rollouts_separate_sampled_calls_in_the_cache():
+    model, engine = scripted_llm(lambda p: "x", temperature=0.6, cache=True, name="rollouts")
+    for rollout in (1, 2, 1):
+        model.ask("same prompt", rollout=rollout)
+    assert len(engine.prompts) == 2 and model.usage.cached == 1
+
+
+def test_fatal_and_transient_errors():
+    from dspy import lm15
+
+    def fail(prompt):
+        raise (lm15.AuthError if "auth" in prompt else lm15.ServerError)("nope")
+
+    model, _ = scripted_llm(fail, name="errors")
+    with pytest.raises(UserError, match="nope"):
+        model.ask("auth please")
+    with pytest.raises(llm.LLMError):
+        model.ask("server please")
+    assert model.usage.errors == 2
+
+
+def test_checks_before_any_work(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(UserError, match="no API key"):
+        llm.check(llm.RoleSettings(model="openai/gpt-4o-mini"), "--evol-model")
+    llm.check(llm.RoleSettings(model="openai/local", api_base="http://127.0.0.1:9/v1"), "--evol-model")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    llm.check(llm.RoleSettings(model="openai/gpt-4o-mini"), "--evol-model")
+    with pytest.raises(UserError, match="unknown provider"):
+        llm.check(llm.RoleSettings(model="nosuch/model"), "--optimizer-model")
+    llm.check(llm.RoleSettings(model=None), "--evol-model")  # the embedded model needs nothing
