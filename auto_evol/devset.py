@@ -5,6 +5,7 @@ any other file is split here, deterministically by seed. Mini-batches come only 
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,3 +86,11 @@ def split(items: list[Item], dev_size: int, seed: int) -> tuple[list[Item], list
 def batch(train: list[Item], size: int, seed: int, step: int) -> list[Item]:
     """The mini-batch for one optimization step: the same seed and step always give the same batch."""
     return random.Random(f"{seed}:{step}").sample(train, size)
+
+
+def dev_fingerprint(dev: list[Item]) -> str:
+    """Identifies a dev set by its items, so failure rates are only compared on the same one."""
+    digest = hashlib.sha256()
+    for item in dev:
+        digest.update(f"{item.id}\0{item.instruction}\0".encode("utf-8"))
+    return digest.hexdigest()[:16]

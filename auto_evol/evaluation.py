@@ -40,6 +40,13 @@ class Evaluation:
     def counts(self) -> Counter:
         return Counter(r.failure.value for r in self.results if r.failure is not None)
 
+    @property
+    def length_growth(self) -> float | None:
+        """Mean ratio of evolved to original length, in words, over the items that evolved."""
+        ratios = [len(r.evolved.split()) / max(1, len(r.item.instruction.split()))
+                  for r in self.results if r.evolved]
+        return sum(ratios) / len(ratios) if ratios else None
+
 
 def judge(llm: Llm, method: Method, item: Item) -> DevResult:
     """Evolve one dev item with ``method`` and judge the evol LLM's answer to it (two calls at most)."""

@@ -22,7 +22,7 @@ from . import llm as llm_mod
 from . import method as method_mod
 from . import selection
 from .candidate import Candidate, propose
-from .devset import Split, batch, load_split
+from .devset import Split, batch, dev_fingerprint, load_split
 from .errors import UserError
 from .evaluation import Evaluation, judge
 from .feedback import analyse
@@ -60,6 +60,9 @@ class Options:
     methods_dir: str = "methods"
     cache_dir: str | None = str(Path.home() / ".cache" / "auto-evol")
     track: bool = True
+    experiment: str | None = None   # MLflow experiment; the data set's name when None
+    trace: bool = False             # record every LLM call as an MLflow trace
+    resume: str | None = None       # run id of an interrupted run to go on with
 
     def evol_settings(self) -> RoleSettings:
         return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, self.evol_top_p,
@@ -85,6 +88,7 @@ class StepRecord:
     incumbent: Method
     incumbent_rate: float
     candidates: tuple[Candidate, ...]
+    trajectory: Trajectory          # the mini-batch evolved with the incumbent
     accepted: int | None            # index of the candidate that became e_t, or None
     calls: dict[str, int]           # LLM calls per phase
     cached: dict[str, int]          # of which answered from the cache
@@ -96,22 +100,59 @@ class StepRecord:
 
 
 @dataclass
-class OptimizeResult:
-    best: Method                              # e*
-    initial: Evaluation                       # e0 on the dev set
-    history: list[StepRecord] = field(default_factory=list)
-    method_path: Path | None = None
-    run_id: str | None = None
-    usage: dict[str, dict] = field(default_factory=dict)
-    seconds: float = 0.0
+class LoopState:
+    """Where the loop stands after a finished step: everything a resumed run needs to go on."""
+    init: Method
+    incumbent: Method
+    incumbent_rate: float
+    rates: list[float]             # e0's failure rate, then the incumbent's after each finished step
+    accepted: list[bool] = field(default_factory=list)
+    lineage: list[str] = field(default_factory=list)
 
     @property
-    def rates(self) -> list[float]:
-        """Failure rate of the incumbent after each step, starting with e0's."""
-        rates = [self.initial.rate]
-        for record in self.history:
-            rates.append(record.rates[record.accepted] if record.accepted is not None else rates[-1])
-        return rates
+    def next_step(self) -> int:
+        return len(self.accepted) + 1
+
+    def advance(self, record: "StepRecord") -> None:
+        self.accepted.append(record.accepted is not None)
+        if record.accepted is not None:
+            winner = record.candidates[record.accepted]
+            self.incumbent, self.incumbent_rate = winner.method, winner.evaluation.rate
+            self.lineage.append(winner.method.name)
+        self.rates.append(self.incumbent_rate)
+
+    def done(self, options: Options) -> bool:
+        return len(self.accepted) >= options.steps or selection.should_stop(self.accepted, options.patience)
+
+    def to_dict(self) -> dict:
+        def method(m: Method) -> dict:
+            return {"name": m.name, "text": m.text, "parent": m.parent, "made_by": m.made_by, "extra": m.extra}
+
+        return {"init": method(self.init), "incumbent": method(self.incumbent),
+                "incumbent_rate": self.incumbent_rate, "rates": self.rates, "accepted": self.accepted,
+                "lineage": self.lineage}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoopState":
+        return cls(init=Method(**data["init"]), incumbent=Method(**data["incumbent"]),
+                   incumbent_rate=data["incumbent_rate"], rates=list(data["rates"]),
+                   accepted=list(data["accepted"]), lineage=list(data["lineage"]))
+
+
+@dataclass
+class OptimizeResult:
+    best: Method                              # e*
+    rates: list[float]                        # failure rate of e0, then of the incumbent after each step
+    history: list[StepRecord] = field(default_factory=list)   # the steps this call ran
+    initial: Evaluation | None = None         # e0 on the dev set (None when resumed past it)
+    lineage: list[str] = field(default_factory=list)
+    accepted_steps: list[int] = field(default_factory=list)
+    method_path: Path | None = None
+    run_id: str | None = None
+    prompt_uri: str | None = None             # e* in the MLflow prompt registry
+    champion: bool = False                    # e* became the data set's champion
+    usage: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
 
 
 class Reporter:
@@ -179,59 +220,108 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
     """Run Auto Evol-Instruct and return e* with the method history and failure rates.
 
     ``optimize(data="gsm8k_seed", steps=2)`` takes the same options as the command line;
-    ``evol``/``optimizer`` may be given ready-made (a scripted LM in tests).
+    ``evol``/``optimizer`` may be given ready-made (a scripted LM in tests). ``resume=RUN_ID`` goes on
+    from the last finished step of an interrupted run, with that run's own settings.
     """
+    from . import registry, tracking  # MLflow is imported only when a run starts
+
     options = dataclasses.replace(options or Options(), **overrides)
-    options.validate()
     reporter = reporter or Reporter()
+    state: LoopState | None = None
+    if options.resume:
+        stored, saved = tracking.load_resume(options.resume)
+        state = LoopState.from_dict(saved) if saved else None
+        options = dataclasses.replace(Options(**stored), resume=options.resume, concurrency=options.concurrency,
+                                      track=True)
+    options.validate()
     # Everything that can be wrong with the input is found before the first LLM call.
-    init = method_mod.load(options.init_method)
+    init = state.init if state else registry.resolve(options.init_method)
     split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
                        seed=options.seed, instruction_field=options.instruction_field)
-    if evol is None or optimizer is None:
-        llm_mod.check(options.evol_settings(), "--evol-model")
-        llm_mod.check(options.optimizer_settings(), "--optimizer-model")
-        llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
-        slots = max(1, min(options.concurrency, 8))
-        evol = evol or llm_mod.build(options.evol_settings(), slots=slots)
-        optimizer = optimizer or llm_mod.build(options.optimizer_settings(), slots=slots)
+    evol, optimizer = _llms(options, evol, optimizer)
+    if not options.track:
+        tracker = tracking.NullTracker()
+    elif options.resume:
+        tracker = tracking.OptimizeTracker.reopen(options.resume)
+    else:
+        tracker = tracking.OptimizeTracker(options, split, init)
+    if options.trace:
+        tracking.trace_llm_calls(tracker)
 
-    from . import tracking  # MLflow is imported only when a run starts
-
-    tracker = tracking.OptimizeTracker(options, split, init) if options.track else tracking.NullTracker()
     started = time.perf_counter()
     reporter.start(options, split, init)
     with ThreadPoolExecutor(options.concurrency) as pool, tracker:
         runner = _Runner(pool, reporter, (evol, optimizer))
-        incumbent = init
-        initial = incumbent_eval = evaluate(init, split.dev, evol, runner)
-        runner.take()
-        reporter.baseline(initial)
-        tracker.baseline(initial)
-        result = OptimizeResult(best=init, initial=initial)
-        accepted_flags: list[bool] = []
-        for step in range(1, options.steps + 1):
-            record = _step(step, incumbent, incumbent_eval, split, options, evol, optimizer, runner)
-            result.history.append(record)
+        initial = None
+        if state is None:
+            initial = evaluate(init, split.dev, evol, runner)
+            runner.take()
+            reporter.baseline(initial)
+            tracker.baseline(initial)
+            state = LoopState(init, init, initial.rate, [initial.rate], lineage=[init.name])
+            tracker.checkpoint(state.to_dict())
+        history: list[StepRecord] = []
+        while not state.done(options):
+            record = _step(state.next_step, state.incumbent, state.incumbent_rate, split, options, evol, optimizer,
+                           runner)
+            history.append(record)
+            state.advance(record)
             reporter.step(record)
             tracker.step(record)
-            accepted_flags.append(record.accepted is not None)
-            if record.accepted is not None:
-                winner = record.candidates[record.accepted]
-                incumbent, incumbent_eval = winner.method, winner.evaluation
-            if selection.should_stop(accepted_flags, options.patience):
-                break
-        result.best = _final_method(incumbent, init, split.name, options, result.history)
+            tracker.checkpoint(state.to_dict())
+        best = _final_method(state, split.name, options)
+        result = OptimizeResult(best=best, rates=list(state.rates), history=history, initial=initial,
+                                lineage=list(state.lineage),
+                                accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok])
+        result.method_path = method_mod.save(best, Path(options.methods_dir))
+        if options.track:
+            result.prompt_uri, result.champion = _register(best, state, split, evol, runner)
         result.usage = {"evol": evol.usage.snapshot(), "optimizer": optimizer.usage.snapshot()}
         result.seconds = round(time.perf_counter() - started, 2)
-        result.method_path = method_mod.save(result.best, Path(options.methods_dir))
         tracker.finish(result)
         result.run_id = tracker.run_id
     reporter.finish(result)
     return result
 
 
-def _step(step: int, incumbent: Method, incumbent_eval: Evaluation, split: Split, options: Options,
+def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Llm, Llm]:
+    if evol is not None and optimizer is not None:
+        return evol, optimizer
+    llm_mod.check(options.evol_settings(), "--evol-model")
+    llm_mod.check(options.optimizer_settings(), "--optimizer-model")
+    llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
+    slots = max(1, min(options.concurrency, 8))
+    return (evol or llm_mod.build(options.evol_settings(), slots=slots),
+            optimizer or llm_mod.build(options.optimizer_settings(), slots=slots))
+
+
+def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: _Runner) -> tuple[str, bool]:
+    """Register e* as a new version of the data set's prompt; move 'champion' only if e* beats it.
+
+    The champion's failure rate is compared on this run's dev set: taken from its version's tags when
+    it was measured on the same dev items, measured now otherwise.
+    """
+    from . import registry
+
+    fingerprint = dev_fingerprint(split.dev)
+    rate = state.rates[-1]
+    champion = registry.champion(split.name)
+    if champion is None:
+        better = True
+    elif champion.tags.get("dev_fingerprint") == fingerprint and "failure_rate" in champion.tags:
+        better = rate < float(champion.tags["failure_rate"])
+    else:
+        rival = Method(name=f"{split.name}@champion", text=champion.template)
+        better = rate < evaluate(rival, split.dev, evol, runner).rate
+        runner.take()
+    version = registry.register(split.name, best, tags={"dev_fingerprint": fingerprint, "failure_rate": f"{rate:.6f}",
+                                                        "failure_rate_e0": f"{state.rates[0]:.6f}"})
+    if better:
+        registry.set_champion(split.name, version)
+    return registry.uri(split.name, version), better
+
+
+def _step(step: int, incumbent: Method, incumbent_rate: float, split: Split, options: Options,
           evol: Llm, optimizer: Llm, runner: _Runner) -> StepRecord:
     mini_batch = batch(split.train, options.batch_size, options.seed, step)
     evolutions = runner.map("trajectory", lambda item: evolve(evol, incumbent, item, options.rounds), mini_batch)
@@ -261,18 +351,17 @@ def _step(step: int, incumbent: Method, incumbent_eval: Evaluation, split: Split
     n = len(split.dev)
     candidates = [dataclasses.replace(c, evaluation=Evaluation(c.method, tuple(judged[i * n:(i + 1) * n])))
                   for i, c in enumerate(candidates)]
-    chosen = selection.winner(incumbent_eval.rate, [c.evaluation.rate for c in candidates])
+    chosen = selection.winner(incumbent_rate, [c.evaluation.rate for c in candidates])
     calls, cached, seconds = runner.take()
-    return StepRecord(step, incumbent, incumbent_eval.rate, tuple(candidates), chosen, calls, cached, seconds)
+    return StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, chosen, calls, cached, seconds)
 
 
-def _final_method(best: Method, init: Method, data_name: str, options: Options,
-                  history: list[StepRecord]) -> Method:
+def _final_method(state: LoopState, data_name: str, options: Options) -> Method:
     """e* as it is saved: the winning text, named for the data set, with its lineage in the header."""
     directory = Path(options.methods_dir)
     name = options.name or method_mod.free_name(f"{data_name}-{_dt.date.today().isoformat()}", directory)
-    lineage = [init.name] + [r.candidates[r.accepted].method.name for r in history if r.accepted is not None]
+    best = state.incumbent
     made_by = (f"auto-evol optimize on {data_name}: evol {options.evol_settings().label}, "
                f"optimizer {options.optimizer_settings().label}")
     return Method(name=name, text=best.text, parent=best.parent or best.name, made_by=made_by,
-                  extra={"lineage": " -> ".join(lineage), "hash": best.hash})
+                  extra={"lineage": " -> ".join(state.lineage), "hash": best.hash})

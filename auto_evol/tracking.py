@@ -1,48 +1,131 @@
-"""MLflow: one run per optimize, in ./mlruns by default (SQLite store, artifacts beside it).
+"""MLflow: every optimize run on record, in ./mlruns by default (SQLite store, artifacts beside it).
 
-MLFLOW_TRACKING_URI points elsewhere (another file, a server) unchanged. What is recorded: the run's
-settings as params (never a key: only model names and sampling settings), the failure rate per step,
-and e* as an artifact.
+MLFLOW_TRACKING_URI points elsewhere (another database, a remote server) unchanged. One experiment
+per data set unless named. Per optimize: a parent run (settings, failure rate per step, e0 and e*,
+the accepted steps, e* itself, and a checkpoint after every finished step for --resume); a nested
+run per step (calls and seconds per phase, the trajectory); under it a nested run per candidate
+(failure rate and counts per failure type, length growth, the method, its diff to the parent, the
+optimizer's feedback, the dev evaluation table). Params hold model names and sampling settings only:
+never a key, and a server address loses any user:password part.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 import logging
 import os
+import tempfile
+import urllib.parse
 from pathlib import Path
 
 from .errors import UserError
 
 DEFAULT_DIR = Path("mlruns")
+KIND_TAG = "auto_evol.kind"
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    DEFAULT_DIR.mkdir(exist_ok=True)
     return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
 
 
-def _client(uri: str):
+def _quiet() -> None:
+    for name in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def client(uri: str | None = None, *, create: bool = True):
+    """An MlflowClient on the project's store; the default store's folder is made only when writing."""
     import mlflow
 
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri)
-
-
-def experiment_id(client, name: str, uri: str) -> str:
-    try:
-        found = client.get_experiment_by_name(name)
-    except Exception as exc:
-        raise UserError(f"tracking store {uri} cannot be reached: {str(exc).splitlines()[0][:200]}") from None
-    if found is not None:
-        return found.experiment_id
-    location = None
+    _quiet()
+    uri = uri or tracking_uri()
     if uri.startswith("sqlite:///"):
-        location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+        db = Path(uri[len("sqlite:///"):])
+        if not db.exists() and not create:
+            raise UserError(f"no MLflow store at {db} (run auto-evol optimize first, or set MLFLOW_TRACKING_URI)")
+        db.parent.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _unreachable(uri: str, exc: Exception) -> UserError:
+    return UserError(f"tracking store {redact(uri)} cannot be used: {str(exc).strip().splitlines()[0][:200]}")
+
+
+def experiment_id(mlflow_client, name: str, uri: str) -> str:
+    try:
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _unreachable(uri, exc) from None
+
+
+def redact(url: str | None) -> str:
+    """A URL without its user:password part (the rest of it is no secret)."""
+    if not url:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def get_run(mlflow_client, run_id: str):
+    try:
+        return mlflow_client.get_run(run_id)
+    except Exception as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower() or "No run" in str(exc):
+            raise UserError(f"unknown run id {run_id!r} in {redact(tracking_uri())}") from None
+        raise _unreachable(tracking_uri(), exc) from None
+
+
+def _download_json(mlflow_client, run_id: str, path: str) -> dict | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow_client.download_artifacts(run_id, path, tmp)
+        except Exception:
+            return None
+        return json.loads(Path(local).read_text(encoding="utf-8"))
+
+
+def load_resume(run_id: str) -> tuple[dict, dict | None]:
+    """The stored options of an optimize run and its last checkpoint (None before the first one)."""
+    c = client(create=False)
+    run = get_run(c, run_id)
+    if run.data.tags.get(KIND_TAG) != "optimize":
+        raise UserError(f"run {run_id} is not an auto-evol optimize run")
+    options = _download_json(c, run_id, "options.json")
+    if options is None:
+        raise UserError(f"run {run_id} has no stored settings to resume from")
+    return options, _download_json(c, run_id, "checkpoint.json")
+
+
+def trace_llm_calls(tracker) -> None:
+    """Record every LLM call as an MLflow trace in the run's experiment (DSPy autolog)."""
+    import mlflow
+    import mlflow.dspy
+
+    if getattr(tracker, "experiment", None):
+        mlflow.set_experiment(experiment_id=tracker.experiment)
+    mlflow.dspy.autolog(silent=True)
 
 
 class NullTracker:
@@ -56,34 +139,81 @@ class NullTracker:
 
     def baseline(self, evaluation) -> None: ...
     def step(self, record) -> None: ...
+    def checkpoint(self, state: dict) -> None: ...
     def finish(self, result) -> None: ...
+
+
+def _table(evaluation) -> dict[str, list]:
+    rows = evaluation.results
+    return {
+        "id": [r.item.id for r in rows],
+        "original": [r.item.instruction for r in rows],
+        "evolved": [r.evolved or "" for r in rows],
+        "answer": [r.answer or "" for r in rows],
+        "failure": [r.failure.value if r.failure else "" for r in rows],
+        "evolver_reply": [r.reply for r in rows],
+    }
+
+
+def _trajectory_table(record) -> dict[str, list]:
+    columns: dict[str, list] = {"case": [], "item_id": [], "stage": [], "instruction": [], "stopped": []}
+    for case, evo in enumerate(record.trajectory.evolutions, start=1):
+        for stage, text in enumerate(evo.stages):
+            last = stage == len(evo.stages) - 1
+            for key, value in (("case", case), ("item_id", evo.item.id), ("stage", stage), ("instruction", text),
+                               ("stopped", evo.stopped.value if last and evo.stopped else "")):
+                columns[key].append(value)
+    return columns
 
 
 class OptimizeTracker(NullTracker):
     def __init__(self, options, split, init) -> None:
         self.uri = tracking_uri()
-        self.client = _client(self.uri)
-        self.experiment = experiment_id(self.client, split.name, self.uri)
+        self.client = client(self.uri)
+        self.experiment = experiment_id(self.client, options.experiment or split.name, self.uri)
         self.options, self.split, self.init = options, split, init
         self.run_id = None
 
+    @classmethod
+    def reopen(cls, run_id: str) -> "OptimizeTracker":
+        tracker = cls.__new__(cls)
+        tracker.uri = tracking_uri()
+        tracker.client = client(tracker.uri, create=False)
+        run = get_run(tracker.client, run_id)
+        tracker.experiment = run.info.experiment_id
+        tracker.run_id = run_id
+        tracker.client.update_run(run_id, status="RUNNING")
+        return tracker
+
     def __enter__(self):
+        if self.run_id is not None:  # reopened
+            return self
         o = self.options
-        run = self.client.create_run(self.experiment, run_name=f"optimize {self.split.name}",
-                                     tags={"auto_evol.kind": "optimize", "auto_evol.data": self.split.name})
+        try:
+            run = self.client.create_run(self.experiment, run_name=f"optimize {self.split.name}",
+                                         tags={KIND_TAG: "optimize", "auto_evol.data": self.split.name})
+        except Exception as exc:
+            raise _unreachable(self.uri, exc) from None
         self.run_id = run.info.run_id
         evol, opt = o.evol_settings(), o.optimizer_settings()
         params = {
-            "data": self.split.name, "init_method": self.init.name, "init_method_hash": self.init.hash,
+            "data": self.split.name, "init_method": self.init.name, "parent_method_hash": self.init.hash,
             "steps": o.steps, "candidates": o.candidates, "batch_size": o.batch_size, "dev_size": o.dev_size,
             "rounds": o.rounds, "patience": o.patience, "seed": o.seed,
             "evol_model": evol.label, "evol_temperature": evol.temperature, "evol_top_p": evol.top_p,
             "evol_max_tokens": evol.max_tokens, "optimizer_model": opt.label,
             "optimizer_temperature": opt.temperature, "optimizer_top_p": opt.top_p,
-            "optimizer_max_tokens": opt.max_tokens, "api_base": o.api_base or "",
+            "optimizer_max_tokens": opt.max_tokens, "api_base": redact(o.api_base),
         }
-        for key, value in params.items():
-            self.client.log_param(self.run_id, key, "" if value is None else value)
+        self._params(self.run_id, params)
+        stored = dataclasses.asdict(o)
+        if redact(o.api_base) != (o.api_base or ""):
+            stored["api_base"] = None  # a URL with credentials in it is not stored
+        if Path(o.data).is_file():
+            stored["data"] = str(Path(o.data).resolve())
+        stored.pop("resume", None)
+        self.client.log_dict(self.run_id, stored, "options.json")
+        self.client.log_text(self.run_id, self.init.to_file_text(), f"methods/{self.init.name}.md")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -91,17 +221,96 @@ class OptimizeTracker(NullTracker):
             status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
             self.client.set_terminated(self.run_id, status=status)
 
+    def _params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
+
+    def _metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                               if v is not None])
+
+    def _log_table(self, run_id: str, columns: dict, path: str) -> None:
+        import mlflow
+        import pandas as pd
+
+        mlflow.log_table(pd.DataFrame(columns), artifact_file=path, run_id=run_id)
+
     def baseline(self, evaluation) -> None:
-        self.client.log_metric(self.run_id, "failure_rate", evaluation.rate, step=0)
+        counts = evaluation.counts()
+        self._metrics(self.run_id, {"failure_rate": evaluation.rate}, step=0)
+        self._metrics(self.run_id, {"failure_rate_e0": evaluation.rate,
+                                    **{f"e0_failures.{k}": v for k, v in counts.items()}})
+        self._log_table(self.run_id, _table(evaluation), "baseline/dev_evaluation.json")
 
     def step(self, record) -> None:
-        rate = record.rates[record.accepted] if record.accepted is not None else record.incumbent_rate
-        self.client.log_metric(self.run_id, "failure_rate", rate, step=record.step)
-        self.client.log_metric(self.run_id, "best_candidate_rate", min(record.rates), step=record.step)
-        self.client.log_metric(self.run_id, "calls", sum(record.calls.values()), step=record.step)
+        from .failure import Failure
+
+        incumbent_rate_after = record.rates[record.accepted] if record.accepted is not None else record.incumbent_rate
+        self._metrics(self.run_id, {"failure_rate": incumbent_rate_after, "best_candidate_rate": min(record.rates),
+                                    "calls": sum(record.calls.values())}, step=record.step)
+        step_run = self.client.create_run(
+            self.experiment, run_name=f"step {record.step}",
+            tags={PARENT_TAG: self.run_id, KIND_TAG: "step", "auto_evol.step": str(record.step),
+                  "auto_evol.accepted": str(record.accepted is not None).lower()}).info.run_id
+        self._params(step_run, {"step": record.step, "incumbent": record.incumbent.name,
+                                "parent_method_hash": record.incumbent.hash})
+        phase_metrics = {}
+        for phase in record.seconds:
+            key = phase.replace(" ", "_")
+            phase_metrics.update({f"calls.{key}": record.calls.get(phase, 0),
+                                  f"cached.{key}": record.cached.get(phase, 0),
+                                  f"seconds.{key}": record.seconds[phase]})
+        self._metrics(step_run, {"incumbent_rate": record.incumbent_rate, "best_candidate_rate": min(record.rates),
+                                 "accepted": int(record.accepted is not None), **phase_metrics}, step=record.step)
+        self._log_table(step_run, _trajectory_table(record), "trajectory.json")
+        self.client.log_text(step_run, record.incumbent.text, "incumbent_method.md")
+        self.client.set_terminated(step_run)
+        for c in record.candidates:
+            won = record.accepted == c.index
+            run_id = self.client.create_run(
+                self.experiment, run_name=f"step {record.step} candidate {c.index + 1}",
+                tags={PARENT_TAG: step_run, KIND_TAG: "candidate", "auto_evol.step": str(record.step),
+                      "auto_evol.winner": str(won).lower(), "auto_evol.readable": str(c.readable).lower()},
+            ).info.run_id
+            self._params(run_id, {"step": record.step, "candidate": c.index + 1, "method_hash": c.method.hash,
+                                  "parent_method_hash": record.incumbent.hash, "readable": c.readable})
+            counts = c.evaluation.counts()
+            self._metrics(run_id, {"failure_rate": c.evaluation.rate, "length_growth": c.evaluation.length_growth,
+                                   **{f"failures.{f.value}": counts.get(f.value, 0) for f in Failure}},
+                          step=record.step)
+            self.client.log_text(run_id, c.method.to_file_text(), "method.md")
+            diff = difflib.unified_diff(record.incumbent.text.splitlines(keepends=True),
+                                        c.method.text.splitlines(keepends=True),
+                                        fromfile=record.incumbent.name, tofile=c.method.name)
+            self.client.log_text(run_id, "".join(diff) or "(same text as the parent)\n", "method.diff")
+            self.client.log_text(run_id, c.feedback, "feedback.md")
+            self.client.log_text(run_id, c.reply or "(no optimizer reply)", "optimizer_reply.md")
+            self._log_table(run_id, _table(c.evaluation), "dev_evaluation.json")
+            self.client.set_terminated(run_id)
+            if won:
+                self.client.set_tag(self.run_id, f"auto_evol.winner.step{record.step}", run_id)
+
+    def checkpoint(self, state: dict) -> None:
+        self.client.log_dict(self.run_id, state, "checkpoint.json")
 
     def finish(self, result) -> None:
-        self.client.log_metric(self.run_id, "failure_rate_e0", result.initial.rate)
-        self.client.log_metric(self.run_id, "failure_rate_e_star", result.rates[-1])
+        calls = sum(u["calls"] for u in result.usage.values())
+        self._metrics(self.run_id, {
+            "failure_rate_e0": result.rates[0], "failure_rate_e_star": result.rates[-1], "llm_calls": calls,
+            "llm_calls_cached": sum(u["cached"] for u in result.usage.values()),
+            "input_tokens": sum(u["input_tokens"] for u in result.usage.values()),
+            "output_tokens": sum(u["output_tokens"] for u in result.usage.values()),
+            "seconds": result.seconds, "steps_run": len(result.rates) - 1})
         self.client.set_tag(self.run_id, "auto_evol.e_star", result.best.name)
+        self.client.set_tag(self.run_id, "auto_evol.accepted_steps", ",".join(map(str, result.accepted_steps)))
+        self.client.set_tag(self.run_id, "auto_evol.lineage", " -> ".join(result.lineage))
+        if result.prompt_uri:
+            self.client.set_tag(self.run_id, "auto_evol.prompt", result.prompt_uri)
+            self.client.set_tag(self.run_id, "auto_evol.champion", str(result.champion).lower())
         self.client.log_text(self.run_id, result.best.to_file_text(), f"e_star/{result.best.name}.md")

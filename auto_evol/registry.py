@@ -1,0 +1,99 @@
+"""The MLflow prompt registry as a home for methods: one prompt per data set, a version per run.
+
+``prompts:/NAME/VERSION`` and ``prompts:/NAME@ALIAS`` work wherever a method is taken; the alias
+``champion`` marks the best e* seen for a data set on its dev set.
+"""
+from __future__ import annotations
+
+import re
+
+from . import method as method_mod
+from .errors import UserError
+from .method import Method, placeholder_problem
+from .tracking import client, redact, tracking_uri
+
+PREFIX = "prompts:/"
+CHAMPION = "champion"
+
+
+def prompt_name(data: str) -> str:
+    """The registry name of a data set's prompt (MLflow allows letters, digits, '-', '_', '.')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", data).strip("-") or "methods"
+
+
+def uri(data: str, version: int) -> str:
+    return f"{PREFIX}{prompt_name(data)}/{version}"
+
+
+def is_uri(spec: str) -> bool:
+    return str(spec).startswith(PREFIX)
+
+
+def load(spec: str) -> Method:
+    """A method from the registry: ``prompts:/NAME/VERSION`` or ``prompts:/NAME@ALIAS``."""
+    import mlflow.genai
+
+    client(create=False)
+    try:
+        prompt = mlflow.genai.load_prompt(spec, link_to_model=False)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{spec}: not found in the prompt registry at {redact(tracking_uri())} ({text})") from None
+    if prompt is None:
+        raise UserError(f"{spec}: not found in the prompt registry at {redact(tracking_uri())}")
+    problem = placeholder_problem(prompt.template)
+    if problem:
+        raise UserError(f"{spec}: not a method: {problem}")
+    tags = dict(prompt.tags or {})
+    return Method(name=tags.get("method_name") or f"{prompt.name}-v{prompt.version}", text=prompt.template,
+                  parent=tags.get("parent", ""), made_by=f"MLflow prompt {prompt.name} version {prompt.version}")
+
+
+def resolve(spec: str) -> Method:
+    """Any method spec: a registry URI, a name in methods/, or a file path."""
+    return load(spec) if is_uri(spec) else method_mod.load(spec)
+
+
+def champion(data: str):
+    """The data set's champion prompt version, or None."""
+    import mlflow.genai
+
+    client()
+    try:
+        return mlflow.genai.load_prompt(f"{PREFIX}{prompt_name(data)}@{CHAMPION}", link_to_model=False,
+                                        allow_missing=True)
+    except Exception:
+        return None
+
+
+def register(data: str, method: Method, tags: dict[str, str]) -> int:
+    import mlflow.genai
+
+    client()
+    version = mlflow.genai.register_prompt(
+        name=prompt_name(data), template=method.text,
+        commit_message=f"e* of auto-evol optimize on {data}: {method.name}",
+        tags={"method_name": method.name, "parent": method.parent, "hash": method.hash, **tags})
+    return int(version.version)
+
+
+def set_champion(data: str, version: int) -> None:
+    import mlflow.genai
+
+    mlflow.genai.set_prompt_alias(prompt_name(data), alias=CHAMPION, version=version)
+
+
+def listing() -> list[dict]:
+    """Every prompt version in the registry: name, version, aliases, method name, failure rate."""
+    import mlflow.genai
+
+    c = client(create=False)
+    rows = []
+    for prompt in mlflow.genai.search_prompts():
+        versions = c.search_prompt_versions(prompt.name).prompt_versions
+        for v in versions:
+            tags = dict(v.tags or {})
+            rows.append({"uri": f"{PREFIX}{prompt.name}/{v.version}", "name": tags.get("method_name", ""),
+                         "aliases": ",".join(getattr(v, "aliases", []) or []),
+                         "failure_rate": tags.get("failure_rate", "")})
+    return rows
