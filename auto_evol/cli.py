@@ -52,6 +52,9 @@ def optimize(
     cache_dir: Optional[str] = typer.Option(None, help="LLM response cache. [default: ~/.cache/auto-evol]"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Keep LLM replies in memory only."),
     no_track: bool = typer.Option(False, "--no-track", help="Record nothing in MLflow."),
+    experiment: Optional[str] = typer.Option(None, help="MLflow experiment. [default: the data set's name]"),
+    trace: bool = typer.Option(False, "--trace", help="Record every LLM call as an MLflow trace."),
+    resume: Optional[str] = typer.Option(None, help="Go on with an interrupted run (its run id); its own settings apply."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print e*'s path only."),
 ) -> None:
     """Optimize an evolving method on a data set, from e0 (or --init-method) to e*."""
@@ -60,13 +63,16 @@ def optimize(
     from .optimize import optimize as run
 
     given = {k: v for k, v in locals().items()
-             if k not in ("config", "no_cache", "no_track", "quiet", "load_preset", "Options", "run") and v is not None}
+             if k not in ("config", "no_cache", "no_track", "trace", "quiet", "load_preset", "Options", "run")
+             and v is not None}
     settings = load_preset(config, Options) if config else {}
     settings.update(given)
     if no_cache:
         settings["cache_dir"] = None
     if no_track:
         settings["track"] = False
+    if trace:
+        settings["trace"] = True
     reporter = None
     if not quiet:
         from .console import RichReporter
@@ -77,6 +83,87 @@ def optimize(
         typer.echo(str(result.method_path))
 
 
+@app.command()
+def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+       open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
+    """Serve the MLflow UI over the project's store, on 127.0.0.1 only."""
+    from .tracking import serve_ui
+
+    serve_ui(port, open_browser=open_browser)
+
+
+@app.command()
+def runs(limit: int = typer.Option(50, help="At most this many runs, newest first.")) -> None:
+    """Past optimize runs: data, models, failure rate e0 -> e*, steps, calls, date, run id."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .tracking import optimize_runs
+
+    rows = optimize_runs(limit)
+    table = Table(title=f"{len(rows)} optimize runs")
+    for column in ("data", "evol / optimizer", "failure rate e0 -> e*", "steps", "calls", "date", "status", "run id"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(r["data"], f"{r['evol_model']} / {r['optimizer_model']}", r["rates"], r["steps"], r["calls"],
+                      r["date"], r["status"], r["run_id"])
+    Console().print(table)
+
+
+methods_app = typer.Typer(no_args_is_help=True, help="Methods in methods/ and in the MLflow prompt registry.")
+app.add_typer(methods_app, name="methods")
+
+
+@methods_app.command("list")
+def methods_list() -> None:
+    """Every method: files in methods/ (and the shipped ones) and prompt versions in the registry."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import method as method_mod
+    from . import registry
+
+    table = Table(title="methods")
+    for column in ("method", "where", "parent", "hash / aliases", "failure rate"):
+        table.add_column(column, overflow="fold")
+    for name in method_mod.available():
+        m = method_mod.load(name)
+        table.add_row(name, str(method_mod.path_of(name)), m.parent, m.hash, "")
+    for row in registry.listing():
+        table.add_row(row["uri"], "registry", row["name"], row["aliases"], row["failure_rate"])
+    Console().print(table)
+
+
+@methods_app.command("show")
+def methods_show(spec: str = typer.Argument(..., help="Name, file, or prompts:/NAME/VERSION | prompts:/NAME@ALIAS.")) -> None:
+    """Print a method as its file would hold it."""
+    from .registry import resolve
+
+    typer.echo(resolve(spec).to_file_text(), nl=False)
+
+
+@methods_app.command("diff")
+def methods_diff(a: str, b: str) -> None:
+    """Unified diff of two methods' texts (names, files or registry URIs)."""
+    import difflib
+
+    from .registry import resolve
+
+    first, second = resolve(a), resolve(b)
+    diff = difflib.unified_diff(first.text.splitlines(keepends=True), second.text.splitlines(keepends=True),
+                                fromfile=a, tofile=b)
+    typer.echo("".join(diff) or "(the same text)\n", nl=False)
+
+
+@methods_app.command("export")
+def methods_export(source: str = typer.Argument(..., help="An optimize run id (its e*) or a prompts:/ URI."),
+                   to: Path = typer.Option(..., "--to", help="File to write, e.g. methods/gsm8k-e-star.md.")) -> None:
+    """Write a run's e* or a registry version to a method file."""
+    from .registry import export
+
+    typer.echo(str(export(source, to)))
+
+
 def run() -> None:
     """Console entry point: one clear line and a non-zero exit for anything the user must fix."""
     try:
@@ -84,22 +171,18 @@ def run() -> None:
     except UserError as exc:
         typer.echo(f"auto-evol: error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("auto-evol: interrupted", err=True)
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("auto-evol: interrupted; finished LLM calls are cached and --resume RUN_ID goes on", err=True)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("auto-evol: aborted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click's usage errors, and bugs: one line unless debugging
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error from typer's click
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("AUTO_EVOL_DEBUG"):
             raise
-        typer.echo(f"auto-evol: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                   f"(set AUTO_EVOL_DEBUG=1 for the traceback)", err=True)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        typer.echo(f"auto-evol: internal error: {type(exc).__name__}: {text} (set AUTO_EVOL_DEBUG=1 for the traceback)",
+                   err=True)
         sys.exit(1)

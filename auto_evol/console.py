@@ -28,6 +28,8 @@ class RichReporter(Reporter):
             f"start {init.name} | steps {options.steps}, m {options.candidates}, batch {options.batch_size}, "
             f"rounds {options.rounds} | evol {evol.label} (t={evol.temperature}), "
             f"optimizer {opt.label} (t={opt.temperature})")
+        if options.resume:
+            self.console.print(f"resuming MLflow run {options.resume} after its last finished step")
         self.progress.start()
 
     def phase(self, name: str, total: int) -> None:

@@ -103,10 +103,9 @@ def load(spec: str | os.PathLike) -> Method:
         if not path.is_file():
             raise UserError(f"{spec_str}: method file not found")
         return _read(path)
-    for directory in search_dirs():
-        candidate = directory / f"{spec_str}{SUFFIX}"
-        if candidate.is_file():
-            return _read(candidate)
+    found = path_of(spec_str)
+    if found is not None:
+        return _read(found)
     known = ", ".join(available()) or "none"
     raise UserError(f"unknown method {spec_str!r} (known: {known}; or give a file path)")
 
@@ -117,6 +116,15 @@ def _read(path: Path) -> Method:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return parse(text, source=str(path), default_name=path.stem)
+
+
+def path_of(name: str) -> Path | None:
+    """The file a method name resolves to, or None."""
+    for directory in search_dirs():
+        candidate = directory / f"{name}{SUFFIX}"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def available() -> list[str]:

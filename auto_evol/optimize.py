@@ -242,7 +242,7 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
     if not options.track:
         tracker = tracking.NullTracker()
     elif options.resume:
-        tracker = tracking.OptimizeTracker.reopen(options.resume)
+        tracker = tracking.OptimizeTracker.reopen(options.resume, state.next_step if state else 1)
     else:
         tracker = tracking.OptimizeTracker(options, split, init)
     if options.trace:

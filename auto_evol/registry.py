@@ -90,10 +90,43 @@ def listing() -> list[dict]:
     c = client(create=False)
     rows = []
     for prompt in mlflow.genai.search_prompts():
-        versions = c.search_prompt_versions(prompt.name).prompt_versions
-        for v in versions:
+        versions = c.search_prompt_versions(prompt.name)
+        best = champion(prompt.name)
+        for v in getattr(versions, "prompt_versions", versions):
             tags = dict(v.tags or {})
+            rate = tags.get("failure_rate")
             rows.append({"uri": f"{PREFIX}{prompt.name}/{v.version}", "name": tags.get("method_name", ""),
-                         "aliases": ",".join(getattr(v, "aliases", []) or []),
-                         "failure_rate": tags.get("failure_rate", "")})
+                         "aliases": CHAMPION if best is not None and best.version == v.version else "",
+                         "failure_rate": f"{float(rate):.1%}" if rate else ""})
     return rows
+
+
+def from_run(run_id: str) -> Method:
+    """The e* an optimize run wrote."""
+    import tempfile
+    from pathlib import Path
+
+    from .tracking import get_run
+
+    c = client(create=False)
+    run = get_run(c, run_id)
+    name = run.data.tags.get("auto_evol.e_star")
+    if not name:
+        raise UserError(f"run {run_id} has no e* (it did not finish; resume it with --resume {run_id})")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = c.download_artifacts(run_id, f"e_star/{name}.md", tmp)
+        return method_mod.parse(Path(local).read_text(encoding="utf-8"), source=f"run {run_id}", default_name=name)
+
+
+def export(source: str, to) -> "Path":
+    """Write a registry version or a run's e* to the method file ``to``; returns its path."""
+    from pathlib import Path
+
+    to = Path(to)
+    found = load(source) if is_uri(source) else from_run(source)
+    named = Method(name=to.stem, text=found.text, parent=found.parent or found.name,
+                   made_by=f"exported from {source}", extra={**found.extra, "source": found.name})
+    written = method_mod.save(named, to.parent)
+    if written != to:  # save() names the file after the method; keep the user's suffix
+        written.replace(to)
+    return to

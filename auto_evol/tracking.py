@@ -175,15 +175,25 @@ class OptimizeTracker(NullTracker):
         self.run_id = None
 
     @classmethod
-    def reopen(cls, run_id: str) -> "OptimizeTracker":
+    def reopen(cls, run_id: str, next_step: int) -> "OptimizeTracker":
+        """Log on into an interrupted run; step records from ``next_step`` on were cut short: drop them."""
         tracker = cls.__new__(cls)
         tracker.uri = tracking_uri()
         tracker.client = client(tracker.uri, create=False)
         run = get_run(tracker.client, run_id)
         tracker.experiment = run.info.experiment_id
         tracker.run_id = run_id
+        for step_run in tracker._children(run_id):
+            if int(step_run.data.tags.get("auto_evol.step", 0)) >= next_step:
+                for candidate in tracker._children(step_run.info.run_id):
+                    tracker.client.delete_run(candidate.info.run_id)
+                tracker.client.delete_run(step_run.info.run_id)
         tracker.client.update_run(run_id, status="RUNNING")
         return tracker
+
+    def _children(self, run_id: str) -> list:
+        return self.client.search_runs([self.experiment], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'",
+                                       max_results=1000)
 
     def __enter__(self):
         if self.run_id is not None:  # reopened
@@ -314,3 +324,57 @@ class OptimizeTracker(NullTracker):
             self.client.set_tag(self.run_id, "auto_evol.prompt", result.prompt_uri)
             self.client.set_tag(self.run_id, "auto_evol.champion", str(result.champion).lower())
         self.client.log_text(self.run_id, result.best.to_file_text(), f"e_star/{result.best.name}.md")
+
+
+def optimize_runs(limit: int = 50) -> list[dict]:
+    """Past optimize runs across experiments, newest first, as rows for a table."""
+    import datetime as dt
+
+    c = client(create=False)
+    try:
+        experiments = [e.experiment_id for e in c.search_experiments()]
+        runs = c.search_runs(experiments, filter_string=f"tags.`{KIND_TAG}` = 'optimize'",
+                             order_by=["attributes.start_time DESC"], max_results=limit) if experiments else []
+    except Exception as exc:
+        raise _unreachable(tracking_uri(), exc) from None
+    rows = []
+    for r in runs:
+        m, p = r.data.metrics, r.data.params
+        e0, e_star = m.get("failure_rate_e0"), m.get("failure_rate_e_star")
+        rates = f"{e0:.1%} -> {e_star:.1%}" if e0 is not None and e_star is not None else (
+            f"{e0:.1%} -> ?" if e0 is not None else "?")
+        rows.append({
+            "data": p.get("data", ""), "evol_model": p.get("evol_model", ""),
+            "optimizer_model": p.get("optimizer_model", ""), "rates": rates,
+            "steps": str(int(m["steps_run"])) if "steps_run" in m else "?",
+            "calls": str(int(m["llm_calls"])) if "llm_calls" in m else "?",
+            "date": dt.datetime.fromtimestamp(r.info.start_time / 1000).strftime("%Y-%m-%d %H:%M"),
+            "status": r.info.status, "run_id": r.info.run_id,
+        })
+    return rows
+
+
+def serve_ui(port: int, *, open_browser: bool = False) -> None:
+    """Run the MLflow UI (mlflow server) over the project's store, bound to 127.0.0.1."""
+    import shutil
+    import subprocess
+    import sys
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]} (run auto-evol optimize first)")
+    url = f"http://127.0.0.1:{port}"
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow_bin, "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    if uri.startswith("sqlite:///"):
+        command += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()]
+    print(f"MLflow UI on {url} (store {redact(uri)}); Ctrl-C stops it", flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        subprocess.run(command, check=False)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,85 @@
+"""A scripted OpenAI-compatible chat server on 127.0.0.1, for tests that need a real HTTP provider.
+
+Run in a thread by tests, or as a process: ``python tests/fake_openai.py PORT_FILE`` writes its port.
+It answers like the optimize tests' scripted world, deterministically per prompt, and remembers the
+Authorization headers it saw.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def world(prompt: str) -> str:
+    """Methods carry a level L; question i evolves well when i % 4 <= L. The optimizer adds one level."""
+    if prompt.startswith("You are reviewing"):
+        return "Case 1 failed: no usable rewrite."
+    if prompt.startswith("You improve"):
+        level = int(re.search(r"level (\d+)", prompt.split("=== End of current method ===")[0]).group(1))
+        return f"Optimized Method:\nRewrite (level {level + 1}) this: {{instruction}}\n"
+    if prompt.startswith("Rewrite"):
+        level = int(re.search(r"level (\d+)", prompt).group(1))
+        i = int(re.search(r"number (\d+)", prompt).group(1))
+        if i % 4 <= level:
+            return f"#Finally Rewritten Instruction#: Question number {i}, with a twist?"
+        return "I would rather not." if i % 2 == 0 else f"#Finally Rewritten Instruction#: Question number {i} [vague]"
+    return "Sure, which numbers do you mean?" if "[vague]" in prompt else "The answer is 4."
+
+
+class FakeOpenAI:
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.calls = 0
+        self.auth: set[str] = set()
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with outer.lock:
+                    outer.calls += 1
+                    outer.auth.add(self.headers.get("Authorization", ""))
+                if outer.latency:
+                    time.sleep(outer.latency)
+                prompt = body["messages"][-1]["content"]
+                if isinstance(prompt, list):
+                    prompt = "".join(part.get("text", "") for part in prompt)
+                text = world(prompt)
+                reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
+                         "choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": text}}],
+                         "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(text.split()),
+                                   "total_tokens": len(prompt.split()) + len(text.split())}}
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeOpenAI":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+if __name__ == "__main__":
+    with FakeOpenAI(latency=float(sys.argv[2]) if len(sys.argv) > 2 else 0.0) as fake:
+        with open(sys.argv[1], "w") as fh:
+            fh.write(fake.base)
+        threading.Event().wait()
