@@ -37,7 +37,8 @@ def test_optimize_on_the_embedded_model_writes_e_star_and_a_failure_rate_history
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    [run] = client.search_runs([client.get_experiment_by_name("gsm8k_seed").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("gsm8k_seed").experiment_id],
+                               filter_string="tags.`auto_evol.kind` = 'optimize'")
     history = sorted(client.get_metric_history(run.info.run_id, "failure_rate"), key=lambda m: m.step)
     assert [m.step for m in history] == [0, 1]
     assert all(0.0 <= m.value <= 1.0 for m in history)
