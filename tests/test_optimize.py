@@ -11,6 +11,7 @@ from auto_evol import method, optimize
 from auto_evol.errors import UserError
 from auto_evol.failure import Failure
 from conftest import scripted_llm
+from fake_openai import world
 
 INIT = "Rewrite (level 0) this: {instruction}\n"
 
@@ -18,9 +19,9 @@ INIT = "Rewrite (level 0) this: {instruction}\n"
 class World:
     """A scripted evol + optimizer pair whose methods have known failure rates.
 
-    A method's level L is written in its text. Question i fails to evolve well when i % 4 > L:
-    even i give an unreadable reply, odd i a rewrite that the evol LLM answers with a question back.
-    The k-th optimization call writes level+1 when k is odd and nothing readable when k is even.
+    The evol LLM is fake_openai.world: a method's level L is written in its text, and question i fails
+    to evolve well when i % 4 > L (even i: an unreadable reply; odd i: a rewrite answered with a
+    question back). The k-th optimization call writes level+1 when k is odd, nothing readable when even.
     """
 
     def __init__(self, improve: bool = True) -> None:
@@ -33,16 +34,7 @@ class World:
         return int(re.search(r"level (\d+)", text).group(1))
 
     def evol(self, prompt: str) -> str:
-        if prompt.startswith("Rewrite"):
-            level = self.level(prompt)
-            i = int(re.search(r"number (\d+)", prompt).group(1))
-            if i % 4 <= level:
-                return f"#Finally Rewritten Instruction#: Question number {i}, with a twist?"
-            if i % 2 == 0:
-                return "I would rather not."
-            return f"#Finally Rewritten Instruction#: Question number {i} [vague]"
-        # An answer to an evolved instruction.
-        return "Sure, which numbers do you mean?" if "[vague]" in prompt else "The answer is 4."
+        return world(prompt)
 
     def optimizer(self, prompt: str) -> str:
         if prompt.startswith("You are reviewing"):

@@ -230,3 +230,19 @@ def test_an_unreachable_tracking_server_is_one_clear_line(project):
                          text=True, timeout=120)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "tracking store http://127.0.0.1:9 cannot be used" in lines[0]
+
+
+def test_trace_records_every_llm_call(project, monkeypatch):
+    import mlflow
+    import mlflow.dspy
+
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    try:
+        with FakeOpenAI() as fake:
+            result = optimize(**settings(fake, steps=1, candidates=1, trace=True))
+        experiment = mlflow.MlflowClient().get_run(result.run_id).info.experiment_id
+        traces = mlflow.search_traces(locations=[experiment], return_type="list")
+    finally:
+        mlflow.dspy.autolog(disable=True)
+    assert len(traces) >= result.usage["evol"]["calls"]
+    assert not [p for p in Path("mlruns").rglob("*") if p.is_file() and FAKE_KEY.encode() in p.read_bytes()]
