@@ -70,10 +70,13 @@ def step_table(record: StepRecord) -> Table:
                         f"at {_pct(record.incumbent_rate)}", title_justify="left")
     for column in ("candidate", "failure rate", "failures by type", "method", "result"):
         table.add_column(column)
-    for c in record.candidates:
-        counts = ", ".join(f"{k} {v}" for k, v in c.evaluation.counts().most_common()) or "-"
+    for c, rate in zip(record.candidates, record.rates):
+        if c.evaluation is None:
+            counts = "(the incumbent's text: not judged again)"
+        else:
+            counts = ", ".join(f"{k} {v}" for k, v in c.evaluation.counts().most_common()) or "-"
         result = "accepted" if record.accepted == c.index else ("" if c.readable else "unreadable, kept incumbent")
-        table.add_row(str(c.index + 1), _pct(c.evaluation.rate), counts, c.method.hash, result)
+        table.add_row(str(c.index + 1), _pct(rate), counts, c.method.hash, result)
     phases = ", ".join(f"{k} {record.calls.get(k, 0)} calls ({record.cached.get(k, 0)} cached) / {v:.0f}s"
                        for k, v in record.seconds.items())
     table.caption = phases

@@ -30,9 +30,6 @@ from .llm import LLMError, Llm, RoleSettings
 from .method import Method
 from .trajectory import Trajectory, evolve
 
-PHASES = ("trajectory", "analysis", "optimization", "dev evaluation")
-
-
 @dataclass
 class Options:
     """Every setting of an optimize run. Defaults are the paper's."""
@@ -96,7 +93,8 @@ class StepRecord:
 
     @property
     def rates(self) -> list[float]:
-        return [c.evaluation.rate for c in self.candidates]
+        """Each candidate's failure rate; one with the incumbent's own text has the incumbent's rate."""
+        return [c.evaluation.rate if c.evaluation else self.incumbent_rate for c in self.candidates]
 
 
 @dataclass
@@ -345,15 +343,21 @@ def _step(step: int, incumbent: Method, incumbent_rate: float, split: Split, opt
                        made_by=f"optimizer {optimizer.settings.label}, step {step}, candidate {index + 1}")
 
     candidates = runner.map("optimization", candidate, indices)
-    # Every (candidate, dev item) pair is one task, so all m x |D| judgements share the pool.
-    pairs = [(c, item) for c in candidates for item in split.dev]
-    judged = runner.map("dev evaluation", lambda pair: judge(evol, pair[0].method, pair[1]), pairs)
+    # Each distinct new text is judged once: a candidate that kept the incumbent's text (unreadable
+    # reply) or repeats another candidate is not paid for twice, and can never replace the incumbent
+    # by noise. Every (method, dev item) pair is one task, so all judgements share the pool.
+    distinct: dict[str, Method] = {}
+    for c in candidates:
+        if c.method.hash != incumbent.hash:
+            distinct.setdefault(c.method.hash, c.method)
+    pairs = [(m, item) for m in distinct.values() for item in split.dev]
+    judged = runner.map("dev evaluation", lambda pair: judge(evol, pair[0], pair[1]), pairs)
     n = len(split.dev)
-    candidates = [dataclasses.replace(c, evaluation=Evaluation(c.method, tuple(judged[i * n:(i + 1) * n])))
-                  for i, c in enumerate(candidates)]
-    chosen = selection.winner(incumbent_rate, [c.evaluation.rate for c in candidates])
+    evaluations = {h: Evaluation(m, tuple(judged[i * n:(i + 1) * n])) for i, (h, m) in enumerate(distinct.items())}
+    candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
     calls, cached, seconds = runner.take()
-    return StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, chosen, calls, cached, seconds)
+    record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds)
+    return dataclasses.replace(record, accepted=selection.winner(incumbent_rate, record.rates))
 
 
 def _final_method(state: LoopState, data_name: str, options: Options) -> Method:

@@ -281,7 +281,7 @@ class OptimizeTracker(NullTracker):
         self._log_table(step_run, _trajectory_table(record), "trajectory.json")
         self.client.log_text(step_run, record.incumbent.text, "incumbent_method.md")
         self.client.set_terminated(step_run)
-        for c in record.candidates:
+        for c, rate in zip(record.candidates, record.rates):
             won = record.accepted == c.index
             run_id = self.client.create_run(
                 self.experiment, run_name=f"step {record.step} candidate {c.index + 1}",
@@ -290,10 +290,12 @@ class OptimizeTracker(NullTracker):
             ).info.run_id
             self._params(run_id, {"step": record.step, "candidate": c.index + 1, "method_hash": c.method.hash,
                                   "parent_method_hash": record.incumbent.hash, "readable": c.readable})
-            counts = c.evaluation.counts()
-            self._metrics(run_id, {"failure_rate": c.evaluation.rate, "length_growth": c.evaluation.length_growth,
-                                   **{f"failures.{f.value}": counts.get(f.value, 0) for f in Failure}},
-                          step=record.step)
+            metrics = {"failure_rate": rate}
+            if c.evaluation is not None:  # None: the incumbent's own text, whose rate it keeps
+                counts = c.evaluation.counts()
+                metrics.update({"length_growth": c.evaluation.length_growth,
+                                **{f"failures.{f.value}": counts.get(f.value, 0) for f in Failure}})
+            self._metrics(run_id, metrics, step=record.step)
             self.client.log_text(run_id, c.method.to_file_text(), "method.md")
             diff = difflib.unified_diff(record.incumbent.text.splitlines(keepends=True),
                                         c.method.text.splitlines(keepends=True),
@@ -301,7 +303,8 @@ class OptimizeTracker(NullTracker):
             self.client.log_text(run_id, "".join(diff) or "(same text as the parent)\n", "method.diff")
             self.client.log_text(run_id, c.feedback, "feedback.md")
             self.client.log_text(run_id, c.reply or "(no optimizer reply)", "optimizer_reply.md")
-            self._log_table(run_id, _table(c.evaluation), "dev_evaluation.json")
+            if c.evaluation is not None:
+                self._log_table(run_id, _table(c.evaluation), "dev_evaluation.json")
             self.client.set_terminated(run_id)
             if won:
                 self.client.set_tag(self.run_id, f"auto_evol.winner.step{record.step}", run_id)

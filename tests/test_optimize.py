@@ -78,10 +78,11 @@ def test_each_step_accepts_the_better_candidate_and_e_star_is_saved_and_recorded
     assert result.rates[0] > result.rates[-1]
     for record in result.history:
         assert [c.readable for c in record.candidates] == [True, False]
-        assert record.candidates[1].evaluation.rate == record.incumbent_rate  # kept the incumbent
+        # The unreadable candidate kept the incumbent's text: not judged again, the incumbent's rate.
+        assert record.candidates[1].evaluation is None and record.rates[1] == record.incumbent_rate
         # Calls per phase: batch x rounds, m, m, and at most m x |D| x 2.
         assert record.calls["trajectory"] == 3 and record.calls["analysis"] == 2
-        assert record.calls["optimization"] == 2 and record.calls["dev evaluation"] <= 2 * 8 * 2
+        assert record.calls["optimization"] == 2 and record.calls["dev evaluation"] <= 8 * 2
     # e0's failures are typed.
     counts = result.initial.counts()
     assert set(counts) <= {Failure.UNREADABLE_EVOLUTION.value, Failure.INSUFFICIENT_QUALIFICATION.value}

@@ -42,6 +42,9 @@ def test_every_step_candidate_and_failure_is_on_record_and_e_star_is_registered(
     with FakeOpenAI() as fake:
         result = optimize(**settings(fake))
     assert result.accepted_steps == [1, 2, 3] and result.rates[0] > result.rates[-1]
+    for record in result.history:  # the two candidates wrote the same text: judged once, not twice
+        assert record.candidates[0].method.hash == record.candidates[1].method.hash
+        assert record.calls["dev evaluation"] <= 8 * 2 and record.rates[0] == record.rates[1]
     c = mlflow.MlflowClient()
     parent = c.get_run(result.run_id)
     assert parent.data.params["parent_method_hash"] == method.load("init.md").hash
