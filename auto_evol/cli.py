@@ -84,6 +84,65 @@ def optimize(
 
 
 @app.command()
+def evolve(
+    data: str = typer.Option(..., help="Seeds: a JSONL/JSON/CSV/Parquet file."),
+    method: list[str] = typer.Option(["evol-instruct"], "--method",
+                                     help="Method(s): evol-instruct (the six classic operators), a name in methods/, a file, "
+                                          "or prompts:/...; NAME=WEIGHT to weigh several. Repeatable."),
+    rounds: int = typer.Option(4, help="Evolution rounds M."),
+    out: Path = typer.Option(Path("evolved.jsonl"), help="Output file; its work folder is OUT.work/."),
+    format: Optional[str] = typer.Option(None, help="jsonl | alpaca | sharegpt | openai | parquet [default: from --out]"),
+    sample: Optional[int] = typer.Option(None, help="Draw this many records from seeds + all rounds."),
+    seed: int = typer.Option(0, help="Seed for method choice, shuffle and sample."),
+    instruction_field: Optional[str] = typer.Option(None, help="Instruction column (guessed when omitted)."),
+    input_field: str = typer.Option("input", help="Optional input column."),
+    output_field: str = typer.Option("output", help="Optional answer column of the seeds."),
+    evol_model: Optional[str] = typer.Option(None, help="Evol LLM (as for optimize). [default: embedded]"),
+    answer_model: Optional[str] = typer.Option(None, help="Answer LLM. [default: the evol model]"),
+    api_base: Optional[str] = typer.Option(None, help="OpenAI-compatible server for provider models."),
+    answer_temperature: float = typer.Option(1.0),
+    answer_top_p: float = typer.Option(0.9),
+    answer_max_tokens: int = typer.Option(2048),
+    evol_max_tokens: int = typer.Option(1024),
+    judge: bool = typer.Option(True, "--judge/--no-judge", help="The equal / not-equal information-gain judge."),
+    concurrency: int = typer.Option(64, help="LLM calls in flight."),
+    max_calls: Optional[int] = typer.Option(None, help="Stop after about this many calls; rerun to go on."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and tokens it would take; do nothing."),
+    restart: bool = typer.Option(False, "--restart", help="Drop OUT.work/ of an earlier run instead of continuing it."),
+    on_bad_line: str = typer.Option("skip", help="skip (report file:line and reason) | fail"),
+    cache_dir: Optional[str] = typer.Option(None, help="LLM response cache. [default: ~/.cache/auto-evol]"),
+    no_track: bool = typer.Option(False, "--no-track", help="Record nothing in MLflow."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Evolve a dataset with e* or the classic Evol-Instruct operators; rerunning continues where it stopped."""
+    import json as _json
+
+    from .evolve import EvolveOptions
+    from .evolve import evolve as run
+
+    options = EvolveOptions(
+        data=data, out=str(out), methods=list(method), rounds=rounds, sample=sample, format=format, seed=seed,
+        instruction_field=instruction_field, input_field=input_field, output_field=output_field,
+        evol_model=evol_model, answer_model=answer_model, api_base=api_base, answer_temperature=answer_temperature,
+        answer_top_p=answer_top_p, answer_max_tokens=answer_max_tokens, evol_max_tokens=evol_max_tokens,
+        judge=judge, concurrency=concurrency, max_calls=max_calls, on_bad_line=on_bad_line, restart=restart,
+        track=not no_track, **({"cache_dir": cache_dir} if cache_dir else {}))
+    if dry_run:
+        typer.echo(_json.dumps(run(options, dry_run=True), indent=2))
+        return
+    reporter = None
+    if not quiet:
+        from .console import EvolveConsole
+
+        reporter = EvolveConsole()
+    result = run(options, reporter=reporter)
+    if quiet:
+        typer.echo(str(result.out) if result.complete else "incomplete")
+    if not result.complete:
+        raise typer.Exit(3)
+
+
+@app.command()
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
     """Serve the MLflow UI over the project's store, on 127.0.0.1 only."""

@@ -82,3 +82,53 @@ def step_table(record: StepRecord) -> Table:
     table.caption = phases
     table.caption_justify = "left"
     return table
+
+
+class EvolveConsole:
+    """Progress and the closing stats table of `auto-evol evolve`."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
+        self.task = None
+
+    def start(self, options, seeds: int, methods) -> None:
+        names = ", ".join(f"{m.name} ({w:.2g})" for m, w in methods)
+        self.console.print(f"[bold]auto-evol evolve[/] {options.data}: {seeds} seeds, {options.rounds} rounds, "
+                           f"methods {names}; evol {options.evol_settings().label}, "
+                           f"answers {options.answer_settings().label}")
+        self.progress.start()
+
+    def phase(self, name: str, total: int, done: int) -> None:
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(name, total=total, completed=done)
+
+    def advance(self) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def finish(self, result) -> None:
+        self.progress.stop()
+        for bad in result.bad_lines[:20]:
+            self.console.print(f"skipped {bad.where}: {bad.reason}")
+        if len(result.bad_lines) > 20:
+            self.console.print(f"... {len(result.bad_lines) - 20} more bad rows (see the work folder's bad_lines.jsonl)")
+        table = Table(title="rounds", title_justify="left")
+        for column in ("round", "kept", "eliminated by reason", "mean words before -> after"):
+            table.add_column(column)
+        for r in result.rounds:
+            d = r.to_dict()
+            reasons = ", ".join(f"{k} {v}" for k, v in r.eliminated.most_common()) or "-"
+            lengths = f"{d['mean_words_before']} -> {d['mean_words_after']}" if r.kept else "-"
+            table.add_row(str(r.round), str(r.kept), reasons, lengths)
+        self.console.print(table)
+        calls = ", ".join(f"{role} {u['calls']} calls ({u['cached']} cached, {u['errors']} failed), "
+                          f"{u['output_tokens']} tokens out" for role, u in result.calls.items())
+        if result.complete:
+            self.console.print(f"{result.records} records -> {result.out}; rejects -> {result.rejects}; {calls}; "
+                               f"{result.seconds:.0f} s")
+        else:
+            self.console.print(f"stopped at --max-calls ({calls}); rerun the same command to go on")

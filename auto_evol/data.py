@@ -130,3 +130,59 @@ def to_items(rows: list[dict], field_name: str, source: str) -> list[Item]:
 def load_items(path: Path, field_name: str | None = None) -> list[Item]:
     rows = read_rows(path)
     return to_items(rows, instruction_field(rows, field_name, str(path)), str(path))
+
+
+@dataclass(frozen=True)
+class BadRow:
+    where: str       # file:line (or file row N)
+    reason: str
+
+
+def stream_rows(path: Path):
+    """Yield (where, row) for every row of a data file, or (where, BadRow) for a row that cannot be
+    read; rows are read one at a time for JSONL, CSV and Parquet (a JSON array is parsed whole)."""
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: unknown data format {path.suffix or '(no suffix)'!r} (known: {', '.join(sorted(FORMATS))})")
+    if kind == "jsonl":
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, start=1):
+                where = f"{path}:{number}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield where, BadRow(where, f"not UTF-8 ({exc.reason})")
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield where, BadRow(where, f"not valid JSON ({exc.msg})")
+                    continue
+                yield where, row if isinstance(row, dict) else BadRow(where, "not a JSON object")
+    elif kind == "csv":
+        with open(path, encoding="utf-8", errors="strict", newline="") as fh:
+            reader = csv.DictReader(fh)
+            try:
+                for row in reader:
+                    yield f"{path}:{reader.line_num}", row
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path}: not UTF-8 ({exc.reason})") from None
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.ParquetFile(path)
+        except Exception as exc:
+            raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        n = 0
+        for batch in table.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                n += 1
+                yield f"{path} row {n}", row
+    else:
+        for i, row in enumerate(_json(path), start=1):
+            yield f"{path} item {i}", row

@@ -7,6 +7,7 @@ Each failure carries a type so that runs can say why a method fails, not only ho
 """
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 
@@ -26,6 +27,11 @@ class Failure(str, Enum):
     # The answer itself is missing, or the LLM call failed for this item after its retries.
     EMPTY_ANSWER = "empty_answer"
     LLM_ERROR = "llm_error"
+    # Evol-Instruct's elimination rules (used when evolving datasets).
+    NO_INFORMATION_GAIN = "no_information_gain"
+    SORRY_SHORT_ANSWER = "sorry_short_answer"
+    STOPWORDS_ONLY_ANSWER = "stopwords_only_answer"
+    COPIES_PROMPT_WORDS = "copies_prompt_words"
 
 
 # (opening words, failure type) for answers that also end with a question mark, in the order tried.
@@ -65,3 +71,32 @@ def answer_failure(answer: str) -> Failure | None:
         if phrase in low:
             return failure
     return None
+
+
+# Words of the evolving prompts themselves: an evolved instruction that holds them copied the prompt.
+PROMPT_WORDS = ("given prompt", "rewritten prompt", "created prompt", "#given prompt#", "#rewritten prompt#",
+                "#created prompt#", "given instruction", "rewritten instruction", "created instruction",
+                "#instruction#", "#finally rewritten instruction#")
+SORRY_MAX_WORDS = 80
+
+
+def instruction_failure(evolved: str) -> Failure | None:
+    """Elimination rule 4: the evolved instruction copies words of the evolving prompt."""
+    low = evolved.casefold()
+    return Failure.COPIES_PROMPT_WORDS if any(w in low for w in PROMPT_WORDS) else None
+
+
+def elimination_failure(answer: str) -> Failure | None:
+    """Elimination rules 2 and 3 on the answer, then F(r)."""
+    words = re.findall(r"[\w']+", answer.casefold())
+    if "sorry" in answer.casefold() and len(answer.split()) < SORRY_MAX_WORDS:
+        return Failure.SORRY_SHORT_ANSWER
+    if answer.strip() and all(w in _stop_words() for w in words):
+        return Failure.STOPWORDS_ONLY_ANSWER
+    return answer_failure(answer)
+
+
+def _stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return ENGLISH_STOP_WORDS

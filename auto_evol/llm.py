@@ -98,10 +98,7 @@ class Llm:
         self._seeded = seeded  # the backend takes a per-request sampling seed (our GGUF engine does)
         self.usage = Usage()
 
-    def ask(self, prompt: str, *, rollout: int | None = None) -> Reply:
-        """One completion. ``rollout`` separates otherwise identical sampled requests in the cache
-        and seeds the sampler, so a sampled call repeats exactly where the backend honours seeds."""
-        import dspy
+    def _request(self, prompt: str, rollout: int | None):
         from dspy import lm15
 
         s = self.settings
@@ -109,23 +106,49 @@ class Llm:
         config = lm15.Config(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
                              seed=rollout if sampled and self._seeded else None)
         request = lm15.Request(model=self._lm.model, messages=(lm15.Message.user(prompt),), config=config)
-        kwargs = {"rollout_id": rollout} if sampled else {}
-        started = time.perf_counter()
-        try:
-            # DSPy's usage tracker records nothing for a cache hit: that is how a hit is told apart.
-            with dspy.track_usage() as tracker:
-                response = self._lm(request, **kwargs)
-        except Exception as exc:
-            self.usage.add(None, time.perf_counter() - started)
-            if _is_fatal(exc):
-                raise UserError(f"{s.label}: {_first_line(exc)}") from None
-            raise LLMError(_first_line(exc)) from None
+        return request, ({"rollout_id": rollout} if sampled else {})
+
+    def _reply(self, response, tracker, started: float) -> Reply:
         usage = response.usage
         reply = Reply(text=response.text or "", input_tokens=getattr(usage, "input_tokens", 0) or 0,
                       output_tokens=getattr(usage, "output_tokens", 0) or 0,
                       truncated=response.finish_reason == "length", cached=not tracker.get_total_tokens())
         self.usage.add(reply, time.perf_counter() - started)
         return reply
+
+    def _failed(self, exc: Exception, started: float) -> Exception:
+        self.usage.add(None, time.perf_counter() - started)
+        if _is_fatal(exc):
+            return UserError(f"{self.settings.label}: {_first_line(exc)}")
+        return LLMError(_first_line(exc))
+
+    async def aask(self, prompt: str, *, rollout: int | None = None) -> Reply:
+        """``ask`` for asyncio code: many calls in flight on one thread."""
+        import dspy
+
+        request, kwargs = self._request(prompt, rollout)
+        started = time.perf_counter()
+        try:
+            with dspy.track_usage() as tracker:
+                response = await self._lm.acall(request, **kwargs)
+        except Exception as exc:
+            raise self._failed(exc, started) from None
+        return self._reply(response, tracker, started)
+
+    def ask(self, prompt: str, *, rollout: int | None = None) -> Reply:
+        """One completion. ``rollout`` separates otherwise identical sampled requests in the cache
+        and seeds the sampler, so a sampled call repeats exactly where the backend honours seeds."""
+        import dspy
+
+        request, kwargs = self._request(prompt, rollout)
+        started = time.perf_counter()
+        try:
+            # DSPy's usage tracker records nothing for a cache hit: that is how a hit is told apart.
+            with dspy.track_usage() as tracker:
+                response = self._lm(request, **kwargs)
+        except Exception as exc:
+            raise self._failed(exc, started) from None
+        return self._reply(response, tracker, started)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -209,8 +232,8 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, s
                 _engines[key] = _GgufEngine(path, slots)
             engine = _engines[key]
         # The file's name and size identify the model in the cache.
-        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, cache=cache,
-                     num_retries=num_retries)
+        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=_AsyncGguf(engine),
+                     cache=cache, num_retries=num_retries)
         return Llm(settings, lm, seeded=True)
     kwargs = {}
     if settings.api_base:
@@ -278,6 +301,25 @@ class _GgufEngine:
         return lm15.response_to_events(self.complete(request))
 
     def close(self) -> None:
+        pass
+
+
+class _AsyncGguf:
+    """The GGUF engine for async callers: each completion runs on a worker thread."""
+
+    def __init__(self, engine: _GgufEngine) -> None:
+        self.engine = engine
+
+    async def complete(self, request):
+        import asyncio
+
+        return await asyncio.to_thread(self.engine.complete, request)
+
+    async def stream(self, request):
+        for event in self.engine.stream(request):
+            yield event
+
+    async def aclose(self) -> None:
         pass
 
 

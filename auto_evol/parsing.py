@@ -75,6 +75,28 @@ def final_instruction(reply: str) -> str | None:
     return None
 
 
+_TRAILING_FINAL = re.compile(rf"^{_DECOR}(?:{_FINAL}){_DECOR}:?{_DECOR}\s*\Z", re.I | re.M)
+_BARE_LABEL = re.compile(r"^(?:rewrite|rewritten instruction|new instruction|created instruction)\s*:\s*", re.I)
+
+
+def ends_with_final_header(prompt: str) -> bool:
+    """Whether a method's prompt itself ends by opening the final instruction, so that the reply
+    starts with the instruction and may carry no header at all."""
+    return bool(_TRAILING_FINAL.search(prompt.rstrip() + "\n"))
+
+
+def evolved_instruction(reply: str, *, bare_allowed: bool) -> str | None:
+    """The final instruction of an evolver's reply; with ``bare_allowed``, a reply without any header
+    is the instruction itself (minus a 'Rewrite:'-style label)."""
+    found = final_instruction(reply)
+    if found is not None or not bare_allowed or not reply:
+        return found
+    if _SECTION_HEADER.search(reply) or _REWRITTEN_HEADER.search(reply):
+        return None
+    text = _clean(_BARE_LABEL.sub("", reply.strip()))
+    return text or None
+
+
 _OPTIMIZED_HEADER = re.compile(
     rf"^{_DECOR}{_STEP}{_DECOR}(?:{_marker('optimized method')}){_DECOR}:?{_DECOR}", re.I | re.M)
 _INSTRUCTION_SLOT = re.compile(r"^[ \t*_]*#\s*instruction\s*#\s*:?[ \t*_]*$", re.I | re.M)

@@ -381,3 +381,41 @@ def serve_ui(port: int, *, open_browser: bool = False) -> None:
         subprocess.run(command, check=False)
     except KeyboardInterrupt:
         pass
+
+
+def log_evolve(options, result, stats: dict) -> str:
+    """One MLflow run per finished evolve: settings, per-round kept / eliminated by reason, lengths,
+    calls, tokens, seconds, and the stats as an artifact."""
+    uri = tracking_uri()
+    c = client(uri)
+    experiment = experiment_id(c, f"evolve-{Path(options.data).stem}", uri)
+    run = c.create_run(experiment, run_name=f"evolve {Path(options.data).name}", tags={KIND_TAG: "evolve"})
+    run_id = run.info.run_id
+    params = {"data": options.data, "out": options.out, "rounds": options.rounds, "methods": ",".join(options.methods),
+              "seed": options.seed, "sample": options.sample, "judge": options.judge,
+              "evol_model": options.evol_settings().label, "answer_model": options.answer_settings().label,
+              "evol_temperature": options.evol_temperature, "answer_temperature": options.answer_temperature,
+              "answer_top_p": options.answer_top_p, "api_base": redact(options.api_base)}
+    from mlflow.entities import Metric, Param
+
+    c.log_batch(run_id, params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
+    import time as _time
+
+    now = int(_time.time() * 1000)
+    metrics = [Metric("records", result.records, now, 0), Metric("bad_lines", len(result.bad_lines), now, 0),
+               Metric("seconds", result.seconds, now, 0)]
+    for r in stats["rounds"]:
+        metrics.append(Metric("kept", r["kept"], now, r["round"]))
+        metrics.append(Metric("eliminated", sum(r["eliminated"].values()), now, r["round"]))
+        for reason, n in r["eliminated"].items():
+            metrics.append(Metric(f"eliminated.{reason}", n, now, r["round"]))
+        for key in ("mean_words_before", "mean_words_after"):
+            if r[key] is not None:
+                metrics.append(Metric(key, r[key], now, r["round"]))
+    for role, u in result.calls.items():
+        for key in ("calls", "cached", "errors", "input_tokens", "output_tokens"):
+            metrics.append(Metric(f"{role}.{key}", u[key], now, 0))
+    c.log_batch(run_id, metrics=metrics)
+    c.log_dict(run_id, stats, "stats.json")
+    c.set_terminated(run_id)
+    return run_id

@@ -33,7 +33,7 @@ def evolve_once(llm: Llm, method: Method, instruction: str) -> tuple[str | None,
         reply = llm.ask(method.render(instruction)).text
     except LLMError as exc:
         return None, f"(call failed: {exc})", Failure.LLM_ERROR
-    evolved = parsing.final_instruction(reply)
+    evolved = parsing.evolved_instruction(reply, bare_allowed=parsing.ends_with_final_header(method.text))
     if evolved is None:
         return None, reply, Failure.UNREADABLE_EVOLUTION
     if parsing.same_instruction(evolved, instruction):

@@ -36,6 +36,21 @@ class ScriptedEngine:
         pass
 
 
+class AsyncScripted:
+    def __init__(self, engine: ScriptedEngine) -> None:
+        self.engine = engine
+
+    async def complete(self, request):
+        return self.engine.complete(request)
+
+    async def stream(self, request):
+        for event in self.engine.stream(request):
+            yield event
+
+    async def aclose(self) -> None:
+        pass
+
+
 def scripted_llm(script: Callable[[str], str], *, temperature: float = 0.0, name: str = "scripted",
                  cache: bool = False):
     """An auto_evol Llm over a scripted engine (DSPy's cache off unless asked for)."""
@@ -44,7 +59,7 @@ def scripted_llm(script: Callable[[str], str], *, temperature: float = 0.0, name
     from auto_evol import llm
 
     engine = ScriptedEngine(script)
-    lm = dspy.LM(f"test/{name}", engine=engine, cache=cache, num_retries=0)
+    lm = dspy.LM(f"test/{name}", engine=engine, async_engine=AsyncScripted(engine), cache=cache, num_retries=0)
     return llm.Llm(llm.RoleSettings(model=f"test/{name}", temperature=temperature), lm), engine
 
 

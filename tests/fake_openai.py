@@ -27,7 +27,34 @@ def world(prompt: str) -> str:
         if i % 4 <= level:
             return f"#Finally Rewritten Instruction#: Question number {i}, with a twist?"
         return "I would rather not." if i % 2 == 0 else f"#Finally Rewritten Instruction#: Question number {i} [vague]"
-    return "Sure, which numbers do you mean?" if "[vague]" in prompt else "The answer is 4."
+    return evolve_world(prompt)
+
+
+def _number(text: str) -> int:
+    return int(re.search(r"number (\d+)", text).group(1))
+
+
+def evolve_world(prompt: str) -> str:
+    """The classic operators, the information-gain judge and answers, with failures fixed per question:
+    i % 7 == 3 unreadable, i % 7 == 5 unchanged, i % 11 == 4 copies prompt words, i % 13 == 6 judged
+    equal, i % 5 == 2 answered 'sorry' in a few words."""
+    if prompt.startswith(("You are making an instruction harder", "You are writing new instructions")):
+        instruction = prompt.split("#Instruction#:\n", 1)[1].split("\n\n#Finally Rewritten Instruction#:")[0]
+        i = _number(instruction)
+        if i % 7 == 3:
+            return ""
+        if i % 7 == 5:
+            return instruction
+        if i % 11 == 4:
+            return f"In the #Rewritten Prompt#, {instruction}"
+        return f"{instruction} Also explain each step."
+    if prompt.startswith("Compare two instructions"):
+        return "equal" if _number(prompt) % 13 == 6 else "not equal"
+    if "[vague]" in prompt:
+        return "Sure, which numbers do you mean?"
+    if "explain each step" in prompt and _number(prompt) % 5 == 2:
+        return "Sorry, I cannot."
+    return "The answer is 4, found step by step."
 
 
 class FakeOpenAI:

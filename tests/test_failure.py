@@ -32,3 +32,16 @@ def test_failure_rules(answer, expected):
 ])
 def test_answers_that_pass(answer):
     assert answer_failure(answer) is None
+
+
+def test_elimination_rules():
+    from auto_evol.failure import elimination_failure, instruction_failure
+
+    assert elimination_failure("Sorry, I cannot help with that.") is Failure.SORRY_SHORT_ANSWER
+    long_sorry = "Sorry for the long reply. " + "The total is computed step by step here. " * 12
+    assert elimination_failure(long_sorry) is None
+    assert elimination_failure("... and, of the it!") is Failure.STOPWORDS_ONLY_ANSWER
+    assert elimination_failure("Sure, which numbers?") is Failure.INSUFFICIENT_QUALIFICATION
+    assert elimination_failure("The answer is 42.") is None
+    assert instruction_failure("In the #Rewritten Prompt#, add a table.") is Failure.COPIES_PROMPT_WORDS
+    assert instruction_failure("Add a table of prices and sum them.") is None

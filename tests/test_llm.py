@@ -50,3 +50,19 @@ def test_checks_before_any_work(monkeypatch):
     with pytest.raises(UserError, match="unknown provider"):
         llm.check(llm.RoleSettings(model="nosuch/model"), "--optimizer-model")
     llm.check(llm.RoleSettings(model=None), "--evol-model")  # the embedded model needs nothing
+
+
+def test_async_calls_count_cache_hits_per_call():
+    import asyncio
+
+    model, engine = scripted_llm(lambda p: f"echo {p}", cache=True, name="async-count")
+
+    async def main():
+        first = await asyncio.gather(*(model.aask(f"p{i}") for i in range(20)))
+        again = await asyncio.gather(*(model.aask(f"p{i}") for i in range(20)))
+        return first, again
+
+    first, again = asyncio.run(main())
+    assert [r.text for r in first] == [f"echo p{i}" for i in range(20)]
+    assert not any(r.cached for r in first) and all(r.cached for r in again)
+    assert len(engine.prompts) == 20 and model.usage.cached == 20

@@ -95,3 +95,17 @@ def test_unreadable_optimizer_replies():
 def test_same_instruction_ignores_case_spacing_and_punctuation():
     assert same_instruction("What is 2 + 3?", "  what is 2 3 ")
     assert not same_instruction("What is 2 + 3?", "What is 2 + 4?")
+
+
+def test_a_method_that_ends_by_opening_the_final_instruction_accepts_a_bare_reply():
+    from auto_evol import method
+    from auto_evol.parsing import ends_with_final_header, evolved_instruction
+
+    assert ends_with_final_header(method.load("weak").text)
+    assert ends_with_final_header(method.load("evol-instruct-constraints").text)
+    assert not ends_with_final_header(method.load("e0").text)
+    assert evolved_instruction("Rewrite: Sum 2 and 3, then double it.", bare_allowed=True) == \
+        "Sum 2 and 3, then double it."
+    assert evolved_instruction("Sum 2 and 3, then double it.", bare_allowed=False) is None
+    assert evolved_instruction("#Finally Rewritten Instruction#: Add 4.", bare_allowed=True) == "Add 4."
+    assert evolved_instruction("Step 1 #Methods List#: a, b", bare_allowed=True) is None

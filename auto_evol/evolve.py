@@ -1,0 +1,489 @@
+"""Evolve a whole dataset: rounds of evolution, answers and elimination, checkpointed as they finish.
+
+Each round evolves every instruction of the pool once with a method drawn (seeded) from the chosen
+ones, has the evolved instruction judged for information gain and answered, and eliminates failures
+(Evol-Instruct's four rules and F(r)). A failed instruction goes back to the pool unchanged and is
+tried again next round. The output merges the seeds and every round's kept records in a seeded
+random order, optionally sampled to ``sample`` records.
+
+All state lives in ``<out>.work/``: the seeds as read, one journal per round. A rerun of the same
+command skips whatever a journal already holds, so a crash, kill -9, rate limit or --max-calls stop
+never costs finished work and never duplicates a record.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import random
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import llm as llm_mod
+from . import output, parsing
+from .checkpoint import Journal, atomic_write, read
+from .data import COMMON_INSTRUCTION_FIELDS, BadRow, stream_rows
+from .errors import UserError
+from .failure import Failure, elimination_failure, instruction_failure
+from .llm import LLMError, Llm, RoleSettings
+from .method import Method
+
+CLASSIC = "evol-instruct"
+CLASSIC_OPERATORS = ("evol-instruct-constraints", "evol-instruct-deepening", "evol-instruct-concretizing",
+                     "evol-instruct-reasoning", "evol-instruct-complicate-input", "evol-instruct-breadth")
+
+JUDGE_PROMPT = """\
+Compare two instructions.
+
+First instruction:
+{first}
+
+Second instruction:
+{second}
+
+Do they set the same constraints and requirements, and ask with the same depth and breadth? Reply
+with exactly one of two phrases: 'equal' if they do, 'not equal' if the second asks for more or
+for something different.
+"""
+
+
+@dataclass
+class EvolveOptions:
+    data: str
+    out: str = "evolved.jsonl"
+    methods: list[str] = field(default_factory=lambda: [CLASSIC])   # NAME or NAME=WEIGHT
+    rounds: int = 4
+    sample: int | None = None
+    format: str | None = None                 # from the --out suffix when None
+    seed: int = 0
+    instruction_field: str | None = None
+    input_field: str = "input"
+    output_field: str = "output"
+    evol_model: str | None = None
+    answer_model: str | None = None           # the evol model when None
+    api_base: str | None = None
+    evol_temperature: float = 0.0
+    evol_max_tokens: int = 1024
+    answer_temperature: float = 1.0           # Evol-Instruct's answer sampling
+    answer_top_p: float = 0.9
+    answer_max_tokens: int = 2048
+    judge: bool = True                        # the equal / not equal information-gain judge
+    concurrency: int = 64
+    max_calls: int | None = None
+    max_instruction_chars: int = 20000
+    on_bad_line: str = "skip"
+    restart: bool = False                     # drop the work folder of an earlier run first
+    cache_dir: str | None = str(Path.home() / ".cache" / "auto-evol")
+    track: bool = True
+
+    def evol_settings(self) -> RoleSettings:
+        return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, None, self.evol_max_tokens)
+
+    def answer_settings(self) -> RoleSettings:
+        return RoleSettings(self.answer_model or self.evol_model, self.api_base, self.answer_temperature,
+                            self.answer_top_p, self.answer_max_tokens)
+
+    def fingerprint(self, methods: list[tuple[Method, float]]) -> dict:
+        """The settings that decide what a run produces: a rerun continues only when they match."""
+        keep = ("data", "rounds", "seed", "instruction_field", "input_field", "output_field", "evol_model",
+                "answer_model", "api_base", "evol_temperature", "evol_max_tokens", "answer_temperature",
+                "answer_top_p", "answer_max_tokens", "judge", "max_instruction_chars")
+        return {**{k: getattr(self, k) for k in keep}, "methods": [[m.hash, w] for m, w in methods]}
+
+
+@dataclass
+class RoundStats:
+    round: int
+    kept: int = 0
+    eliminated: Counter = field(default_factory=Counter)
+    words_before: int = 0
+    words_after: int = 0
+
+    def to_dict(self) -> dict:
+        return {"round": self.round, "kept": self.kept, "eliminated": dict(self.eliminated),
+                "mean_words_before": round(self.words_before / self.kept, 2) if self.kept else None,
+                "mean_words_after": round(self.words_after / self.kept, 2) if self.kept else None}
+
+
+@dataclass
+class EvolveResult:
+    out: Path
+    records: int
+    rejects: Path
+    rounds: list[RoundStats]
+    bad_lines: list[BadRow]
+    calls: dict
+    seconds: float
+    complete: bool                  # False when --max-calls stopped it: rerun to go on
+    run_id: str | None = None
+
+
+class EvolveReporter:
+    def start(self, options: EvolveOptions, seeds: int, methods: list[tuple[Method, float]]) -> None: ...
+    def phase(self, name: str, total: int, done: int) -> None: ...
+    def advance(self) -> None: ...
+    def finish(self, result: EvolveResult) -> None: ...
+
+
+def resolve_methods(specs: list[str]) -> list[tuple[Method, float]]:
+    """``NAME[=WEIGHT]`` specs as (method, weight); 'evol-instruct' is its six operators sharing a weight."""
+    from .registry import resolve
+
+    chosen: list[tuple[Method, float]] = []
+    for spec in specs:
+        name, weight = spec, 1.0
+        head, sep, tail = spec.rpartition("=")
+        if sep:
+            try:
+                name, weight = head, float(tail)
+            except ValueError:
+                pass
+        if weight <= 0:
+            raise UserError(f"--method {spec}: the weight must be above 0")
+        if name == CLASSIC:
+            chosen += [(resolve(op), weight / len(CLASSIC_OPERATORS)) for op in CLASSIC_OPERATORS]
+        else:
+            chosen.append((resolve(name), weight))
+    if not chosen:
+        raise UserError("no --method given")
+    return chosen
+
+
+def pick(methods: list[tuple[Method, float]], seed: int, seed_id: str, round_: int) -> Method:
+    """The method for one instruction in one round: uniform by weight, the same on every rerun."""
+    rng = random.Random(f"{seed}:{seed_id}:{round_}")
+    return rng.choices([m for m, _ in methods], weights=[w for _, w in methods])[0]
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+class _Budget:
+    def __init__(self, limit: int | None, llms: list[Llm]) -> None:
+        self.limit, self.llms = limit, llms
+        self.start = self.used()
+
+    def used(self) -> int:
+        return sum(llm.usage.calls for llm in {id(x): x for x in self.llms}.values())
+
+    def allows(self, more: int) -> bool:
+        return self.limit is None or self.used() - self.start + more <= self.limit
+
+
+def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, evol: Llm | None = None,
+           answerer: Llm | None = None, dry_run: bool = False) -> EvolveResult | dict:
+    """Evolve ``options.data``; with ``dry_run`` only count the calls and tokens it would take."""
+    reporter = reporter or EvolveReporter()
+    if options.on_bad_line not in ("skip", "fail"):
+        raise UserError("--on-bad-line must be skip or fail")
+    for name in ("rounds", "concurrency", "evol_max_tokens", "answer_max_tokens"):
+        if getattr(options, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    out = Path(options.out)
+    fmt = output.format_for(out, options.format)
+    methods = resolve_methods(options.methods)
+    work = Path(str(out) + ".work")
+    if dry_run:
+        return _estimate(options, methods)
+    if evol is None or answerer is None:
+        llm_mod.check(options.evol_settings(), "--evol-model")
+        llm_mod.check(options.answer_settings(), "--answer-model")
+        llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
+        slots = max(1, min(options.concurrency, 8))
+        evol = evol or llm_mod.build(options.evol_settings(), slots=slots)
+        answerer = answerer or (evol if options.answer_settings() == options.evol_settings()
+                                else llm_mod.build(options.answer_settings(), slots=slots))
+    _prepare(work, options, methods)
+    started = time.perf_counter()
+    seeds_path, bad = _ingest(options, work)
+    seeds = sum(1 for _ in read(seeds_path))
+    reporter.start(options, seeds, methods)
+    budget = _Budget(options.max_calls, [evol, answerer])
+    complete = asyncio.run(_answer_seeds(options, work, seeds_path, answerer, budget, reporter))
+    for round_ in range(1, options.rounds + 1):
+        if not complete:
+            break
+        pool = seeds_path if round_ == 1 else work / f"round{round_ - 1}.jsonl"
+        complete = asyncio.run(_round(round_, pool, options, work, methods, evol, answerer, budget, reporter))
+    usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
+        "evol+answer": evol.usage.snapshot()}
+    stats = _round_stats(work, options.rounds)
+    result = EvolveResult(out=out, records=0, rejects=out.with_name(out.stem + ".rejects.jsonl"), rounds=stats,
+                          bad_lines=bad, calls=usage, seconds=0.0, complete=complete)
+    if complete:
+        result.records = _assemble(options, work, seeds_path, out, fmt)
+        _write_rejects(work, options.rounds, result.rejects)
+    result.seconds = round(time.perf_counter() - started, 2)
+    (work / "stats.json").write_text(json.dumps(_stats_dict(result), indent=2))
+    if options.track and complete:
+        from .tracking import log_evolve
+
+        result.run_id = log_evolve(options, result, _stats_dict(result))
+    reporter.finish(result)
+    return result
+
+
+def _prepare(work: Path, options: EvolveOptions, methods) -> None:
+    manifest = work / "manifest.json"
+    wanted = options.fingerprint(methods)
+    if options.restart and work.exists():
+        shutil.rmtree(work)
+    if manifest.exists():
+        if json.loads(manifest.read_text()) != wanted:
+            raise UserError(f"{work} holds a run with other settings; rerun that command to finish it, "
+                            f"or add --restart to drop it, or choose another --out")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_write(manifest) as fh:
+        json.dump(wanted, fh, indent=2)
+
+
+def _ingest(options: EvolveOptions, work: Path) -> tuple[Path, list[BadRow]]:
+    """Read the input once into ``seeds.jsonl`` (id, instruction, input, output), reporting bad rows."""
+    seeds, done, bad_file = work / "seeds.jsonl", work / "seeds.done", work / "bad_lines.jsonl"
+    if done.exists():
+        return seeds, [BadRow(**row) for row in read(bad_file)]
+    path = Path(options.data)
+    bad: list[BadRow] = []
+    seen: set[str] = set()
+    field_name = options.instruction_field
+    with atomic_write(seeds) as fh:
+        for n, (where, row) in enumerate(stream_rows(path), start=1):
+            if field_name is None and isinstance(row, dict):
+                field_name = next((c for c in COMMON_INSTRUCTION_FIELDS if c in row), None)
+                if field_name is None:
+                    raise UserError(f"{where}: no instruction column found (columns: {', '.join(row)}); "
+                                    f"name one with --instruction-field")
+            problem = _row_problem(row, field_name, options, seen, n)
+            if problem is not None:
+                if options.on_bad_line == "fail":
+                    raise UserError(f"{where}: {problem}")
+                bad.append(BadRow(where, problem))
+                continue
+            seed_id = str(row.get("id", n))
+            seen.add(seed_id)
+            fh.write(json.dumps({"seed_id": seed_id, "instruction": row[field_name].strip(),
+                                 "input": str(row.get(options.input_field) or ""),
+                                 "output": str(row.get(options.output_field) or "")}, ensure_ascii=False) + "\n")
+    if not seen:
+        raise UserError(f"{path}: no usable rows" + (f" ({len(bad)} bad ones)" if bad else ""))
+    with atomic_write(bad_file) as fh:
+        for b in bad:
+            fh.write(json.dumps(dataclasses.asdict(b)) + "\n")
+    done.touch()
+    return seeds, bad
+
+
+def _row_problem(row, field_name, options: EvolveOptions, seen: set[str], n: int) -> str | None:
+    if isinstance(row, BadRow):
+        return row.reason
+    if field_name not in row:
+        return f"missing column {field_name!r}"
+    value = row[field_name]
+    if not isinstance(value, str) or not value.strip():
+        return f"empty instruction in {field_name!r}"
+    if len(value) > options.max_instruction_chars:
+        return f"instruction of {len(value)} characters is beyond --max-instruction-chars {options.max_instruction_chars}"
+    if str(row.get("id", n)) in seen:
+        return f"duplicate id {row.get('id')!r}"
+    return None
+
+
+def _done_ids(journal: Path) -> set[str]:
+    return {row["seed_id"] for row in read(journal)}
+
+
+async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -> bool:
+    """Seeds that came without an answer get one, so round 0 of the output is complete."""
+    journal_path = work / "round0.jsonl"
+    done = _done_ids(journal_path)
+    todo = [row for row in read(seeds_path) if not row["output"] and row["seed_id"] not in done]
+    if not todo:
+        return True
+    reporter.phase("answer seeds", len(todo) + len(done), len(done))
+
+    async def work_on(row, journal):
+        try:
+            text = (await answerer.aask(row["instruction"] + (f"\n\n{row['input']}" if row["input"] else ""))).text
+        except LLMError:
+            return  # not journaled: tried again on the next run
+        journal.append({"seed_id": row["seed_id"], "instruction": row["instruction"], "input": row["input"],
+                        "output": text})
+        reporter.advance()
+
+    return await _drive(todo, work_on, journal_path, options.concurrency, budget, calls_per_item=1)
+
+
+async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _Budget, *, calls_per_item: int) -> bool:
+    """Run ``work_on`` over ``rows`` with at most ``concurrency`` in flight; False if the budget ran out."""
+    semaphore = asyncio.Semaphore(concurrency)
+    stopped = False
+    with Journal(journal_path) as journal:
+        async def guarded(row):
+            async with semaphore:
+                await work_on(row, journal)
+
+        pending: set[asyncio.Task] = set()
+        for row in rows:
+            if not budget.allows(calls_per_item * (len(pending) + 1)):
+                stopped = True
+                break
+            pending.add(asyncio.create_task(guarded(row)))
+            if len(pending) >= 2 * concurrency:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    task.result()
+        if pending:
+            for task in (await asyncio.wait(pending))[0]:
+                task.result()
+    return not stopped
+
+
+async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, methods, evol: Llm,
+                 answerer: Llm, budget: _Budget, reporter) -> bool:
+    journal_path = work / f"round{round_}.jsonl"
+    done = _done_ids(journal_path)
+    total = sum(1 for _ in read(pool))
+    reporter.phase(f"round {round_}", total, len(done))
+    evol_label, answer_label = evol.settings.label, answerer.settings.label
+
+    async def work_on(row, journal):
+        instruction = row["instruction"]
+        method = pick(methods, options.seed, row["seed_id"], round_)
+        record = {"seed_id": row["seed_id"], "round": round_, "parent_instruction": instruction,
+                  "input": row.get("input", ""), "method": method.name, "method_hash": method.hash,
+                  "evol_model": evol_label, "answer_model": answer_label}
+        failure, evolved, answer = await _evolve_one(instruction, row.get("input", ""), method, evol, answerer,
+                                                     options.judge)
+        if failure is Failure.LLM_ERROR:
+            return  # a call that failed after its retries: not journaled, tried again on the next run
+        if failure is None:
+            record.update(status="kept", instruction=evolved, output=answer)
+        else:
+            record.update(status="rejected", instruction=instruction, rejected_instruction=evolved or "",
+                          rejected_output=answer or "", reason=failure.value)
+        journal.append(record)
+        reporter.advance()
+
+    rows = (row for row in read(pool) if row["seed_id"] not in done)
+    calls = 3 if options.judge else 2
+    return await _drive(rows, work_on, journal_path, options.concurrency, budget, calls_per_item=calls)
+
+
+async def _evolve_one(instruction: str, input_text: str, method: Method, evol: Llm, answerer: Llm,
+                      judge: bool) -> tuple[Failure | None, str | None, str | None]:
+    """(failure or None, evolved instruction, answer) for one instruction in one round."""
+    try:
+        reply = (await evol.aask(method.render(instruction))).text
+    except LLMError:
+        return Failure.LLM_ERROR, None, None
+    evolved = parsing.evolved_instruction(reply, bare_allowed=parsing.ends_with_final_header(method.text))
+    if evolved is None:
+        return Failure.UNREADABLE_EVOLUTION, None, None
+    if parsing.same_instruction(evolved, instruction):
+        return Failure.UNCHANGED, evolved, None
+    failure = instruction_failure(evolved)
+    if failure is not None:
+        return failure, evolved, None
+    try:
+        if judge:
+            verdict = (await evol.aask(JUDGE_PROMPT.format(first=instruction, second=evolved))).text.casefold()
+            if "equal" in verdict and "not equal" not in verdict:
+                return Failure.NO_INFORMATION_GAIN, evolved, None
+        answer = (await answerer.aask(evolved + (f"\n\n{input_text}" if input_text else ""))).text
+    except LLMError:
+        return Failure.LLM_ERROR, evolved, None
+    return elimination_failure(answer), evolved, answer
+
+
+def _round_stats(work: Path, rounds: int) -> list[RoundStats]:
+    stats = []
+    for round_ in range(1, rounds + 1):
+        s = RoundStats(round_)
+        for row in read(work / f"round{round_}.jsonl"):
+            if row["status"] == "kept":
+                s.kept += 1
+                s.words_before += _words(row["parent_instruction"])
+                s.words_after += _words(row["instruction"])
+            else:
+                s.eliminated[row["reason"]] += 1
+        stats.append(s)
+    return stats
+
+
+def _records(options: EvolveOptions, work: Path, seeds_path: Path):
+    """Every output record: the seeds (round 0; answered here when they came without) and each
+    round's kept evolutions."""
+    def seed_record(row: dict) -> dict:
+        return {"id": f"{row['seed_id']}#0", "seed_id": row["seed_id"], "round": 0,
+                "instruction": row["instruction"], "input": row["input"], "output": row["output"],
+                "method": "", "method_hash": "", "parent_instruction": "", "evol_model": "", "answer_model": ""}
+
+    for row in read(seeds_path):
+        if row["output"]:
+            yield seed_record(row)
+    for row in read(work / "round0.jsonl"):
+        yield seed_record(row)
+    for round_ in range(1, options.rounds + 1):
+        for row in read(work / f"round{round_}.jsonl"):
+            if row["status"] == "kept":
+                yield {"id": f"{row['seed_id']}#{round_}", **{k: row.get(k) for k in (
+                    "seed_id", "round", "instruction", "input", "output", "method", "method_hash",
+                    "parent_instruction", "evol_model", "answer_model")}}
+
+
+def _assemble(options: EvolveOptions, work: Path, seeds_path: Path, out: Path, fmt: str) -> int:
+    count = sum(1 for _ in _records(options, work, seeds_path))
+    ordered = output.shuffled(_records(options, work, seeds_path), seed=options.seed, count=count, workdir=work)
+    if options.sample is not None:
+        ordered = itertools.islice(ordered, options.sample)
+    return output.write(ordered, out, fmt)
+
+
+def _write_rejects(work: Path, rounds: int, path: Path) -> None:
+    with atomic_write(path) as fh:
+        for round_ in range(1, rounds + 1):
+            for row in read(work / f"round{round_}.jsonl"):
+                if row["status"] == "rejected":
+                    fh.write(json.dumps({"id": f"{row['seed_id']}#{round_}", **row}, ensure_ascii=False) + "\n")
+
+
+def _stats_dict(result: EvolveResult) -> dict:
+    return {"records": result.records, "complete": result.complete, "rounds": [s.to_dict() for s in result.rounds],
+            "bad_lines": len(result.bad_lines), "calls": result.calls, "seconds": result.seconds}
+
+
+def _estimate(options: EvolveOptions, methods) -> dict:
+    """Calls and tokens a run would take, without calling anything (tokens ~ characters / 4)."""
+    path = Path(options.data)
+    items = chars = unanswered = bad = 0
+    field_name = options.instruction_field
+    for where, row in stream_rows(path):
+        if isinstance(row, BadRow):
+            bad += 1
+            continue
+        if field_name is None:
+            field_name = next((c for c in COMMON_INSTRUCTION_FIELDS if c in row), None)
+        value = row.get(field_name) if field_name else None
+        if not isinstance(value, str) or not value.strip():
+            bad += 1
+            continue
+        items += 1
+        chars += len(value)
+        unanswered += not row.get(options.output_field)
+    per_item = 3 if options.judge else 2
+    method_chars = sum(len(m.text) * w for m, w in methods) / sum(w for _, w in methods)
+    calls = unanswered + items * options.rounds * per_item
+    prompt_tokens = (items * options.rounds * (method_chars + chars / max(items, 1) * (per_item + 1))) / 4
+    output_tokens = items * options.rounds * (chars / max(items, 1) / 4 * 1.3 + options.answer_max_tokens / 4)
+    return {"items": items, "bad_rows": bad, "seeds_without_answer": unanswered, "rounds": options.rounds,
+            "calls": int(calls), "prompt_tokens_estimate": int(prompt_tokens),
+            "output_tokens_estimate": int(output_tokens),
+            "assumes": "every evolution kept; answers average a quarter of --answer-max-tokens"}

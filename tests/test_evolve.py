@@ -1,0 +1,212 @@
+"""`auto-evol evolve`: rounds, elimination, provenance, formats, bad lines, and nothing lost."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from auto_evol import output
+from auto_evol.errors import UserError
+from auto_evol.evolve import CLASSIC_OPERATORS, EvolveOptions, evolve, pick, resolve_methods
+from conftest import scripted_llm
+from fake_openai import FakeOpenAI, evolve_world
+
+EXPECTED_REASONS = {"unreadable_evolution", "unchanged", "copies_prompt_words", "no_information_gain",
+                    "sorry_short_answer"}
+
+
+def seeds(path: Path, n: int, with_output: bool = False) -> Path:
+    rows = [{"id": f"s{i}", "instruction": f"Question number {i}?", **({"output": "4"} if with_output else {})}
+            for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def run(tmp_path, n=30, rounds=2, **extra):
+    data = seeds(tmp_path / "seeds.jsonl", n)
+    model, engine = scripted_llm(evolve_world, name="evolve-world")
+    options = EvolveOptions(data=str(data), out=str(tmp_path / "out.jsonl"), rounds=rounds, cache_dir=None,
+                            track=False, concurrency=8, **extra)
+    return evolve(options, evol=model, answerer=model), engine
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_rounds_eliminate_and_retry_failures_and_every_record_keeps_its_provenance(tmp_path):
+    result, _ = run(tmp_path)
+    assert result.complete
+    records = read_jsonl(result.out)
+    kept = [s.kept for s in result.rounds]
+    assert len(records) == result.records == 30 + sum(kept)
+    assert len({r["id"] for r in records}) == len(records)
+    assert Counter(r["round"] for r in records) == Counter({0: 30, 1: kept[0], 2: kept[1]})
+    for r in records:
+        assert r["output"] and r["instruction"]
+        if r["round"]:
+            assert r["method"] in CLASSIC_OPERATORS and len(r["method_hash"]) == 12
+            assert r["parent_instruction"] and r["evol_model"] == "test/evolve-world"
+    rejects = read_jsonl(result.rejects)
+    reasons = Counter(r["reason"] for r in rejects)
+    assert set(reasons) == EXPECTED_REASONS
+    assert sum(sum(s.eliminated.values()) for s in result.rounds) == len(rejects)
+    # A failed instruction goes back unchanged: round 2 starts again from the seed for question 3.
+    round2 = {r["seed_id"]: r for r in read_jsonl(tmp_path / "out.jsonl.work" / "round2.jsonl")}
+    assert round2["s3"]["parent_instruction"] == "Question number 3?"
+    # ...and a kept one is evolved further.
+    assert round2["s1"]["parent_instruction"] == "Question number 1? Also explain each step."
+    assert round2["s1"]["instruction"].count("Also explain each step.") == 2
+    assert result.rounds[0].to_dict()["mean_words_after"] > result.rounds[0].to_dict()["mean_words_before"]
+
+
+def test_method_choice_is_uniform_seeded_and_weighted():
+    methods = resolve_methods(["evol-instruct"])
+    assert [m.name for m, _ in methods] == list(CLASSIC_OPERATORS)
+    picks = Counter(pick(methods, 0, f"s{i}", 1).name for i in range(3000))
+    assert set(picks) == set(CLASSIC_OPERATORS) and min(picks.values()) > 400
+    assert pick(methods, 0, "s1", 1) == pick(methods, 0, "s1", 1)
+    weighted = resolve_methods(["e0=3", "weak=1"])
+    share = Counter(pick(weighted, 1, f"s{i}", 1).name for i in range(2000))["e0"] / 2000
+    assert 0.7 < share < 0.8
+    with pytest.raises(UserError, match="unknown method"):
+        resolve_methods(["nope"])
+
+
+def test_sample_is_a_seeded_shuffle(tmp_path):
+    records = [{"id": f"r{i}", "instruction": f"q{i}", "output": "a"} for i in range(10_000)]
+    first = list(output.shuffled(iter(records), seed=1, count=len(records), workdir=tmp_path))
+    again = list(output.shuffled(iter(records), seed=1, count=len(records), workdir=tmp_path))
+    other = list(output.shuffled(iter(records), seed=2, count=len(records), workdir=tmp_path))
+    assert first == again and first != other and sorted(r["id"] for r in first) == sorted(r["id"] for r in records)
+    assert [r["id"] for r in first[:5]] != [r["id"] for r in records[:5]]
+
+
+@pytest.mark.parametrize("fmt", output.FORMATS)
+def test_every_output_format_reads_back(tmp_path, fmt):
+    records = [{"id": f"s{i}#1", "seed_id": f"s{i}", "round": 1, "instruction": f"Do {i}", "input": "x" if i else "",
+                "output": f"done {i}", "method": "m", "method_hash": "h", "parent_instruction": "p",
+                "evol_model": "e", "answer_model": "a"} for i in range(3)]
+    path = tmp_path / ("out.parquet" if fmt == "parquet" else "out.json")
+    assert output.write(iter(records), path, fmt) == 3
+    if fmt == "parquet":
+        rows = pd.read_parquet(path).to_dict("records")
+        assert rows[1]["instruction"] == "Do 1" and rows[1]["seed_id"] == "s1" and rows[1]["round"] == 1
+    elif fmt == "alpaca":
+        rows = json.loads(path.read_text())
+        assert rows[0] == {"instruction": "Do 0", "input": "", "output": "done 0", "provenance": rows[0]["provenance"]}
+        assert rows[0]["provenance"]["method_hash"] == "h"
+    else:
+        rows = read_jsonl(path)
+        if fmt == "jsonl":
+            assert rows[2]["output"] == "done 2" and rows[2]["parent_instruction"] == "p"
+        elif fmt == "sharegpt":
+            assert rows[1]["conversations"][0] == {"from": "human", "value": "Do 1\n\nx"}
+            assert rows[1]["conversations"][1]["value"] == "done 1"
+        else:
+            assert set(rows[0]) == {"messages"} and rows[0]["messages"][1]["content"] == "done 0"
+            side = read_jsonl(path.with_name("out.provenance.jsonl"))
+            assert side[1]["line"] == 2 and side[1]["seed_id"] == "s1"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bad_lines_are_skipped_with_file_line_and_reason_or_fail_the_run(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"id": "a", "prompt": "Question number 1?"}).encode(),
+             b'{"id": "b", "prompt": oops}',
+             json.dumps({"id": "c", "prompt": "  "}).encode(),
+             b'{"id": "d", "prompt": "caf\xe9 number 2?"}',
+             json.dumps({"id": "e", "prompt": "Question number 9? " * 3000}).encode(),
+             json.dumps({"id": "a", "prompt": "Question number 8?"}).encode(),
+             json.dumps({"id": "f", "title": "no prompt here"}).encode(),
+             json.dumps({"id": "g", "prompt": "Question number 10?"}).encode()]
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    model, _ = scripted_llm(evolve_world, name="bad-lines")
+    options = EvolveOptions(data=str(data), out=str(tmp_path / "out.jsonl"), rounds=1, cache_dir=None, track=False)
+    result = evolve(options, evol=model, answerer=model)
+    where = {b.where.rsplit(":", 1)[1]: b.reason for b in result.bad_lines}
+    assert set(where) == {"2", "3", "4", "5", "6", "7"}
+    assert "not valid JSON" in where["2"] and "empty instruction" in where["3"] and "not UTF-8" in where["4"]
+    assert "max-instruction-chars" in where["5"] and "duplicate id 'a'" in where["6"] and "missing column" in where["7"]
+    assert {r["seed_id"] for r in read_jsonl(result.out) if r["round"] == 0} == {"a", "g"}
+
+    failing = EvolveOptions(data=str(data), out=str(tmp_path / "strict.jsonl"), rounds=1, cache_dir=None,
+                            track=False, on_bad_line="fail")
+    with pytest.raises(UserError, match=r"bad\.jsonl:2: not valid JSON"):
+        evolve(failing, evol=model, answerer=model)
+    assert not (tmp_path / "strict.jsonl").exists()
+
+
+def test_max_calls_stops_and_a_rerun_finishes_with_nothing_lost_or_doubled(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    full, _ = run(tmp_path / "a")
+    part_dir = tmp_path / "b"
+    stopped, _ = run(part_dir, max_calls=25)
+    assert not stopped.complete and not stopped.out.exists()
+    finished, engine = run(part_dir)
+    assert finished.complete and len(engine.prompts) < 30 + 30 * 2 * 3
+    a = sorted((r["id"], r["instruction"]) for r in read_jsonl(full.out))
+    b = sorted((r["id"], r["instruction"]) for r in read_jsonl(finished.out))
+    assert a == b
+
+
+def test_a_rerun_with_other_settings_is_refused_unless_restarted(tmp_path):
+    run(tmp_path, rounds=1)
+    with pytest.raises(UserError, match="holds a run with other settings"):
+        run(tmp_path, rounds=2)
+    result, _ = run(tmp_path, rounds=2, restart=True)
+    assert result.complete and len(result.rounds) == 2
+
+
+def test_dry_run_counts_calls_and_does_nothing(tmp_path):
+    data = seeds(tmp_path / "seeds.jsonl", 12)
+    estimate = evolve(EvolveOptions(data=str(data), out=str(tmp_path / "o.jsonl"), rounds=4), dry_run=True)
+    assert estimate["items"] == 12 and estimate["calls"] == 12 + 12 * 4 * 3
+    assert estimate["prompt_tokens_estimate"] > 0 and not (tmp_path / "o.jsonl.work").exists()
+
+
+def cli(args, cwd, **kw):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", OPENAI_API_KEY="unused-by-fake")
+    return subprocess.Popen([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path):
+    seeds(tmp_path / "seeds.jsonl", 160)
+    rng = random.Random(7)
+    work = tmp_path / "killed.jsonl.work"
+    with FakeOpenAI(latency=0.04) as fake:
+        args = ["evolve", "--data", "seeds.jsonl", "--rounds", "2", "--evol-model", "openai/fake", "--api-base",
+                fake.base, "--concurrency", "16", "--no-track", "--quiet"]
+        mid_work_kills = 0
+        for _ in range(5):
+            proc = cli(args + ["--out", "killed.jsonl", "--cache-dir", str(tmp_path / "cache-a")], tmp_path)
+            time.sleep(rng.uniform(3.0, 6.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                journaled = sum(len(p.read_bytes().splitlines()) for p in work.glob("round*.jsonl"))
+                mid_work_kills += journaled > 0
+        proc = cli(args + ["--out", "killed.jsonl", "--cache-dir", str(tmp_path / "cache-a")], tmp_path)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        whole = cli(args + ["--out", "whole.jsonl", "--cache-dir", str(tmp_path / "cache-b")], tmp_path)
+        out, err = whole.communicate(timeout=600)
+        assert whole.returncode == 0, err
+    assert mid_work_kills >= 2
+    killed = read_jsonl(tmp_path / "killed.jsonl")
+    ids = [r["id"] for r in killed]
+    assert len(ids) == len(set(ids))
+    assert sorted((r["id"], r["instruction"]) for r in killed) == \
+        sorted((r["id"], r["instruction"]) for r in read_jsonl(tmp_path / "whole.jsonl"))
