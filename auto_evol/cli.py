@@ -106,6 +106,7 @@ def evolve(
     evol_max_tokens: int = typer.Option(1024),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="The equal / not-equal information-gain judge."),
     concurrency: int = typer.Option(64, help="LLM calls in flight."),
+    timeout: float = typer.Option(120.0, help="Seconds one LLM call may take before it is retried."),
     max_calls: Optional[int] = typer.Option(None, help="Stop after about this many calls; rerun to go on."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and tokens it would take; do nothing."),
     restart: bool = typer.Option(False, "--restart", help="Drop OUT.work/ of an earlier run instead of continuing it."),
@@ -125,7 +126,7 @@ def evolve(
         instruction_field=instruction_field, input_field=input_field, output_field=output_field,
         evol_model=evol_model, answer_model=answer_model, api_base=api_base, answer_temperature=answer_temperature,
         answer_top_p=answer_top_p, answer_max_tokens=answer_max_tokens, evol_max_tokens=evol_max_tokens,
-        judge=judge, concurrency=concurrency, max_calls=max_calls, on_bad_line=on_bad_line, restart=restart,
+        judge=judge, concurrency=concurrency, timeout=timeout, max_calls=max_calls, on_bad_line=on_bad_line, restart=restart,
         track=not no_track, **({"cache_dir": cache_dir} if cache_dir else {}))
     if dry_run:
         typer.echo(_json.dumps(run(options, dry_run=True), indent=2))

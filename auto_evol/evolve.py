@@ -73,6 +73,7 @@ class EvolveOptions:
     answer_max_tokens: int = 2048
     judge: bool = True                        # the equal / not equal information-gain judge
     concurrency: int = 64
+    timeout: float = 120.0                    # seconds for one call to a provider
     max_calls: int | None = None
     max_instruction_chars: int = 20000
     on_bad_line: str = "skip"
@@ -81,11 +82,12 @@ class EvolveOptions:
     track: bool = True
 
     def evol_settings(self) -> RoleSettings:
-        return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, None, self.evol_max_tokens)
+        return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, None, self.evol_max_tokens,
+                            self.timeout)
 
     def answer_settings(self) -> RoleSettings:
         return RoleSettings(self.answer_model or self.evol_model, self.api_base, self.answer_temperature,
-                            self.answer_top_p, self.answer_max_tokens)
+                            self.answer_top_p, self.answer_max_tokens, self.timeout)
 
     def fingerprint(self, methods: list[tuple[Method, float]]) -> dict:
         """The settings that decide what a run produces: a rerun continues only when they match."""
@@ -196,10 +198,9 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
         llm_mod.check(options.evol_settings(), "--evol-model")
         llm_mod.check(options.answer_settings(), "--answer-model")
         llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
-        slots = max(1, min(options.concurrency, 8))
-        evol = evol or llm_mod.build(options.evol_settings(), slots=slots)
+        evol = evol or llm_mod.build(options.evol_settings(), concurrency=options.concurrency)
         answerer = answerer or (evol if options.answer_settings() == options.evol_settings()
-                                else llm_mod.build(options.answer_settings(), slots=slots))
+                                else llm_mod.build(options.answer_settings(), concurrency=options.concurrency))
     _prepare(work, options, methods)
     started = time.perf_counter()
     seeds_path, bad = _ingest(options, work)
@@ -322,27 +323,34 @@ async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -
 
 
 async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _Budget, *, calls_per_item: int) -> bool:
-    """Run ``work_on`` over ``rows`` with at most ``concurrency`` in flight; False if the budget ran out."""
+    """Run ``work_on`` over ``rows`` with at most ``concurrency`` in flight; False if the budget ran out.
+
+    Rows are pulled from the (streamed) iterator only as slots free up, so memory does not grow with
+    the dataset."""
     semaphore = asyncio.Semaphore(concurrency)
     stopped = False
-    with Journal(journal_path) as journal:
-        async def guarded(row):
-            async with semaphore:
-                await work_on(row, journal)
+    try:
+        with Journal(journal_path) as journal:
+            async def guarded(row):
+                async with semaphore:
+                    await work_on(row, journal)
 
-        pending: set[asyncio.Task] = set()
-        for row in rows:
-            if not budget.allows(calls_per_item * (len(pending) + 1)):
-                stopped = True
-                break
-            pending.add(asyncio.create_task(guarded(row)))
-            if len(pending) >= 2 * concurrency:
-                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in finished:
+            pending: set[asyncio.Task] = set()
+            for row in rows:
+                if not budget.allows(calls_per_item * (len(pending) + 1)):
+                    stopped = True
+                    break
+                pending.add(asyncio.create_task(guarded(row)))
+                if len(pending) >= 2 * concurrency:
+                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        task.result()
+            if pending:
+                for task in (await asyncio.wait(pending))[0]:
                     task.result()
-        if pending:
-            for task in (await asyncio.wait(pending))[0]:
-                task.result()
+    finally:
+        for llm in {id(x): x for x in budget.llms}.values():
+            await llm.aclose()
     return not stopped
 
 

@@ -36,6 +36,7 @@ class RoleSettings:
     temperature: float = 0.0
     top_p: float | None = None
     max_tokens: int = 1024
+    timeout: float = 120.0       # seconds for one call to a provider
 
     @property
     def label(self) -> str:
@@ -135,6 +136,12 @@ class Llm:
             raise self._failed(exc, started) from None
         return self._reply(response, tracker, started)
 
+    async def aclose(self) -> None:
+        """Close what async calls opened on the running event loop (pooled connections)."""
+        engine = getattr(self._lm, "_async_engine_spec", None)
+        if engine is not None and hasattr(engine, "aclose"):
+            await engine.aclose()
+
     def ask(self, prompt: str, *, rollout: int | None = None) -> Reply:
         """One completion. ``rollout`` separates otherwise identical sampled requests in the cache
         and seeds the sampler, so a sampled call repeats exactly where the backend honours seeds."""
@@ -200,6 +207,8 @@ def check(settings: RoleSettings, flag: str) -> None:
     if gguf_path(settings.model) is not None:
         return
     model = settings.model or ""
+    if settings.api_base and model.startswith("openai/"):
+        return  # an OpenAI-compatible server: no provider lookup, and a key is optional
     import litellm
 
     litellm.suppress_debug_info = True
@@ -220,12 +229,15 @@ _engines: dict[tuple[str, int], object] = {}
 _engines_lock = threading.Lock()
 
 
-def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, slots: int = 4) -> Llm:
+def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, concurrency: int = 4) -> Llm:
+    """An Llm for a role; ``concurrency`` is how many calls the caller keeps in flight (an in-process
+    GGUF model decodes at most 8 of them together)."""
     import dspy
 
     logging.getLogger("dspy").setLevel(logging.ERROR)
     path = gguf_path(settings.model)
     if path is not None:
+        slots = max(1, min(concurrency, 8))
         key = (str(path.resolve()), slots)
         with _engines_lock:
             if key not in _engines:
@@ -235,13 +247,48 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, s
         lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=_AsyncGguf(engine),
                      cache=cache, num_retries=num_retries)
         return Llm(settings, lm, seeded=True)
-    kwargs = {}
+    _add_jitter()
+    if settings.api_base and (settings.model or "").startswith("openai/"):
+        # An OpenAI-compatible server: our pooled engine, for throughput (DSPy keeps cache and retries).
+        from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine
+
+        sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, concurrency))
+        lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync), cache=cache,
+                     num_retries=num_retries)
+        return Llm(settings, lm, seeded=True)
+    kwargs = {"timeout": settings.timeout}
     if settings.api_base:
         kwargs["api_base"] = settings.api_base
         if not _provider_key_present(settings.model or ""):
             kwargs["api_key"] = _PLACEHOLDER_KEY
     lm = dspy.LM(settings.model, cache=cache, num_retries=num_retries, **kwargs)
     return Llm(settings, lm)
+
+
+_jitter_added = False
+
+
+def _add_jitter() -> None:
+    """DSPy's retry backoff (2^attempt s, capped at 60) has no jitter: many calls that failed together
+    would retry together. Spread each wait over half to one and a half times its length; a server's
+    Retry-After is kept as it is."""
+    global _jitter_added
+    from dspy.clients import execution
+
+    if _jitter_added or not hasattr(execution, "_delay"):
+        return
+    plain = execution._delay
+
+    def jittered(exc, attempt):
+        import random
+
+        delay = plain(exc, attempt)
+        if getattr(exc, "retry_after", None) is not None:
+            return delay
+        return delay * random.uniform(0.5, 1.5)
+
+    execution._delay = jittered
+    _jitter_added = True
 
 
 def _provider_key_present(model: str) -> bool:

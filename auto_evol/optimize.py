@@ -288,9 +288,8 @@ def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Ll
     llm_mod.check(options.evol_settings(), "--evol-model")
     llm_mod.check(options.optimizer_settings(), "--optimizer-model")
     llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
-    slots = max(1, min(options.concurrency, 8))
-    return (evol or llm_mod.build(options.evol_settings(), slots=slots),
-            optimizer or llm_mod.build(options.optimizer_settings(), slots=slots))
+    return (evol or llm_mod.build(options.evol_settings(), concurrency=options.concurrency),
+            optimizer or llm_mod.build(options.optimizer_settings(), concurrency=options.concurrency))
 
 
 def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: _Runner) -> tuple[str, bool]:

@@ -1,0 +1,153 @@
+"""A lean DSPy engine for OpenAI-compatible chat servers (``--api-base``), for throughput at scale.
+
+DSPy still owns the cache, the retries (honouring Retry-After) and the callbacks; this engine only
+makes one attempt over a pooled keep-alive connection (aiohttp for async callers, http.client for
+threads) and turns the server's answer into DSPy's response or error types. A 200 whose body is not
+a chat completion is a failure of that request, not retried.
+"""
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import threading
+import urllib.parse
+
+
+def _body(request) -> dict:
+    messages = []
+    if request.system is not None:
+        system = request.system if isinstance(request.system, str) else "".join(
+            getattr(p, "text", "") for p in request.system)
+        messages.append({"role": "system", "content": system})
+    messages += [{"role": m.role, "content": m.text or ""} for m in request.messages]
+    body: dict = {"model": request.model.split("/", 1)[-1], "messages": messages}
+    for name in ("max_tokens", "temperature", "top_p", "seed"):
+        value = getattr(request.config, name)
+        if value is not None:
+            body[name] = value
+    return body
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _result(status: int, text: str, retry_after: str | None, model: str):
+    from dspy import lm15
+
+    if status == 429:
+        raise lm15.RateLimitError(f"429 from the server: {text[:200]}", retry_after=_retry_after(retry_after))
+    if status in (401, 403):
+        raise lm15.AuthError(f"{status} from the server: {text[:200]}")
+    if status >= 500:
+        raise lm15.ServerError(f"{status} from the server: {text[:200]}", status=status,
+                               retry_after=_retry_after(retry_after))
+    if status >= 400:
+        raise lm15.InvalidRequestError(f"{status} from the server: {text[:200]}", status=status)
+    try:
+        data = json.loads(text)
+        choice = data["choices"][0]
+        content = choice["message"].get("content") or ""
+        usage = data.get("usage") or {}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise lm15.ProviderError(f"the server's reply is not a chat completion: {text[:120]!r}") from None
+    # Built directly: lm15's general converter costs more than the whole request on a fast server.
+    return lm15.Response(
+        id=data.get("id"), model=model, message=lm15.Message.assistant([lm15.TextPart(content)]),
+        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+        usage=lm15.Usage(input_tokens=usage.get("prompt_tokens", 0) or 0,
+                         output_tokens=usage.get("completion_tokens", 0) or 0,
+                         total_tokens=usage.get("total_tokens", 0) or 0))
+
+
+class OpenAICompatEngine:
+    """Sync and async at once: DSPy gets this object as both ``engine`` and ``async_engine`` halves."""
+
+    def __init__(self, base_url: str, key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
+                 connections: int = 64) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.key_env, self.timeout, self.connections = key_env, timeout, connections
+        self._local = threading.local()
+
+    def _headers(self) -> dict:
+        key = os.environ.get(self.key_env) or "unused"
+        return {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+
+    # --- threads (optimize) ---
+    def complete(self, request):
+        from dspy import lm15
+
+        parts = urllib.parse.urlsplit(self.url)
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+            conn = self._local.conn = cls(parts.netloc, timeout=self.timeout)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        try:
+            conn.request("POST", path, body=json.dumps(_body(request)), headers=self._headers())
+            response = conn.getresponse()
+            text = response.read().decode("utf-8", "replace")
+        except TimeoutError:
+            self._local.conn = None
+            conn.close()
+            raise lm15.TimeoutError(f"no reply within {self.timeout} s") from None
+        except (OSError, http.client.HTTPException) as exc:
+            self._local.conn = None
+            conn.close()
+            raise lm15.TransportError(f"connection failed: {exc}") from None
+        return _result(response.status, text, response.getheader("Retry-After"), request.model)
+
+    def stream(self, request):
+        from dspy import lm15
+
+        return lm15.response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncOpenAICompatEngine:
+    def __init__(self, sync: OpenAICompatEngine) -> None:
+        self.sync = sync
+        self._sessions: dict[int, object] = {}
+
+    def _session(self):
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(id(loop))
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=self.sync.connections)
+            session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.sync.timeout))
+            self._sessions[id(loop)] = session
+        return session
+
+    async def complete(self, request):
+        import aiohttp
+        from dspy import lm15
+
+        try:
+            async with self._session().post(self.sync.url, json=_body(request), headers=self.sync._headers()) as r:
+                text = await r.text(errors="replace")
+                status, retry_after = r.status, r.headers.get("Retry-After")
+        except asyncio.TimeoutError:
+            raise lm15.TimeoutError(f"no reply within {self.sync.timeout} s") from None
+        except aiohttp.ClientError as exc:
+            raise lm15.TransportError(f"connection failed: {exc}") from None
+        return _result(status, text, retry_after, request.model)
+
+    async def stream(self, request):
+        from dspy import lm15
+
+        for event in lm15.response_to_events(await self.complete(request)):
+            yield event
+
+    async def aclose(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
