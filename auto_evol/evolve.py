@@ -311,12 +311,14 @@ async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -
     reporter.phase("answer seeds", len(todo) + len(done), len(done))
 
     async def work_on(row, journal):
+        entry = {"seed_id": row["seed_id"], "instruction": row["instruction"], "input": row["input"]}
         try:
             text = (await answerer.aask(row["instruction"] + (f"\n\n{row['input']}" if row["input"] else ""))).text
+            reason = None if text.strip() else Failure.EMPTY_ANSWER
         except LLMError:
-            return  # not journaled: tried again on the next run
-        journal.append({"seed_id": row["seed_id"], "instruction": row["instruction"], "input": row["input"],
-                        "output": text})
+            reason = Failure.LLM_ERROR
+        # A failed call or an empty reply fails this seed only: it goes to the rejects.
+        journal.append({**entry, "output": text} if reason is None else {**entry, "output": "", "reason": reason.value})
         reporter.advance()
 
     return await _drive(todo, work_on, journal_path, options.concurrency, budget, calls_per_item=1)
@@ -370,8 +372,6 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, me
                   "evol_model": evol_label, "answer_model": answer_label}
         failure, evolved, answer = await _evolve_one(instruction, row.get("input", ""), method, evol, answerer,
                                                      options.judge)
-        if failure is Failure.LLM_ERROR:
-            return  # a call that failed after its retries: not journaled, tried again on the next run
         if failure is None:
             record.update(status="kept", instruction=evolved, output=answer)
         else:
@@ -438,7 +438,8 @@ def _records(options: EvolveOptions, work: Path, seeds_path: Path):
         if row["output"]:
             yield seed_record(row)
     for row in read(work / "round0.jsonl"):
-        yield seed_record(row)
+        if row["output"]:
+            yield seed_record(row)
     for round_ in range(1, options.rounds + 1):
         for row in read(work / f"round{round_}.jsonl"):
             if row["status"] == "kept":
@@ -457,6 +458,10 @@ def _assemble(options: EvolveOptions, work: Path, seeds_path: Path, out: Path, f
 
 def _write_rejects(work: Path, rounds: int, path: Path) -> None:
     with atomic_write(path) as fh:
+        for row in read(work / "round0.jsonl"):
+            if not row["output"]:
+                fh.write(json.dumps({"id": f"{row['seed_id']}#0", "round": 0, "status": "rejected", **row},
+                                    ensure_ascii=False) + "\n")
         for round_ in range(1, rounds + 1):
             for row in read(work / f"round{round_}.jsonl"):
                 if row["status"] == "rejected":

@@ -58,3 +58,20 @@ def test_help_lists_the_options(tmp_path):
     assert out.returncode == 0
     for flag in ("--data", "--config", "--init-method", "--candidates", "--evol-model", "--quiet"):
         assert flag in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "missing.jsonl"], "missing.jsonl: file not found"),
+    (["--data", "nocol.jsonl"], "no instruction column found"),
+    (["--data", "ok.jsonl", "--method", "nope"], "unknown method 'nope'"),
+    (["--data", "ok.jsonl", "--format", "xml"], "unknown --format 'xml'"),
+    (["--data", "ok.jsonl", "--on-bad-line", "maybe"], "--on-bad-line must be skip or fail"),
+    (["--data", "ok.jsonl", "--evol-model", "openai/gpt-4o-mini"], "no API key in the environment"),
+    (["--data", "ok.jsonl", "--method", "noslot.md"], "not a method"),
+])
+def test_evolve_bad_input_is_one_clear_line(files, args, message):
+    out = cli(["evolve", *args, "--out", "o.jsonl"], files)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("auto-evol: error: ") and message in lines[0], out.stderr
+    assert not (files / "o.jsonl").exists()

@@ -210,3 +210,23 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path)
     assert len(ids) == len(set(ids))
     assert sorted((r["id"], r["instruction"]) for r in killed) == \
         sorted((r["id"], r["instruction"]) for r in read_jsonl(tmp_path / "whole.jsonl"))
+
+
+def test_failed_or_malformed_replies_fail_their_item_and_nothing_is_lost(tmp_path):
+    from dspy import lm15
+
+    def flaky(prompt):
+        if "number 8?" in prompt:
+            raise lm15.ProviderError("the server's reply is not a chat completion")
+        return evolve_world(prompt)
+
+    data = seeds(tmp_path / "seeds.jsonl", 20)
+    model, _ = scripted_llm(flaky, name="flaky")
+    result = evolve(EvolveOptions(data=str(data), out=str(tmp_path / "out.jsonl"), rounds=1, cache_dir=None,
+                                  track=False), evol=model, answerer=model)
+    out, rejects = read_jsonl(result.out), read_jsonl(result.rejects)
+    assert {r["id"]: r["reason"] for r in rejects if r["seed_id"] == "s8"} == {"s8#0": "llm_error",
+                                                                              "s8#1": "llm_error"}
+    round1 = {r["seed_id"] for r in out if r["round"] == 1} | {r["seed_id"] for r in rejects if r["round"] == 1}
+    assert round1 == {f"s{i}" for i in range(20)}
+    assert "s8" not in {r["seed_id"] for r in out}
