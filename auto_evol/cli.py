@@ -232,7 +232,8 @@ def run() -> None:
         typer.echo(f"auto-evol: error: {exc}", err=True)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        typer.echo("auto-evol: interrupted; finished LLM calls are cached and --resume RUN_ID goes on", err=True)
+        typer.echo("auto-evol: interrupted; finished work is kept: rerun the same command (optimize: --resume RUN_ID)",
+                   err=True)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

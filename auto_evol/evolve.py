@@ -197,7 +197,7 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     if evol is None or answerer is None:
         llm_mod.check(options.evol_settings(), "--evol-model")
         llm_mod.check(options.answer_settings(), "--answer-model")
-        llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
+        llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None, memory=False)
         evol = evol or llm_mod.build(options.evol_settings(), concurrency=options.concurrency)
         answerer = answerer or (evol if options.answer_settings() == options.evol_settings()
                                 else llm_mod.build(options.answer_settings(), concurrency=options.concurrency))

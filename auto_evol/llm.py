@@ -370,15 +370,18 @@ class _AsyncGguf:
         pass
 
 
-def configure_cache(directory: Path | None) -> None:
-    """DSPy's response cache on disk at ``directory`` (memory only when None)."""
+def configure_cache(directory: Path | None, *, memory: bool = True) -> None:
+    """DSPy's response cache on disk at ``directory`` (none on disk when None), plus an in-memory layer
+    unless ``memory`` is False (a whole-dataset run would otherwise keep every reply in memory).
+    DSPy's call history is switched off: auto-evol counts its own usage and keeps what it needs."""
     import dspy
 
+    dspy.configure(disable_history=True)
     if directory is None:
-        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=memory)
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=True, disk_cache_dir=str(directory))
+        dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=memory, disk_cache_dir=str(directory))
 
 
 def with_overrides(base: RoleSettings, **changes) -> RoleSettings:

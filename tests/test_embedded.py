@@ -66,3 +66,21 @@ def test_optimize_through_an_openai_compatible_server_on_loopback(tmp_path, monk
     assert result.usage["evol"]["calls"] >= 3 and result.usage["evol"]["errors"] == 0
     assert result.usage["evol"]["output_tokens"] > 0
     assert (tmp_path / "methods" / "via-http.md").is_file() and len(result.rates) == 2
+
+
+def test_evolve_on_the_embedded_model(tmp_path):
+    import json
+
+    from auto_evol.evolve import EvolveOptions, evolve
+
+    data = tmp_path / "seeds.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": q}) for q in (
+        "What is 12 times 7?", "Name three primary colors.", "Write a haiku about rain.")))
+    result = evolve(EvolveOptions(data=str(data), out=str(tmp_path / "out.jsonl"), rounds=1, judge=False,
+                                  evol_max_tokens=96, answer_max_tokens=64, concurrency=4,
+                                  cache_dir=str(tmp_path / "cache"), track=False))
+    rows = [json.loads(line) for line in open(result.out)]
+    rejects = [json.loads(line) for line in open(result.rejects)]
+    assert result.complete and sum(r["round"] == 0 for r in rows) == 3       # seeds answered by the model
+    assert sum(r["round"] == 1 for r in rows) + len(rejects) == 3             # every item kept or rejected
+    assert all(r["output"] for r in rows) and result.calls["evol"]["output_tokens"] > 0
