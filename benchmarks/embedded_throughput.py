@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     llm.configure_cache(None)
-    model = llm.build(llm.RoleSettings(max_tokens=args.max_tokens), slots=args.slots, cache=False)
+    model = llm.build(llm.RoleSettings(max_tokens=args.max_tokens), concurrency=args.slots, cache=False)
     server = llm._engines[next(iter(llm._engines))]._server  # the same in-process server
 
     def bare(prompt: str) -> int:

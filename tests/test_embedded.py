@@ -14,7 +14,7 @@ pytestmark = pytest.mark.embedded
 
 def test_the_embedded_model_answers():
     llm.configure_cache(None)
-    model = llm.build(llm.RoleSettings(max_tokens=24), slots=1)
+    model = llm.build(llm.RoleSettings(max_tokens=24), concurrency=1)
     reply = model.ask("Say hello.")
     assert reply.text.strip() and reply.output_tokens > 0
     assert model.usage.snapshot()["calls"] == 1

@@ -189,15 +189,21 @@ def test_kill_9_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path)
     with FakeOpenAI(latency=0.04) as fake:
         args = ["evolve", "--data", "seeds.jsonl", "--rounds", "2", "--evol-model", "openai/fake", "--api-base",
                 fake.base, "--concurrency", "16", "--no-track", "--quiet"]
+        def journaled() -> int:
+            return sum(len(p.read_bytes().splitlines()) for p in work.glob("round*.jsonl"))
+
         mid_work_kills = 0
-        for _ in range(5):
+        for _ in range(4):
+            # Kill once a random number of further results has been journaled: always mid-work.
+            target = journaled() + rng.randint(10, 120)
             proc = cli(args + ["--out", "killed.jsonl", "--cache-dir", str(tmp_path / "cache-a")], tmp_path)
-            time.sleep(rng.uniform(3.0, 6.0))
+            deadline = time.time() + 120
+            while proc.poll() is None and journaled() < target and time.time() < deadline:
+                time.sleep(0.01)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                journaled = sum(len(p.read_bytes().splitlines()) for p in work.glob("round*.jsonl"))
-                mid_work_kills += journaled > 0
+                mid_work_kills += 1
         proc = cli(args + ["--out", "killed.jsonl", "--cache-dir", str(tmp_path / "cache-a")], tmp_path)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
