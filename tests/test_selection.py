@@ -14,3 +14,37 @@ def test_patience():
     assert not should_stop([True, False], 2)
     assert should_stop([False, False], 2)
     assert not should_stop([False, True], 2)
+
+
+def test_halving_rungs_double_until_two_finalists_take_the_full_dev_set():
+    from auto_evol.selection import halving_rungs
+
+    assert halving_rungs(50, 5) == [6, 12, 50]
+    assert halving_rungs(50, 9) == [4, 8, 16, 50]
+    assert halving_rungs(50, 2) == [50]
+    assert halving_rungs(8, 5) == [4, 8]
+
+
+def test_halving_matches_the_full_evaluations_winner_with_half_the_judgements():
+    import numpy as np
+
+    from auto_evol.selection import successive_halving
+
+    agree, judged = 0, []
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        true_rates = rng.permutation([0.2, 0.35, 0.5, 0.6, 0.7])    # known failure rates per candidate
+        outcomes = rng.random((5, 50)) < true_rates[:, None]
+        full_winner = min(range(5), key=lambda c: (outcomes[c].mean(), c))
+        calls = []
+
+        def judge(pairs):
+            calls.extend(pairs)
+            return [outcomes[c, i] for c, i in pairs]
+
+        survivor, failures = successive_halving(5, 50, judge)
+        assert failures[survivor] == list(outcomes[survivor])     # the survivor saw every dev item
+        agree += survivor == full_winner
+        judged.append(len(calls))
+    assert agree / 300 >= 0.9
+    assert sum(judged) / len(judged) <= 0.5 * 5 * 50
