@@ -70,11 +70,14 @@ def step_table(record: StepRecord) -> Table:
                         f"at {_pct(record.incumbent_rate)}", title_justify="left")
     for column in ("candidate", "failure rate", "failures by type", "method", "result"):
         table.add_column(column)
+    full = max((len(c.evaluation.results) for c in record.candidates if c.evaluation), default=0)
     for c, rate in zip(record.candidates, record.rates):
         if c.evaluation is None:
             counts = "(the incumbent's text: not judged again)"
         else:
             counts = ", ".join(f"{k} {v}" for k, v in c.evaluation.counts().most_common()) or "-"
+            if len(c.evaluation.results) < full:
+                counts += f" (halving dropped it after {len(c.evaluation.results)} of {full} items)"
         result = "accepted" if record.accepted == c.index else ("" if c.readable else "unreadable, kept incumbent")
         table.add_row(str(c.index + 1), _pct(rate), counts, c.method.hash, result)
     phases = ", ".join(f"{k} {record.calls.get(k, 0)} calls ({record.cached.get(k, 0)} cached) / {v:.0f}s"

@@ -37,6 +37,10 @@ class Evaluation:
     def rate(self) -> float:
         return self.failures / len(self.results) if self.results else 1.0
 
+    def flags(self) -> list[bool]:
+        """Failed or not, per dev item in order: what paired tests compare."""
+        return [r.failure is not None for r in self.results]
+
     def counts(self) -> Counter:
         return Counter(r.failure.value for r in self.results if r.failure is not None)
 

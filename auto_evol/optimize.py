@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from typing import TypeVar
 
 from . import llm as llm_mod
 from . import method as method_mod
-from . import selection
+from . import selection, stats
 from .candidate import Candidate, propose
 from .devset import Split, batch, dev_fingerprint, load_split
 from .errors import UserError
@@ -60,6 +61,9 @@ class Options:
     experiment: str | None = None   # MLflow experiment; the data set's name when None
     trace: bool = False             # record every LLM call as an MLflow trace
     resume: str | None = None       # run id of an interrupted run to go on with
+    selection: str = "full"         # full: every candidate on every dev item; halving: successive halving
+    accept: str = "lower"           # lower: a lower failure rate wins; paired: only a paired test's verdict
+    confidence: float = 0.95        # for --accept paired
 
     def evol_settings(self) -> RoleSettings:
         return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, self.evol_top_p,
@@ -74,6 +78,14 @@ class Options:
                      "evol_max_tokens", "optimizer_max_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.selection not in ("full", "halving"):
+            raise UserError(f"--selection must be full or halving, got {self.selection!r}")
+        if self.accept not in ("lower", "paired"):
+            raise UserError(f"--accept must be lower or paired, got {self.accept!r}")
+        if not 0.5 <= self.confidence < 1:
+            raise UserError("--confidence must be at least 0.5 and below 1")
+        if self.accept == "paired" and self.dev_size < stats.MIN_ITEMS:
+            raise UserError(f"--accept paired needs --dev-size of at least {stats.MIN_ITEMS}")
         for name in ("evol_temperature", "optimizer_temperature"):
             if not 0 <= getattr(self, name) <= 2:
                 raise UserError(f"--{name.replace('_', '-')} must be between 0 and 2")
@@ -106,6 +118,7 @@ class LoopState:
     rates: list[float]             # e0's failure rate, then the incumbent's after each finished step
     accepted: list[bool] = field(default_factory=list)
     lineage: list[str] = field(default_factory=list)
+    incumbent_failures: list[bool] = field(default_factory=list)   # per dev item, for paired tests
 
     @property
     def next_step(self) -> int:
@@ -116,6 +129,7 @@ class LoopState:
         if record.accepted is not None:
             winner = record.candidates[record.accepted]
             self.incumbent, self.incumbent_rate = winner.method, winner.evaluation.rate
+            self.incumbent_failures = winner.evaluation.flags()
             self.lineage.append(winner.method.name)
         self.rates.append(self.incumbent_rate)
 
@@ -128,13 +142,14 @@ class LoopState:
 
         return {"init": method(self.init), "incumbent": method(self.incumbent),
                 "incumbent_rate": self.incumbent_rate, "rates": self.rates, "accepted": self.accepted,
-                "lineage": self.lineage}
+                "lineage": self.lineage, "incumbent_failures": self.incumbent_failures}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoopState":
         return cls(init=Method(**data["init"]), incumbent=Method(**data["incumbent"]),
                    incumbent_rate=data["incumbent_rate"], rates=list(data["rates"]),
-                   accepted=list(data["accepted"]), lineage=list(data["lineage"]))
+                   accepted=list(data["accepted"]), lineage=list(data["lineage"]),
+                   incumbent_failures=list(data.get("incumbent_failures", [])))
 
 
 @dataclass
@@ -256,12 +271,12 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
             runner.take()
             reporter.baseline(initial)
             tracker.baseline(initial)
-            state = LoopState(init, init, initial.rate, [initial.rate], lineage=[init.name])
+            state = LoopState(init, init, initial.rate, [initial.rate], lineage=[init.name],
+                              incumbent_failures=initial.flags())
             tracker.checkpoint(state.to_dict())
         history: list[StepRecord] = []
         while not state.done(options):
-            record = _step(state.next_step, state.incumbent, state.incumbent_rate, split, options, evol, optimizer,
-                           runner)
+            record = _step(state.next_step, state, split, options, evol, optimizer, runner)
             history.append(record)
             state.advance(record)
             reporter.step(record)
@@ -318,8 +333,9 @@ def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: _
     return registry.uri(split.name, version), better
 
 
-def _step(step: int, incumbent: Method, incumbent_rate: float, split: Split, options: Options,
-          evol: Llm, optimizer: Llm, runner: _Runner) -> StepRecord:
+def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm, optimizer: Llm,
+          runner: _Runner) -> StepRecord:
+    incumbent, incumbent_rate = state.incumbent, state.incumbent_rate
     mini_batch = batch(split.train, options.batch_size, options.seed, step)
     evolutions = runner.map("trajectory", lambda item: evolve(evol, incumbent, item, options.rounds), mini_batch)
     trajectory = Trajectory(incumbent, tuple(evolutions))
@@ -344,19 +360,50 @@ def _step(step: int, incumbent: Method, incumbent_rate: float, split: Split, opt
     candidates = runner.map("optimization", candidate, indices)
     # Each distinct new text is judged once: a candidate that kept the incumbent's text (unreadable
     # reply) or repeats another candidate is not paid for twice, and can never replace the incumbent
-    # by noise. Every (method, dev item) pair is one task, so all judgements share the pool.
+    # by noise.
     distinct: dict[str, Method] = {}
     for c in candidates:
         if c.method.hash != incumbent.hash:
             distinct.setdefault(c.method.hash, c.method)
-    pairs = [(m, item) for m in distinct.values() for item in split.dev]
-    judged = runner.map("dev evaluation", lambda pair: judge(evol, pair[0], pair[1]), pairs)
-    n = len(split.dev)
-    evaluations = {h: Evaluation(m, tuple(judged[i * n:(i + 1) * n])) for i, (h, m) in enumerate(distinct.items())}
+    evaluations, finalists = _judge_candidates(list(distinct.values()), split.dev, evol, runner, options.selection)
     candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
     calls, cached, seconds = runner.take()
     record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds)
-    return dataclasses.replace(record, accepted=selection.winner(incumbent_rate, record.rates))
+    # Only candidates judged on the whole dev set may replace the incumbent (halving drops the others).
+    decision = [rate if c.evaluation is not None and c.method.hash in finalists else math.inf
+                for c, rate in zip(candidates, record.rates)]
+    chosen = selection.winner(incumbent_rate, decision)
+    if chosen is not None and options.accept == "paired" and len(state.incumbent_failures) == len(split.dev):
+        flags = candidates[chosen].evaluation.flags()
+        if not stats.paired_better(flags, state.incumbent_failures, confidence=options.confidence,
+                                   seed=options.seed + step):
+            chosen = None
+    return dataclasses.replace(record, accepted=chosen)
+
+
+def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: _Runner,
+                      how: str) -> tuple[dict[str, Evaluation], set[str]]:
+    """Each method's evaluation on the dev set (a prefix for methods that halving dropped), and the
+    hashes of the methods judged on every item."""
+    if how == "halving" and len(methods) > 2:
+        results: list[dict[int, object]] = [{} for _ in methods]
+
+        def judge_pairs(pairs):
+            judged = runner.map("dev evaluation", lambda p: judge(evol, methods[p[0]], dev[p[1]]), pairs)
+            for (c, i), result in zip(pairs, judged):
+                results[c][i] = result
+            return [r.failure is not None for r in judged]
+
+        selection.successive_halving(len(methods), len(dev), judge_pairs)
+        evaluations = {m.hash: Evaluation(m, tuple(results[c][i] for i in sorted(results[c])))
+                       for c, m in enumerate(methods)}
+    else:
+        # Every (method, dev item) pair is one task, so all judgements share the pool.
+        pairs = [(m, item) for m in methods for item in dev]
+        judged = runner.map("dev evaluation", lambda pair: judge(evol, pair[0], pair[1]), pairs)
+        n = len(dev)
+        evaluations = {m.hash: Evaluation(m, tuple(judged[i * n:(i + 1) * n])) for i, m in enumerate(methods)}
+    return evaluations, {h for h, e in evaluations.items() if len(e.results) == len(dev)}
 
 
 def _final_method(state: LoopState, data_name: str, options: Options) -> Method:

@@ -294,6 +294,7 @@ class OptimizeTracker(NullTracker):
             if c.evaluation is not None:  # None: the incumbent's own text, whose rate it keeps
                 counts = c.evaluation.counts()
                 metrics.update({"length_growth": c.evaluation.length_growth,
+                                "judged_items": len(c.evaluation.results),
                                 **{f"failures.{f.value}": counts.get(f.value, 0) for f in Failure}})
             self._metrics(run_id, metrics, step=record.step)
             self.client.log_text(run_id, c.method.to_file_text(), "method.md")

@@ -151,3 +151,39 @@ def test_a_bad_key_stops_the_run_with_a_clear_error(dataset):
         optimize(evol=evol, optimizer=opt, data=str(dataset), init_method="init.md", dev_size=8, batch_size=3,
                  steps=1, candidates=1, track=False, cache_dir=None)
     assert not (dataset.parent / "methods").exists()
+
+
+class RangeWorld(World):
+    """The k-th optimization call writes level + (k - 1) % 5: five candidates, four of them new."""
+
+    def optimizer(self, prompt: str) -> str:
+        if prompt.startswith("You are reviewing"):
+            return "Case 1 failed."
+        with self.lock:
+            self.optimizations += 1
+            k = self.optimizations
+        level = self.level(prompt.split("=== End of current method ===")[0])
+        return f"Optimized Method:\nRewrite (level {level + (k - 1) % 5}) this: {{instruction}}\n"
+
+
+def test_halving_reaches_the_full_evaluations_best_rate_with_fewer_dev_calls(workdir):
+    path = workdir / "many.jsonl"
+    path.write_text("\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(120)))
+    (workdir / "init.md").write_text(INIT)
+    results = {}
+    for how in ("full", "halving"):
+        evol, _ = scripted_llm(world, name=f"evol-{how}")
+        opt, _ = scripted_llm(RangeWorld().optimizer, temperature=0.6, name=f"opt-{how}")
+        results[how] = optimize(evol=evol, optimizer=opt, data=str(path), init_method="init.md", steps=1,
+                                candidates=5, batch_size=3, dev_size=48, seed=2, concurrency=1, track=False,
+                                cache_dir=None, selection=how, name=how)
+    full, halving = results["full"].history[0], results["halving"].history[0]
+    assert halving.calls["dev evaluation"] < 0.75 * full.calls["dev evaluation"]
+    assert halving.accepted is not None and halving.rates[halving.accepted] == min(full.rates)
+    assert len(halving.candidates[halving.accepted].evaluation.results) == 48
+    assert any(c.evaluation is not None and len(c.evaluation.results) < 48 for c in halving.candidates)
+
+
+def test_paired_acceptance_needs_enough_dev_items(dataset):
+    with pytest.raises(UserError, match="--accept paired needs --dev-size of at least 10"):
+        run(dataset, World(), accept="paired", dev_size=8, track=False)
