@@ -147,6 +147,79 @@ def evolve(
 
 
 @app.command()
+def compare(
+    method: list[str] = typer.Option(..., "--methods", "--method",
+                                     help="Methods to compare: `--methods e0 weak evol-instruct methods/x.md` (names, files, "
+                                          "prompts:/ URIs; evol-instruct is the six classic operators)."),
+    data: Optional[str] = typer.Option(None, help="Registered data set or file. [default: gsm8k_seed]"),
+    config: Optional[Path] = typer.Option(None, help="TOML preset (its models, dev-size, seed... apply)."),
+    rounds: int = typer.Option(3, help="Evolution rounds per dev item."),
+    dev_size: Optional[int] = typer.Option(None, help="Held-out dev items. [default: 50]"),
+    seed: Optional[int] = typer.Option(None, help="[default: 0]"),
+    baseline: Optional[str] = typer.Option(None, help="Method the others are compared with. [default: the first]"),
+    confidence: float = typer.Option(0.95, help="Interval confidence."),
+    evol_model: Optional[str] = typer.Option(None, help="Evol LLM. [default: embedded]"),
+    judge_model: Optional[str] = typer.Option(None, help="Difficulty judge LLM. [default: the evol model]"),
+    api_base: Optional[str] = typer.Option(None),
+    evol_max_tokens: Optional[int] = typer.Option(None, help="[default: 1024]"),
+    embeddings: str = typer.Option("auto", help="auto | tfidf | sentence"),
+    out: Optional[str] = typer.Option(None, help="Report folder. [default: reports/DATA]"),
+    concurrency: Optional[int] = typer.Option(None, help="[default: 4]"),
+    cache_dir: Optional[str] = typer.Option(None),
+    no_track: bool = typer.Option(False, "--no-track"),
+) -> None:
+    """Compare methods side by side: failure rate with intervals, difficulty, diversity, length growth."""
+    from .compare import CompareOptions
+    from .compare import compare as run
+    from .config import load_preset
+    from .optimize import Options
+
+    preset = load_preset(config, Options) if config else {}
+    shared = ("data", "instruction_field", "dev_size", "seed", "evol_model", "api_base", "evol_max_tokens",
+              "concurrency", "cache_dir")
+    settings = {k: v for k, v in preset.items() if k in shared}
+    given = {"data": data, "dev_size": dev_size, "seed": seed, "evol_model": evol_model, "api_base": api_base,
+             "evol_max_tokens": evol_max_tokens, "concurrency": concurrency, "cache_dir": cache_dir}
+    settings.update({k: v for k, v in given.items() if v is not None})
+    summary = run(CompareOptions(methods=list(method), rounds=rounds, baseline=baseline, confidence=confidence,
+                                 judge_model=judge_model, embeddings=embeddings, out=out, track=not no_track,
+                                 **settings))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['data']}: {summary['dev_items']} dev items, baseline {summary['baseline']}")
+    for column in ("method", "failure rate [interval]", "vs baseline", "difficulty by round", "length growth"):
+        table.add_column(column, overflow="fold")
+    for name, s in summary["methods"].items():
+        fr, d = s["failure_rate"], s["difference_to_baseline"]
+        table.add_row(name, f"{fr['estimate']:.1%} [{fr['low']:.1%}, {fr['high']:.1%}]",
+                      f"{d['estimate']:+.1%} [{d['low']:+.1%}, {d['high']:+.1%}]",
+                      " / ".join("-" if r["difficulty"] is None else f"{r['difficulty']:.1f}" for r in s["per_round"]),
+                      " / ".join(f"{r['length_growth']:.2f}x" for r in s["per_round"]))
+    console = Console()
+    console.print(table)
+    console.print(f"report: {Path(out or Path('reports') / summary['data']) / 'report.md'}; embeddings: "
+                  f"{summary['embeddings']}" + (f"; MLflow run {summary['run_id']}" if summary.get("run_id") else ""))
+
+
+def _spread_methods(argv: list[str]) -> list[str]:
+    """`--methods a b c` -> `--methods a --methods b --methods c` (click options take one value)."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == "--methods":
+            values = []
+            while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                values.append(argv[i + 1])
+                i += 1
+            out.pop()
+            for value in values or [""]:
+                out += ["--methods", value]
+        i += 1
+    return out
+
+
+@app.command()
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
     """Serve the MLflow UI over the project's store, on 127.0.0.1 only."""
@@ -230,7 +303,7 @@ def methods_export(source: str = typer.Argument(..., help="An optimize run id (i
 def run() -> None:
     """Console entry point: one clear line and a non-zero exit for anything the user must fix."""
     try:
-        app(standalone_mode=False)
+        app(args=_spread_methods(sys.argv[1:]), standalone_mode=False)
     except UserError as exc:
         typer.echo(f"auto-evol: error: {exc}", err=True)
         sys.exit(2)

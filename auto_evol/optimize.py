@@ -13,11 +13,9 @@ import datetime as _dt
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from . import llm as llm_mod
 from . import method as method_mod
@@ -29,6 +27,7 @@ from .evaluation import Evaluation, judge
 from .feedback import analyse
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
+from .runner import Runner
 from .trajectory import Trajectory, evolve
 
 @dataclass
@@ -179,52 +178,13 @@ class Reporter:
     def finish(self, result: OptimizeResult) -> None: ...
 
 
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-class _Runner:
-    """Runs one phase's independent LLM tasks concurrently and counts its calls and seconds."""
-
-    def __init__(self, pool: ThreadPoolExecutor, reporter: Reporter, llms: Iterable[Llm]) -> None:
-        self.pool, self.reporter, self.llms = pool, reporter, list(llms)
-        self.calls: dict[str, int] = {}
-        self.cached: dict[str, int] = {}
-        self.seconds: dict[str, float] = {}
-
-    def map(self, phase: str, fn: Callable[[T], R], items: list[T]) -> list[R]:
-        before = self._counts()
-        started = time.perf_counter()
-        self.reporter.phase(phase, len(items))
-
-        def run(item: T) -> R:
-            out = fn(item)
-            self.reporter.advance(phase)
-            return out
-
-        results = list(self.pool.map(run, items))
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
-        after = self._counts()
-        self.calls[phase] = self.calls.get(phase, 0) + after[0] - before[0]
-        self.cached[phase] = self.cached.get(phase, 0) + after[1] - before[1]
-        return results
-
-    def _counts(self) -> tuple[int, int]:
-        return (sum(llm.usage.calls for llm in self.llms), sum(llm.usage.cached for llm in self.llms))
-
-    def take(self) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
-        out = self.calls, self.cached, {k: round(v, 2) for k, v in self.seconds.items()}
-        self.calls, self.cached, self.seconds = {}, {}, {}
-        return out
-
-
 def _rollout(seed: int, step: int, index: int) -> int:
     """A stable id per (seed, step, candidate): separates the m sampled optimizer calls in the cache."""
     digest = hashlib.sha256(f"{seed}:{step}:{index}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 
-def evaluate(method: Method, dev: list, evol: Llm, runner: _Runner) -> Evaluation:
+def evaluate(method: Method, dev: list, evol: Llm, runner: Runner) -> Evaluation:
     return Evaluation(method, tuple(runner.map("dev evaluation", lambda item: judge(evol, method, item), dev)))
 
 
@@ -264,7 +224,7 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
     started = time.perf_counter()
     reporter.start(options, split, init)
     with ThreadPoolExecutor(options.concurrency) as pool, tracker:
-        runner = _Runner(pool, reporter, (evol, optimizer))
+        runner = Runner(pool, reporter, (evol, optimizer))
         initial = None
         if state is None:
             initial = evaluate(init, split.dev, evol, runner)
@@ -307,7 +267,7 @@ def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Ll
             optimizer or llm_mod.build(options.optimizer_settings(), concurrency=options.concurrency))
 
 
-def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: _Runner) -> tuple[str, bool]:
+def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: Runner) -> tuple[str, bool]:
     """Register e* as a new version of the data set's prompt; move 'champion' only if e* beats it.
 
     The champion's failure rate is compared on this run's dev set: taken from its version's tags when
@@ -334,7 +294,7 @@ def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: _
 
 
 def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm, optimizer: Llm,
-          runner: _Runner) -> StepRecord:
+          runner: Runner) -> StepRecord:
     incumbent, incumbent_rate = state.incumbent, state.incumbent_rate
     mini_batch = batch(split.train, options.batch_size, options.seed, step)
     evolutions = runner.map("trajectory", lambda item: evolve(evol, incumbent, item, options.rounds), mini_batch)
@@ -381,7 +341,7 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
     return dataclasses.replace(record, accepted=chosen)
 
 
-def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: _Runner,
+def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runner,
                       how: str) -> tuple[dict[str, Evaluation], set[str]]:
     """Each method's evaluation on the dev set (a prefix for methods that halving dropped), and the
     hashes of the methods judged on every item."""

@@ -15,6 +15,8 @@ import difflib
 import json
 import logging
 import os
+import re
+import time
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -418,5 +420,35 @@ def log_evolve(options, result, stats: dict) -> str:
             metrics.append(Metric(f"{role}.{key}", u[key], now, 0))
     c.log_batch(run_id, metrics=metrics)
     c.log_dict(run_id, stats, "stats.json")
+    c.set_terminated(run_id)
+    return run_id
+
+
+def log_compare(options, summary: dict, out: Path) -> str:
+    """One MLflow run per comparison: per-method metrics, the report, its plots and data."""
+    uri = tracking_uri()
+    c = client(uri)
+    experiment = experiment_id(c, summary["data"], uri)
+    run_id = c.create_run(experiment, run_name=f"compare {summary['data']}", tags={KIND_TAG: "compare"}).info.run_id
+    from mlflow.entities import Metric, Param
+
+    params = {"methods": ",".join(options.methods), "baseline": summary["baseline"], "rounds": options.rounds,
+              "dev_size": summary["dev_items"], "seed": options.seed, "embeddings": summary["embeddings"],
+              "evol_model": options.evol_model or "embedded", "api_base": redact(options.api_base)}
+    c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    now = int(time.time() * 1000)
+    metrics = []
+    for i, (method, s) in enumerate(summary["methods"].items()):
+        key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", Path(method).stem)
+        metrics += [Metric(f"{key}.failure_rate", s["failure_rate"]["estimate"], now, 0),
+                    Metric(f"{key}.failure_rate_low", s["failure_rate"]["low"], now, 0),
+                    Metric(f"{key}.failure_rate_high", s["failure_rate"]["high"], now, 0),
+                    Metric(f"{key}.difference_to_baseline", s["difference_to_baseline"]["estimate"], now, 0)]
+        for r in s["per_round"]:
+            if r["difficulty"] is not None:
+                metrics.append(Metric(f"{key}.difficulty", r["difficulty"], now, r["round"]))
+            metrics.append(Metric(f"{key}.length_growth", r["length_growth"], now, r["round"]))
+    c.log_batch(run_id, metrics=metrics)
+    c.log_artifacts(run_id, str(out))
     c.set_terminated(run_id)
     return run_id

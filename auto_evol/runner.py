@@ -1,0 +1,49 @@
+"""Running one phase's independent LLM tasks on a thread pool, counting calls, cache hits and seconds.
+
+The reporter gets ``phase(name, total)`` and ``advance(name)``: progress bars live outside."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from .llm import Llm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Runner:
+    """Runs one phase's independent LLM tasks concurrently and counts its calls and seconds."""
+
+    def __init__(self, pool: ThreadPoolExecutor, reporter, llms: Iterable[Llm]) -> None:
+        self.pool, self.reporter, self.llms = pool, reporter, list(llms)
+        self.calls: dict[str, int] = {}
+        self.cached: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def map(self, phase: str, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        before = self._counts()
+        started = time.perf_counter()
+        self.reporter.phase(phase, len(items))
+
+        def run(item: T) -> R:
+            out = fn(item)
+            self.reporter.advance(phase)
+            return out
+
+        results = list(self.pool.map(run, items))
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+        after = self._counts()
+        self.calls[phase] = self.calls.get(phase, 0) + after[0] - before[0]
+        self.cached[phase] = self.cached.get(phase, 0) + after[1] - before[1]
+        return results
+
+    def _counts(self) -> tuple[int, int]:
+        return (sum(llm.usage.calls for llm in self.llms), sum(llm.usage.cached for llm in self.llms))
+
+    def take(self) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
+        out = self.calls, self.cached, {k: round(v, 2) for k, v in self.seconds.items()}
+        self.calls, self.cached, self.seconds = {}, {}, {}
+        return out

@@ -1,0 +1,76 @@
+"""`auto-evol compare` with a scripted LM: statistics, difficulty, diversity, plots, report, MLflow."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from auto_evol.compare import CompareOptions, compare, difficulty_score
+from auto_evol.errors import UserError
+from conftest import scripted_llm
+from fake_openai import world
+
+
+def scripted_world(prompt: str) -> str:
+    if prompt.startswith("Rate how difficult"):
+        n = prompt.count("twist") + prompt.count("explain each step")
+        return "not sure" if int(re.search(r"number (\d+)", prompt).group(1)) % 10 == 0 else str(min(10, 3 + 2 * n))
+    return world(prompt)
+
+
+@pytest.fixture
+def project(workdir):
+    (workdir / "q.jsonl").write_text("\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"})
+                                               for i in range(60)))
+    for level in (0, 2):
+        (workdir / f"level{level}.md").write_text(f"Rewrite (level {level}) this: {{instruction}}\n")
+    return workdir
+
+
+def test_difficulty_replies_that_are_not_a_score_are_not_guessed():
+    assert difficulty_score("7") == 7 and difficulty_score(" 10. ") == 10 and difficulty_score("**4**") == 4
+    assert difficulty_score("I would say 7") is None and difficulty_score("11") is None
+    assert difficulty_score("") is None
+
+
+def test_compare_reports_intervals_difficulty_diversity_and_plots(project):
+    import mlflow
+
+    model, _ = scripted_llm(scripted_world, name="cmp")
+    summary = compare(CompareOptions(methods=["level0.md", "level2.md", "evol-instruct"], data="q.jsonl", rounds=2,
+                                     dev_size=20, out="reports/q", embeddings="tfidf", cache_dir=None),
+                      evol=model)
+    m0, m2 = summary["methods"]["level0.md"], summary["methods"]["level2.md"]
+    assert m2["failure_rate"]["estimate"] < m0["failure_rate"]["estimate"]
+    assert m0["failure_rate"]["low"] <= m0["failure_rate"]["estimate"] <= m0["failure_rate"]["high"]
+    assert m2["difference_to_baseline"]["estimate"] < 0 and m0["difference_to_baseline"]["estimate"] == 0
+    assert sum(m0["failures"].values()) == round(m0["failure_rate"]["estimate"] * 20)
+    # Complexity climbs round after round for a method that keeps evolving.
+    rounds = summary["methods"]["evol-instruct"]["per_round"]
+    assert rounds[1]["difficulty"] > rounds[0]["difficulty"] > summary["seed_difficulty"]
+    assert rounds[1]["length_growth"] > rounds[0]["length_growth"] > 1
+    dev_ids = {json.loads(line)["item_id"] for line in open(project / "reports/q/stages.jsonl")}
+    # 'not sure' (questions 0, 10, 20...) is counted, not guessed.
+    assert summary["unscored_difficulty"] == sum(int(i) % 10 == 0 for i in dev_ids)
+    groups = summary["diversity"]["groups"]
+    assert set(groups) == {"seeds", "level0.md", "level2.md", "evol-instruct"}
+    assert all(0 <= g["mean_pairwise_distance"] <= 1 for g in groups.values() if g["mean_pairwise_distance"])
+    report = (project / "reports/q/report.md").read_text()
+    assert "| `level2.md` |" in report and re.search(r"\[[-+]\d", report)
+    for png in ("failure_rate.png", "difficulty.png", "diversity_tsne.png"):
+        assert (project / "reports/q" / png).stat().st_size > 5_000
+    run = mlflow.MlflowClient().get_run(summary["run_id"])
+    assert run.data.metrics["level2.failure_rate"] == m2["failure_rate"]["estimate"]
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"])} >= {"report.md", "failure_rate.png"}
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(methods=["nope"]), "unknown method 'nope'"),
+    (dict(methods=["e0"], dev_size=5), "too small for bootstrap intervals"),
+    (dict(methods=["e0"], embeddings="word2vec"), "--embeddings must be"),
+    (dict(methods=["e0"], baseline="weak"), "is not one of --methods"),
+])
+def test_bad_input(project, options, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        compare(CompareOptions(data="q.jsonl", **options), evol=scripted_llm(scripted_world, name="bad")[0])
