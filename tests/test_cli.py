@@ -75,3 +75,15 @@ def test_evolve_bad_input_is_one_clear_line(files, args, message):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("auto-evol: error: ") and message in lines[0], out.stderr
     assert not (files / "o.jsonl").exists()
+
+
+def test_compare_takes_several_methods_after_one_flag_and_bad_input_is_one_line(files):
+    out = cli(["compare", "--methods", "e0", "nope-method", "--data", "ok.jsonl", "--dev-size", "20", "--no-track"],
+              files)
+    assert out.returncode == 2 and out.stderr.strip() == \
+        "auto-evol: error: unknown method 'nope-method' (known: e0, evol-instruct-breadth, " \
+        "evol-instruct-complicate-input, evol-instruct-concretizing, evol-instruct-constraints, " \
+        "evol-instruct-deepening, evol-instruct-reasoning, weak; or give a file path)"
+    out = cli(["compare", "--methods", "e0", "weak", "--data", "ok.jsonl", "--dev-size", "5", "--no-track"], files)
+    assert out.returncode == 2 and "too small for bootstrap intervals" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
