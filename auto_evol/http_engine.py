@@ -15,7 +15,8 @@ import threading
 import urllib.parse
 
 
-def _body(request) -> dict:
+def openai_body(request) -> dict:
+    """A DSPy request as an OpenAI chat-completions body (text messages and sampling settings)."""
     messages = []
     if request.system is not None:
         system = request.system if isinstance(request.system, str) else "".join(
@@ -65,8 +66,23 @@ def _result(status: int, text: str, retry_after: str | None, model: str):
                          total_tokens=usage.get("total_tokens", 0) or 0))
 
 
-class OpenAICompatEngine:
-    """Sync and async at once: DSPy gets this object as both ``engine`` and ``async_engine`` halves."""
+class SyncEngine:
+    """What every synchronous DSPy engine here shares: streaming is the whole reply as events."""
+
+    def complete(self, request):
+        raise NotImplementedError
+
+    def stream(self, request):
+        from dspy import lm15
+
+        return lm15.response_to_events(self.complete(request))
+
+    def close(self) -> None:
+        pass
+
+
+class OpenAICompatEngine(SyncEngine):
+    """One attempt per call over a per-thread keep-alive connection (for threaded callers)."""
 
     def __init__(self, base_url: str, key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
                  connections: int = 64) -> None:
@@ -89,7 +105,7 @@ class OpenAICompatEngine:
             conn = self._local.conn = cls(parts.netloc, timeout=self.timeout)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            conn.request("POST", path, body=json.dumps(_body(request)), headers=self._headers())
+            conn.request("POST", path, body=json.dumps(openai_body(request)), headers=self._headers())
             response = conn.getresponse()
             text = response.read().decode("utf-8", "replace")
         except TimeoutError:
@@ -101,14 +117,6 @@ class OpenAICompatEngine:
             conn.close()
             raise lm15.TransportError(f"connection failed: {exc}") from None
         return _result(response.status, text, response.getheader("Retry-After"), request.model)
-
-    def stream(self, request):
-        from dspy import lm15
-
-        return lm15.response_to_events(self.complete(request))
-
-    def close(self) -> None:
-        pass
 
 
 class AsyncOpenAICompatEngine:
@@ -132,7 +140,7 @@ class AsyncOpenAICompatEngine:
         from dspy import lm15
 
         try:
-            async with self._session().post(self.sync.url, json=_body(request), headers=self.sync._headers()) as r:
+            async with self._session().post(self.sync.url, json=openai_body(request), headers=self.sync._headers()) as r:
                 text = await r.text(errors="replace")
                 status, retry_after = r.status, r.headers.get("Retry-After")
         except asyncio.TimeoutError:

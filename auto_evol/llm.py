@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
+from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine, openai_body
 
 EMBEDDED = "embedded"
 GGUF_PREFIX = "gguf:"
@@ -250,8 +251,6 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
     _add_jitter()
     if settings.api_base and (settings.model or "").startswith("openai/"):
         # An OpenAI-compatible server: our pooled engine, for throughput (DSPy keeps cache and retries).
-        from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine
-
         sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, concurrency))
         lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync), cache=cache,
                      num_retries=num_retries)
@@ -296,7 +295,7 @@ def _provider_key_present(model: str) -> bool:
     return bool(os.environ.get(f"{provider}_API_KEY"))
 
 
-class _GgufEngine:
+class _GgufEngine(SyncEngine):
     """A DSPy engine over an in-process llama.cpp server (xllamacpp): one per GGUF file per process.
 
     ``slots`` requests are decoded together (continuous batching); more wait in the server's queue.
@@ -322,17 +321,8 @@ class _GgufEngine:
     def complete(self, request):
         from dspy import lm15
 
-        messages = []
-        if request.system is not None:
-            system = request.system if isinstance(request.system, str) else "".join(
-                getattr(p, "text", "") for p in request.system)
-            messages.append({"role": "system", "content": system})
-        messages += [{"role": m.role, "content": m.text or ""} for m in request.messages]
-        body: dict = {"messages": messages}
-        for name in ("max_tokens", "temperature", "top_p", "seed"):
-            value = getattr(request.config, name)
-            if value is not None:
-                body[name] = value
+        body = openai_body(request)
+        body.pop("model")  # the server runs one model
         out = self._server.handle_chat_completions(body)
         if "error" in out:
             error = out["error"]
@@ -341,14 +331,6 @@ class _GgufEngine:
                 raise lm15.ContextLengthError(message)
             raise lm15.InvalidRequestError(message) if error.get("code") == 400 else lm15.ServerError(message)
         return lm15.response_from_openai_chat(out, model=request.model)
-
-    def stream(self, request):
-        from dspy import lm15
-
-        return lm15.response_to_events(self.complete(request))
-
-    def close(self) -> None:
-        pass
 
 
 class _AsyncGguf:
