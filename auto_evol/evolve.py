@@ -214,7 +214,7 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
         pool = seeds_path if round_ == 1 else work / f"round{round_ - 1}.jsonl"
         complete = asyncio.run(_round(round_, pool, options, work, methods, evol, answerer, budget, reporter))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
-        "evol+answer": evol.usage.snapshot()}
+        "evol_and_answer": evol.usage.snapshot()}
     stats = _round_stats(work, options.rounds)
     result = EvolveResult(out=out, records=0, rejects=out.with_name(out.stem + ".rejects.jsonl"), rounds=stats,
                           bad_lines=bad, calls=usage, seconds=0.0, complete=complete)

@@ -239,8 +239,6 @@ class OptimizeTracker(NullTracker):
         self.client.log_batch(run_id, params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
 
     def _metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -402,9 +400,7 @@ def log_evolve(options, result, stats: dict) -> str:
     from mlflow.entities import Metric, Param
 
     c.log_batch(run_id, params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
-    import time as _time
-
-    now = int(_time.time() * 1000)
+    now = int(time.time() * 1000)
     metrics = [Metric("records", result.records, now, 0), Metric("bad_lines", len(result.bad_lines), now, 0),
                Metric("seconds", result.seconds, now, 0)]
     for r in stats["rounds"]:

@@ -236,3 +236,18 @@ def test_failed_or_malformed_replies_fail_their_item_and_nothing_is_lost(tmp_pat
     round1 = {r["seed_id"] for r in out if r["round"] == 1} | {r["seed_id"] for r in rejects if r["round"] == 1}
     assert round1 == {f"s{i}" for i in range(20)}
     assert "s8" not in {r["seed_id"] for r in out}
+
+
+def test_the_stats_go_to_mlflow(workdir):
+    import mlflow
+
+    data = seeds(workdir / "seeds.jsonl", 12)
+    model, _ = scripted_llm(evolve_world, name="tracked")
+    result = evolve(EvolveOptions(data=str(data), out=str(workdir / "out.jsonl"), rounds=2, cache_dir=None),
+                    evol=model, answerer=model)
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    assert run.data.tags["auto_evol.kind"] == "evolve" and run.data.metrics["records"] == result.records
+    kept = sorted(client.get_metric_history(result.run_id, "kept"), key=lambda m: m.step)
+    assert [m.value for m in kept] == [s.kept for s in result.rounds]
+    assert "stats.json" in {a.path for a in client.list_artifacts(result.run_id)}
