@@ -26,15 +26,13 @@ class Item:
 
 
 def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not a data file")
-    kind = FORMATS.get(path.suffix.lower())
-    if kind is None:
-        known = ", ".join(sorted(FORMATS))
-        raise UserError(f"{path}: unknown data format {path.suffix or '(no suffix)'!r} (known: {known})")
-    rows = {"jsonl": _jsonl, "json": _json, "csv": _csv, "parquet": _parquet}[kind](path)
+    """Every row of a data file, each with its place in ``_where``; the first unreadable row is an error."""
+    rows = []
+    for where, row in stream_rows(path):
+        if isinstance(row, BadRow):
+            raise UserError(f"{row.where}: {row.reason}")
+        row.setdefault("_where", where)
+        rows.append(row)
     if not rows:
         raise UserError(f"{path}: no rows")
     return rows
@@ -46,22 +44,6 @@ def _text(path: Path) -> str:
     except UnicodeDecodeError as exc:
         line = path.read_bytes()[: exc.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not UTF-8 ({exc.reason})") from None
-
-
-def _jsonl(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        row.setdefault("_line", number)
-        rows.append(row)
-    return rows
 
 
 def _json(path: Path) -> list[dict]:
@@ -80,49 +62,38 @@ def _json(path: Path) -> list[dict]:
     return data
 
 
-def _csv(path: Path) -> list[dict]:
-    text = _text(path)
-    try:
-        reader = csv.DictReader(text.splitlines())
-        rows = []
-        for row in reader:
-            row["_line"] = reader.line_num
-            rows.append(row)
-    except csv.Error as exc:
-        raise UserError(f"{path}: not valid CSV ({exc})") from None
-    return rows
-
-
-def _parquet(path: Path) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for a broken file
-        raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+def guess_field(row: dict, source: str) -> str:
+    """The first common instruction column the row has, or a clear error naming its columns."""
+    for name in COMMON_INSTRUCTION_FIELDS:
+        if name in row:
+            return name
+    columns = [c for c in row if not c.startswith("_")]
+    raise UserError(f"{source}: no instruction column found (columns: {', '.join(columns)}); "
+                    f"name one with --instruction-field")
 
 
 def instruction_field(rows: list[dict], wanted: str | None, source: str) -> str:
-    columns = [c for c in rows[0] if not c.startswith("_")]
     if wanted:
         if wanted not in rows[0]:
+            columns = [c for c in rows[0] if not c.startswith("_")]
             raise UserError(f"{source}: no column {wanted!r} (columns: {', '.join(columns)})")
         return wanted
-    for name in COMMON_INSTRUCTION_FIELDS:
-        if name in rows[0]:
-            return name
-    raise UserError(f"{source}: no instruction column found (columns: {', '.join(columns)}); "
-                    f"name one with --instruction-field")
+    return guess_field(rows[0], source)
+
+
+def with_input(instruction: str, input_text: str | None) -> str:
+    """What an LLM is asked: the instruction, and its input data below it when there is some."""
+    return instruction + (f"\n\n{input_text}" if input_text else "")
 
 
 def to_items(rows: list[dict], field_name: str, source: str) -> list[Item]:
     items = []
     for i, row in enumerate(rows):
-        where = f"{source}:{row['_line']}" if "_line" in row else f"{source} row {i + 1}"
+        where = row.get("_where") or f"{source} row {i + 1}"
         value = row.get(field_name)
         if not isinstance(value, str) or not value.strip():
             raise UserError(f"{where}: empty or missing {field_name!r}")
-        extra = {k: v for k, v in row.items() if k not in (field_name, "_line")}
+        extra = {k: v for k, v in row.items() if k != field_name and not k.startswith("_")}
         items.append(Item(id=str(row.get("id", i)), instruction=value.strip(), extra=extra))
     return items
 
@@ -143,9 +114,12 @@ def stream_rows(path: Path):
     read; rows are read one at a time for JSONL, CSV and Parquet (a JSON array is parsed whole)."""
     if not path.exists():
         raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a data file")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise UserError(f"{path}: unknown data format {path.suffix or '(no suffix)'!r} (known: {', '.join(sorted(FORMATS))})")
+        known = ", ".join(sorted(FORMATS))
+        raise UserError(f"{path}: unknown data format {path.suffix or '(no suffix)'!r} (known: {known})")
     if kind == "jsonl":
         with open(path, "rb") as fh:
             for number, raw in enumerate(fh, start=1):
@@ -160,9 +134,10 @@ def stream_rows(path: Path):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    yield where, BadRow(where, f"not valid JSON ({exc.msg})")
+                    yield where, BadRow(where, f"not valid JSON ({exc.msg} at column {exc.colno})")
                     continue
-                yield where, row if isinstance(row, dict) else BadRow(where, "not a JSON object")
+                yield where, row if isinstance(row, dict) else BadRow(
+                    where, f"expected a JSON object, got {type(row).__name__}")
     elif kind == "csv":
         with open(path, encoding="utf-8", errors="strict", newline="") as fh:
             reader = csv.DictReader(fh)
@@ -170,7 +145,9 @@ def stream_rows(path: Path):
                 for row in reader:
                     yield f"{path}:{reader.line_num}", row
             except UnicodeDecodeError as exc:
-                raise UserError(f"{path}: not UTF-8 ({exc.reason})") from None
+                raise UserError(f"{path}:{reader.line_num + 1}: not UTF-8 ({exc.reason})") from None
+            except csv.Error as exc:
+                raise UserError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
