@@ -26,7 +26,7 @@ from pathlib import Path
 from . import llm as llm_mod
 from . import output, parsing
 from .checkpoint import Journal, atomic_write, read
-from .data import COMMON_INSTRUCTION_FIELDS, BadRow, stream_rows
+from .data import BadRow, guess_field, stream_rows, with_input
 from .errors import UserError
 from .failure import Failure, elimination_failure, instruction_failure
 from .llm import LLMError, Llm, RoleSettings
@@ -168,12 +168,15 @@ def _words(text: str) -> int:
 # --- the run ---------------------------------------------------------------------------------------
 
 class _Budget:
+    """--max-calls: how many more calls this process may start."""
+
     def __init__(self, limit: int | None, llms: list[Llm]) -> None:
-        self.limit, self.llms = limit, llms
+        self.limit = limit
+        self.llms = list({id(x): x for x in llms}.values())  # evol and answer may be one Llm
         self.start = self.used()
 
     def used(self) -> int:
-        return sum(llm.usage.calls for llm in {id(x): x for x in self.llms}.values())
+        return sum(llm.usage.calls for llm in self.llms)
 
     def allows(self, more: int) -> bool:
         return self.limit is None or self.used() - self.start + more <= self.limit
@@ -215,18 +218,19 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
         complete = asyncio.run(_round(round_, pool, options, work, methods, evol, answerer, budget, reporter))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
         "evol_and_answer": evol.usage.snapshot()}
-    stats = _round_stats(work, options.rounds)
-    result = EvolveResult(out=out, records=0, rejects=out.with_name(out.stem + ".rejects.jsonl"), rounds=stats,
+    result = EvolveResult(out=out, records=0, rejects=out.with_name(out.stem + ".rejects.jsonl"),
+                          rounds=_round_stats(work, options.rounds),
                           bad_lines=bad, calls=usage, seconds=0.0, complete=complete)
     if complete:
         result.records = _assemble(options, work, seeds_path, out, fmt)
         _write_rejects(work, options.rounds, result.rejects)
     result.seconds = round(time.perf_counter() - started, 2)
-    (work / "stats.json").write_text(json.dumps(_stats_dict(result), indent=2))
+    stats = _stats_dict(result)
+    (work / "stats.json").write_text(json.dumps(stats, indent=2))
     if options.track and complete:
         from .tracking import log_evolve
 
-        result.run_id = log_evolve(options, result, _stats_dict(result))
+        result.run_id = log_evolve(options, result, stats)
     reporter.finish(result)
     return result
 
@@ -246,35 +250,43 @@ def _prepare(work: Path, options: EvolveOptions, methods) -> None:
         json.dump(wanted, fh, indent=2)
 
 
+def _seed_rows(options: EvolveOptions):
+    """The input's rows as seeds, streamed: (where, seed, None) for a usable row, (where, None, problem)
+    for a bad one. A seed is {seed_id, instruction, input, output}; ingest and --dry-run share this."""
+    seen: set[str] = set()
+    field_name = options.instruction_field
+    for n, (where, row) in enumerate(stream_rows(Path(options.data)), start=1):
+        if field_name is None and not isinstance(row, BadRow):
+            field_name = guess_field(row, where)
+        problem = _row_problem(row, field_name, options, seen, n)
+        if problem is not None:
+            yield where, None, problem
+            continue
+        seed_id = str(row.get("id", n))
+        seen.add(seed_id)
+        yield where, {"seed_id": seed_id, "instruction": row[field_name].strip(),
+                      "input": str(row.get(options.input_field) or ""),
+                      "output": str(row.get(options.output_field) or "")}, None
+
+
 def _ingest(options: EvolveOptions, work: Path) -> tuple[Path, list[BadRow]]:
-    """Read the input once into ``seeds.jsonl`` (id, instruction, input, output), reporting bad rows."""
+    """Read the input once into ``seeds.jsonl``, reporting bad rows (or stopping at the first)."""
     seeds, done, bad_file = work / "seeds.jsonl", work / "seeds.done", work / "bad_lines.jsonl"
     if done.exists():
         return seeds, [BadRow(**row) for row in read(bad_file)]
-    path = Path(options.data)
     bad: list[BadRow] = []
-    seen: set[str] = set()
-    field_name = options.instruction_field
+    usable = 0
     with atomic_write(seeds) as fh:
-        for n, (where, row) in enumerate(stream_rows(path), start=1):
-            if field_name is None and isinstance(row, dict):
-                field_name = next((c for c in COMMON_INSTRUCTION_FIELDS if c in row), None)
-                if field_name is None:
-                    raise UserError(f"{where}: no instruction column found (columns: {', '.join(row)}); "
-                                    f"name one with --instruction-field")
-            problem = _row_problem(row, field_name, options, seen, n)
-            if problem is not None:
+        for where, seed, problem in _seed_rows(options):
+            if seed is None:
                 if options.on_bad_line == "fail":
                     raise UserError(f"{where}: {problem}")
                 bad.append(BadRow(where, problem))
                 continue
-            seed_id = str(row.get("id", n))
-            seen.add(seed_id)
-            fh.write(json.dumps({"seed_id": seed_id, "instruction": row[field_name].strip(),
-                                 "input": str(row.get(options.input_field) or ""),
-                                 "output": str(row.get(options.output_field) or "")}, ensure_ascii=False) + "\n")
-    if not seen:
-        raise UserError(f"{path}: no usable rows" + (f" ({len(bad)} bad ones)" if bad else ""))
+            usable += 1
+            fh.write(json.dumps(seed, ensure_ascii=False) + "\n")
+    if not usable:
+        raise UserError(f"{options.data}: no usable rows" + (f" ({len(bad)} bad ones)" if bad else ""))
     with atomic_write(bad_file) as fh:
         for b in bad:
             fh.write(json.dumps(dataclasses.asdict(b)) + "\n")
@@ -305,15 +317,16 @@ async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -
     """Seeds that came without an answer get one, so round 0 of the output is complete."""
     journal_path = work / "round0.jsonl"
     done = _done_ids(journal_path)
-    todo = [row for row in read(seeds_path) if not row["output"] and row["seed_id"] not in done]
-    if not todo:
+    unanswered = sum(1 for row in read(seeds_path) if not row["output"])
+    if unanswered == len(done):
         return True
-    reporter.phase("answer seeds", len(todo) + len(done), len(done))
+    reporter.phase("answer seeds", unanswered, len(done))
+    todo = (row for row in read(seeds_path) if not row["output"] and row["seed_id"] not in done)
 
     async def work_on(row, journal):
         entry = {"seed_id": row["seed_id"], "instruction": row["instruction"], "input": row["input"]}
         try:
-            text = (await answerer.aask(row["instruction"] + (f"\n\n{row['input']}" if row["input"] else ""))).text
+            text = (await answerer.aask(with_input(row["instruction"], row["input"]))).text
             reason = None if text.strip() else Failure.EMPTY_ANSWER
         except LLMError:
             reason = Failure.LLM_ERROR
@@ -351,7 +364,7 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _B
                 for task in (await asyncio.wait(pending))[0]:
                     task.result()
     finally:
-        for llm in {id(x): x for x in budget.llms}.values():
+        for llm in budget.llms:
             await llm.aclose()
     return not stopped
 
@@ -405,7 +418,7 @@ async def _evolve_one(instruction: str, input_text: str, method: Method, evol: L
             verdict = (await evol.aask(JUDGE_PROMPT.format(first=instruction, second=evolved))).text.casefold()
             if "equal" in verdict and "not equal" not in verdict:
                 return Failure.NO_INFORMATION_GAIN, evolved, None
-        answer = (await answerer.aask(evolved + (f"\n\n{input_text}" if input_text else ""))).text
+        answer = (await answerer.aask(with_input(evolved, input_text))).text
     except LLMError:
         return Failure.LLM_ERROR, evolved, None
     return elimination_failure(answer), evolved, answer
@@ -475,22 +488,14 @@ def _stats_dict(result: EvolveResult) -> dict:
 
 def _estimate(options: EvolveOptions, methods) -> dict:
     """Calls and tokens a run would take, without calling anything (tokens ~ characters / 4)."""
-    path = Path(options.data)
     items = chars = unanswered = bad = 0
-    field_name = options.instruction_field
-    for where, row in stream_rows(path):
-        if isinstance(row, BadRow):
-            bad += 1
-            continue
-        if field_name is None:
-            field_name = next((c for c in COMMON_INSTRUCTION_FIELDS if c in row), None)
-        value = row.get(field_name) if field_name else None
-        if not isinstance(value, str) or not value.strip():
+    for _, seed, _ in _seed_rows(options):
+        if seed is None:
             bad += 1
             continue
         items += 1
-        chars += len(value)
-        unanswered += not row.get(options.output_field)
+        chars += len(seed["instruction"])
+        unanswered += not seed["output"]
     per_item = 3 if options.judge else 2
     method_chars = sum(len(m.text) * w for m, w in methods) / sum(w for _, w in methods)
     calls = unanswered + items * options.rounds * per_item

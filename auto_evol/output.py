@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .checkpoint import atomic_write
+from .data import with_input
 from .errors import UserError
 
 FORMATS = ("jsonl", "alpaca", "sharegpt", "openai", "parquet")
@@ -58,10 +59,6 @@ def provenance(record: dict) -> dict:
     return {k: record.get(k) for k in PROVENANCE}
 
 
-def _prompt(record: dict) -> str:
-    return record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-
-
 def write(records: Iterable[dict], path: Path, fmt: str) -> int:
     """Write ``records`` to ``path`` in ``fmt`` atomically; returns how many were written."""
     count = 0
@@ -99,11 +96,11 @@ def write(records: Iterable[dict], path: Path, fmt: str) -> int:
             elif fmt == "alpaca":
                 row = {**base, "provenance": provenance(record)}
             elif fmt == "sharegpt":
-                row = {"id": record["id"], "conversations": [{"from": "human", "value": _prompt(record)},
+                row = {"id": record["id"], "conversations": [{"from": "human", "value": with_input(record["instruction"], record.get("input"))},
                                                              {"from": "gpt", "value": base["output"]}],
                        "provenance": provenance(record)}
             else:
-                row = {"messages": [{"role": "user", "content": _prompt(record)},
+                row = {"messages": [{"role": "user", "content": with_input(record["instruction"], record.get("input"))},
                                     {"role": "assistant", "content": base["output"]}]}
                 side.write(json.dumps({"line": count + 1, **provenance(record)}, ensure_ascii=False) + "\n")
             text = json.dumps(row, ensure_ascii=False)
