@@ -9,7 +9,6 @@ t-SNE map). A report (Markdown + PNG plots) is written and logged to MLflow.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
@@ -61,7 +60,7 @@ class CompareOptions:
     embeddings: str = "auto"          # auto | tfidf | sentence
     out: str | None = None            # report folder; reports/<data> when None
     concurrency: int = 4
-    cache_dir: str | None = str(Path.home() / ".cache" / "auto-evol")
+    cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
     track: bool = True
 
 
@@ -115,7 +114,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
         judge_settings = RoleSettings(options.judge_model or options.evol_model, options.api_base, 0.0, None, 16)
         llm_mod.check(evol_settings, "--evol-model")
         llm_mod.check(judge_settings, "--judge-model")
-        llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
+        llm_mod.configure_cache(options.cache_dir)
         evol = llm_mod.build(evol_settings, concurrency=options.concurrency)
         judge = llm_mod.build(judge_settings, concurrency=options.concurrency)
     judge = judge or evol

@@ -78,7 +78,7 @@ class EvolveOptions:
     max_instruction_chars: int = 20000
     on_bad_line: str = "skip"
     restart: bool = False                     # drop the work folder of an earlier run first
-    cache_dir: str | None = str(Path.home() / ".cache" / "auto-evol")
+    cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
     track: bool = True
 
     def evol_settings(self) -> RoleSettings:
@@ -200,7 +200,7 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     if evol is None or answerer is None:
         llm_mod.check(options.evol_settings(), "--evol-model")
         llm_mod.check(options.answer_settings(), "--answer-model")
-        llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None, memory=False)
+        llm_mod.configure_cache(options.cache_dir, memory=False)
         evol = evol or llm_mod.build(options.evol_settings(), concurrency=options.concurrency)
         answerer = answerer or (evol if options.answer_settings() == options.evol_settings()
                                 else llm_mod.build(options.answer_settings(), concurrency=options.concurrency))

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
@@ -25,6 +25,7 @@ from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine
 EMBEDDED = "embedded"
 GGUF_PREFIX = "gguf:"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_CACHE_DIR = str(Path.home() / ".cache" / "auto-evol")
 # LiteLLM would otherwise fetch its model price list from the network on import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -352,19 +353,16 @@ class _AsyncGguf:
         pass
 
 
-def configure_cache(directory: Path | None, *, memory: bool = True) -> None:
-    """DSPy's response cache on disk at ``directory`` (none on disk when None), plus an in-memory layer
-    unless ``memory`` is False (a whole-dataset run would otherwise keep every reply in memory).
+def configure_cache(cache_dir: str | os.PathLike | None, *, memory: bool = True) -> None:
+    """DSPy's response cache on disk under ``cache_dir`` (none on disk when None), plus an in-memory
+    layer unless ``memory`` is False (a whole-dataset run would otherwise keep every reply in memory).
     DSPy's call history is switched off: auto-evol counts its own usage and keeps what it needs."""
     import dspy
 
     dspy.configure(disable_history=True)
-    if directory is None:
+    if cache_dir is None:
         dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=memory)
     else:
+        directory = Path(cache_dir) / "dspy"
         directory.mkdir(parents=True, exist_ok=True)
         dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=memory, disk_cache_dir=str(directory))
-
-
-def with_overrides(base: RoleSettings, **changes) -> RoleSettings:
-    return replace(base, **{k: v for k, v in changes.items() if v is not None})

@@ -55,7 +55,7 @@ class Options:
     concurrency: int = 4
     name: str | None = None
     methods_dir: str = "methods"
-    cache_dir: str | None = str(Path.home() / ".cache" / "auto-evol")
+    cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
     track: bool = True
     experiment: str | None = None   # MLflow experiment; the data set's name when None
     trace: bool = False             # record every LLM call as an MLflow trace
@@ -262,7 +262,7 @@ def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Ll
         return evol, optimizer
     llm_mod.check(options.evol_settings(), "--evol-model")
     llm_mod.check(options.optimizer_settings(), "--optimizer-model")
-    llm_mod.configure_cache(Path(options.cache_dir) / "dspy" if options.cache_dir else None)
+    llm_mod.configure_cache(options.cache_dir)
     return (evol or llm_mod.build(options.evol_settings(), concurrency=options.concurrency),
             optimizer or llm_mod.build(options.optimizer_settings(), concurrency=options.concurrency))
 

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
 from . import method as method_mod
 from .errors import UserError
@@ -103,9 +105,6 @@ def listing() -> list[dict]:
 
 def from_run(run_id: str) -> Method:
     """The e* an optimize run wrote."""
-    import tempfile
-    from pathlib import Path
-
     from .tracking import get_run
 
     c = client(create=False)
@@ -118,10 +117,8 @@ def from_run(run_id: str) -> Method:
         return method_mod.parse(Path(local).read_text(encoding="utf-8"), source=f"run {run_id}", default_name=name)
 
 
-def export(source: str, to) -> "Path":
+def export(source: str, to) -> Path:
     """Write a registry version or a run's e* to the method file ``to``; returns its path."""
-    from pathlib import Path
-
     to = Path(to)
     found = load(source) if is_uri(source) else from_run(source)
     named = Method(name=to.stem, text=found.text, parent=found.parent or found.name,
