@@ -130,6 +130,30 @@ def trace_llm_calls(tracker) -> None:
     mlflow.dspy.autolog(silent=True)
 
 
+def _log_params(mlflow_client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    mlflow_client.log_batch(run_id, params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
+
+
+def _log_metrics(mlflow_client, run_id: str, metrics: dict, step: int = 0) -> None:
+    """Log the metrics that have a value, all at ``step``, in one batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    if batch:
+        mlflow_client.log_batch(run_id, metrics=batch)
+
+
+def _new_run(experiment: str, run_name: str, kind: str) -> tuple[object, str]:
+    """A client and a fresh run of ``kind`` in the named experiment of the project's store."""
+    uri = tracking_uri()
+    c = client(uri)
+    run = c.create_run(experiment_id(c, experiment, uri), run_name=run_name, tags={KIND_TAG: kind})
+    return c, run.info.run_id
+
+
 class NullTracker:
     run_id: str | None = None
 
@@ -234,16 +258,10 @@ class OptimizeTracker(NullTracker):
             self.client.set_terminated(self.run_id, status=status)
 
     def _params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        self.client.log_batch(run_id, params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
+        _log_params(self.client, run_id, params)
 
     def _metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
-                                               if v is not None])
+        _log_metrics(self.client, run_id, metrics, step)
 
     def _log_table(self, run_id: str, columns: dict, path: str) -> None:
         import mlflow
@@ -387,34 +405,21 @@ def serve_ui(port: int, *, open_browser: bool = False) -> None:
 def log_evolve(options, result, stats: dict) -> str:
     """One MLflow run per finished evolve: settings, per-round kept / eliminated by reason, lengths,
     calls, tokens, seconds, and the stats as an artifact."""
-    uri = tracking_uri()
-    c = client(uri)
-    experiment = experiment_id(c, f"evolve-{Path(options.data).stem}", uri)
-    run = c.create_run(experiment, run_name=f"evolve {Path(options.data).name}", tags={KIND_TAG: "evolve"})
-    run_id = run.info.run_id
-    params = {"data": options.data, "out": options.out, "rounds": options.rounds, "methods": ",".join(options.methods),
-              "seed": options.seed, "sample": options.sample, "judge": options.judge,
-              "evol_model": options.evol_settings().label, "answer_model": options.answer_settings().label,
-              "evol_temperature": options.evol_temperature, "answer_temperature": options.answer_temperature,
-              "answer_top_p": options.answer_top_p, "api_base": redact(options.api_base)}
-    from mlflow.entities import Metric, Param
-
-    c.log_batch(run_id, params=[Param(k, "" if v is None else str(v)) for k, v in params.items()])
-    now = int(time.time() * 1000)
-    metrics = [Metric("records", result.records, now, 0), Metric("bad_lines", len(result.bad_lines), now, 0),
-               Metric("seconds", result.seconds, now, 0)]
+    c, run_id = _new_run(f"evolve-{Path(options.data).stem}", f"evolve {Path(options.data).name}", "evolve")
+    _log_params(c, run_id, {
+        "data": options.data, "out": options.out, "rounds": options.rounds, "methods": ",".join(options.methods),
+        "seed": options.seed, "sample": options.sample, "judge": options.judge,
+        "evol_model": options.evol_settings().label, "answer_model": options.answer_settings().label,
+        "evol_temperature": options.evol_temperature, "answer_temperature": options.answer_temperature,
+        "answer_top_p": options.answer_top_p, "api_base": redact(options.api_base)})
+    _log_metrics(c, run_id, {"records": result.records, "bad_lines": len(result.bad_lines), "seconds": result.seconds,
+                             **{f"{role}.{key}": u[key] for role, u in result.calls.items()
+                                for key in ("calls", "cached", "errors", "input_tokens", "output_tokens")}})
     for r in stats["rounds"]:
-        metrics.append(Metric("kept", r["kept"], now, r["round"]))
-        metrics.append(Metric("eliminated", sum(r["eliminated"].values()), now, r["round"]))
-        for reason, n in r["eliminated"].items():
-            metrics.append(Metric(f"eliminated.{reason}", n, now, r["round"]))
-        for key in ("mean_words_before", "mean_words_after"):
-            if r[key] is not None:
-                metrics.append(Metric(key, r[key], now, r["round"]))
-    for role, u in result.calls.items():
-        for key in ("calls", "cached", "errors", "input_tokens", "output_tokens"):
-            metrics.append(Metric(f"{role}.{key}", u[key], now, 0))
-    c.log_batch(run_id, metrics=metrics)
+        _log_metrics(c, run_id, {"kept": r["kept"], "eliminated": sum(r["eliminated"].values()),
+                                 **{f"eliminated.{reason}": n for reason, n in r["eliminated"].items()},
+                                 "mean_words_before": r["mean_words_before"],
+                                 "mean_words_after": r["mean_words_after"]}, step=r["round"])
     c.log_dict(run_id, stats, "stats.json")
     c.set_terminated(run_id)
     return run_id
@@ -422,29 +427,20 @@ def log_evolve(options, result, stats: dict) -> str:
 
 def log_compare(options, summary: dict, out: Path) -> str:
     """One MLflow run per comparison: per-method metrics, the report, its plots and data."""
-    uri = tracking_uri()
-    c = client(uri)
-    experiment = experiment_id(c, summary["data"], uri)
-    run_id = c.create_run(experiment, run_name=f"compare {summary['data']}", tags={KIND_TAG: "compare"}).info.run_id
-    from mlflow.entities import Metric, Param
-
-    params = {"methods": ",".join(options.methods), "baseline": summary["baseline"], "rounds": options.rounds,
-              "dev_size": summary["dev_items"], "seed": options.seed, "embeddings": summary["embeddings"],
-              "evol_model": options.evol_model or "embedded", "api_base": redact(options.api_base)}
-    c.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    now = int(time.time() * 1000)
-    metrics = []
-    for i, (method, s) in enumerate(summary["methods"].items()):
+    c, run_id = _new_run(summary["data"], f"compare {summary['data']}", "compare")
+    _log_params(c, run_id, {
+        "methods": ",".join(options.methods), "baseline": summary["baseline"], "rounds": options.rounds,
+        "dev_size": summary["dev_items"], "seed": options.seed, "embeddings": summary["embeddings"],
+        "evol_model": options.evol_model or "embedded", "api_base": redact(options.api_base)})
+    for method, s in summary["methods"].items():
         key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", Path(method).stem)
-        metrics += [Metric(f"{key}.failure_rate", s["failure_rate"]["estimate"], now, 0),
-                    Metric(f"{key}.failure_rate_low", s["failure_rate"]["low"], now, 0),
-                    Metric(f"{key}.failure_rate_high", s["failure_rate"]["high"], now, 0),
-                    Metric(f"{key}.difference_to_baseline", s["difference_to_baseline"]["estimate"], now, 0)]
+        _log_metrics(c, run_id, {f"{key}.failure_rate": s["failure_rate"]["estimate"],
+                                 f"{key}.failure_rate_low": s["failure_rate"]["low"],
+                                 f"{key}.failure_rate_high": s["failure_rate"]["high"],
+                                 f"{key}.difference_to_baseline": s["difference_to_baseline"]["estimate"]})
         for r in s["per_round"]:
-            if r["difficulty"] is not None:
-                metrics.append(Metric(f"{key}.difficulty", r["difficulty"], now, r["round"]))
-            metrics.append(Metric(f"{key}.length_growth", r["length_growth"], now, r["round"]))
-    c.log_batch(run_id, metrics=metrics)
+            _log_metrics(c, run_id, {f"{key}.difficulty": r["difficulty"], f"{key}.length_growth": r["length_growth"]},
+                         step=r["round"])
     c.log_artifacts(run_id, str(out))
     c.set_terminated(run_id)
     return run_id
