@@ -112,11 +112,8 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
     if evol is None:
         evol_settings = RoleSettings(options.evol_model, options.api_base, 0.0, None, options.evol_max_tokens)
         judge_settings = RoleSettings(options.judge_model or options.evol_model, options.api_base, 0.0, None, 16)
-        llm_mod.check(evol_settings, "--evol-model")
-        llm_mod.check(judge_settings, "--judge-model")
-        llm_mod.configure_cache(options.cache_dir)
-        evol = llm_mod.build(evol_settings, concurrency=options.concurrency)
-        judge = llm_mod.build(judge_settings, concurrency=options.concurrency)
+        evol, judge = llm_mod.build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
+                                          cache_dir=options.cache_dir, concurrency=options.concurrency)
     judge = judge or evol
     started = time.perf_counter()
     dev_ids = [item.id for item in split.dev]

@@ -198,12 +198,10 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     if dry_run:
         return _estimate(options, methods)
     if evol is None or answerer is None:
-        llm_mod.check(options.evol_settings(), "--evol-model")
-        llm_mod.check(options.answer_settings(), "--answer-model")
-        llm_mod.configure_cache(options.cache_dir, memory=False)
-        evol = evol or llm_mod.build(options.evol_settings(), concurrency=options.concurrency)
-        answerer = answerer or (evol if options.answer_settings() == options.evol_settings()
-                                else llm_mod.build(options.answer_settings(), concurrency=options.concurrency))
+        built_evol, built_answerer = llm_mod.build_roles(
+            (options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model"),
+            cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False)
+        evol, answerer = evol or built_evol, answerer or built_answerer
     _prepare(work, options, methods)
     started = time.perf_counter()
     seeds_path, bad = _ingest(options, work)

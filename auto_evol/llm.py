@@ -265,6 +265,21 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
     return Llm(settings, lm)
 
 
+def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int,
+                memory: bool = True) -> list[Llm]:
+    """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
+    is built (a bad model or key fails before any work), the cache is set up once, and roles with
+    the same settings share one Llm."""
+    for settings, flag in roles:
+        check(settings, flag)
+    configure_cache(cache_dir, memory=memory)
+    built: dict[RoleSettings, Llm] = {}
+    for settings, _ in roles:
+        if settings not in built:
+            built[settings] = build(settings, concurrency=concurrency)
+    return [built[settings] for settings, _ in roles]
+
+
 _jitter_added = False
 
 

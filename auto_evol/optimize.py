@@ -260,11 +260,10 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
 def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Llm, Llm]:
     if evol is not None and optimizer is not None:
         return evol, optimizer
-    llm_mod.check(options.evol_settings(), "--evol-model")
-    llm_mod.check(options.optimizer_settings(), "--optimizer-model")
-    llm_mod.configure_cache(options.cache_dir)
-    return (evol or llm_mod.build(options.evol_settings(), concurrency=options.concurrency),
-            optimizer or llm_mod.build(options.optimizer_settings(), concurrency=options.concurrency))
+    built_evol, built_optimizer = llm_mod.build_roles(
+        (options.evol_settings(), "--evol-model"), (options.optimizer_settings(), "--optimizer-model"),
+        cache_dir=options.cache_dir, concurrency=options.concurrency)
+    return evol or built_evol, optimizer or built_optimizer
 
 
 def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: Runner) -> tuple[str, bool]:
