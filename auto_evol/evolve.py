@@ -208,12 +208,12 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     seeds = sum(1 for _ in read(seeds_path))
     reporter.start(options, seeds, methods)
     budget = _Budget(options.max_calls, [evol, answerer])
-    complete = asyncio.run(_answer_seeds(options, work, seeds_path, answerer, budget, reporter))
+    complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, reporter))
     for round_ in range(1, options.rounds + 1):
         if not complete:
             break
         pool = seeds_path if round_ == 1 else work / f"round{round_ - 1}.jsonl"
-        complete = asyncio.run(_round(round_, pool, options, work, methods, evol, answerer, budget, reporter))
+        complete = llm_mod.run_async(_round(round_, pool, options, work, methods, evol, answerer, budget, reporter))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
         "evol_and_answer": evol.usage.snapshot()}
     result = EvolveResult(out=out, records=0, rejects=out.with_name(out.stem + ".rejects.jsonl"),

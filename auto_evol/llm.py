@@ -11,11 +11,14 @@ from the environment by the providers themselves and are never passed around or 
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib.util
 import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,7 +249,7 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
                 _engines[key] = _GgufEngine(path, slots)
             engine = _engines[key]
         # The file's name and size identify the model in the cache.
-        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=_AsyncGguf(engine),
+        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=_AsyncGguf(engine, slots),
                      cache=cache, num_retries=num_retries)
         return Llm(settings, lm, seeded=True)
     _add_jitter()
@@ -273,10 +276,11 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
     for settings, flag in roles:
         check(settings, flag)
     configure_cache(cache_dir, memory=memory)
+    cache = cache_dir is not None or memory  # with no cache layer at all, DSPy need not compute cache keys
     built: dict[RoleSettings, Llm] = {}
     for settings, _ in roles:
         if settings not in built:
-            built[settings] = build(settings, concurrency=concurrency)
+            built[settings] = build(settings, concurrency=concurrency, cache=cache)
     return [built[settings] for settings, _ in roles]
 
 
@@ -350,15 +354,15 @@ class _GgufEngine(SyncEngine):
 
 
 class _AsyncGguf:
-    """The GGUF engine for async callers: each completion runs on a worker thread."""
+    """The GGUF engine for async callers: each completion runs on a worker thread of its own pool,
+    one thread per decoding slot (the loop's default pool may hold fewer threads than slots)."""
 
-    def __init__(self, engine: _GgufEngine) -> None:
+    def __init__(self, engine: _GgufEngine, slots: int) -> None:
         self.engine = engine
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="gguf")
 
     async def complete(self, request):
-        import asyncio
-
-        return await asyncio.to_thread(self.engine.complete, request)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.complete, request)
 
     async def stream(self, request):
         for event in self.engine.stream(request):
@@ -381,3 +385,29 @@ def configure_cache(cache_dir: str | os.PathLike | None, *, memory: bool = True)
         directory = Path(cache_dir) / "dspy"
         directory.mkdir(parents=True, exist_ok=True)
         dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=memory, disk_cache_dir=str(directory))
+
+
+class _LoopExecutor(ThreadPoolExecutor):
+    """The default executor of auto-evol's event loops. DSPy hands its bookkeeping for every async
+    call (request preparation, cache lookup and store, pricing) to a worker thread, four hops per
+    call; against a fast server those hops cost more CPU than the request itself. DSPy's own
+    functions run at once on the loop's thread here; anything else still goes to a worker."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        # asyncio.to_thread submits functools.partial(context.run, target, ...).
+        target = fn.args[0] if isinstance(fn, functools.partial) and fn.args else fn
+        if not (getattr(target, "__module__", None) or "").startswith("dspy.clients."):
+            return super().submit(fn, *args, **kwargs)
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+def run_async(coro):
+    """Run ``coro`` to the end on a fresh event loop set up for many LLM calls in flight."""
+    with asyncio.Runner() as runner:
+        runner.get_loop().set_default_executor(_LoopExecutor(thread_name_prefix="auto-evol"))
+        return runner.run(coro)

@@ -66,3 +66,24 @@ def test_async_calls_count_cache_hits_per_call():
     assert [r.text for r in first] == [f"echo p{i}" for i in range(20)]
     assert not any(r.cached for r in first) and all(r.cached for r in again)
     assert len(engine.prompts) == 20 and model.usage.cached == 20
+
+
+def test_run_async_keeps_dspy_bookkeeping_on_the_loop_thread():
+    """DSPy hops to a worker thread several times per async call; auto-evol's loops run those hops in
+    place (they cost more than a fast server's reply), while other blocking work still gets a worker."""
+    import asyncio
+    import threading
+
+    model, engine = scripted_llm(lambda p: f"echo {p}", cache=True, name="loop-thread")
+
+    async def main():
+        loop_thread = threading.get_ident()
+        replies = await asyncio.gather(*(model.aask(f"p{i}") for i in range(30)))
+        workers = len(asyncio.get_running_loop()._default_executor._threads)
+        other = await asyncio.to_thread(threading.get_ident)
+        return replies, workers, loop_thread, other
+
+    replies, workers_after_calls, loop_thread, other = llm.run_async(main())
+    assert [r.text for r in replies] == [f"echo p{i}" for i in range(30)]
+    assert workers_after_calls == 0            # 30 calls, cache lookups and stores included: no hop
+    assert other != loop_thread                # a foreign blocking function still runs on a worker
