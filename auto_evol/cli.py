@@ -88,7 +88,8 @@ def optimize(
 
 @app.command()
 def evolve(
-    data: str = typer.Option(..., help="Seeds: a JSONL/JSON/CSV/Parquet file."),
+    data: str = typer.Option(..., help="Seeds: a JSONL/JSON/CSV/Parquet file, or a Hugging Face dataset as "
+                                       "hf:NAME[:SPLIT] or hf:NAME:CONFIG:SPLIT (needs auto-evol[hf]; streamed)."),
     method: list[str] = typer.Option(["evol-instruct"], "--method",
                                      help="Method(s): evol-instruct (the six classic operators), a name in methods/, a file, "
                                           "or prompts:/...; NAME=WEIGHT to weigh several. Repeatable."),

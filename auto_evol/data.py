@@ -1,4 +1,5 @@
-"""Instruction datasets in: JSONL, JSON, CSV or Parquet files, one instruction per row.
+"""Instruction datasets in: JSONL, JSON, CSV or Parquet files, one instruction per row, or a Hugging
+Face dataset named ``hf:NAME[:SPLIT]`` / ``hf:NAME:CONFIG:SPLIT`` (streamed; needs ``datasets``).
 
 Every problem is reported as one line naming the file (and line, where there is one) and what is
 wrong. Rows keep all their columns; the instruction column is named by the user or guessed.
@@ -15,6 +16,7 @@ from .errors import UserError
 # Column names tried, in order, when the user names none.
 COMMON_INSTRUCTION_FIELDS = ("instruction", "prompt", "question", "query", "input", "text", "problem")
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+HUB_PREFIX = "hf:"
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Item:
     extra: dict = field(default_factory=dict, compare=False)
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path | str) -> list[dict]:
     """Every row of a data file, each with its place in ``_where``; the first unreadable row is an error."""
     rows = []
     for where, row in stream_rows(path):
@@ -98,7 +100,7 @@ def to_items(rows: list[dict], field_name: str, source: str) -> list[Item]:
     return items
 
 
-def load_items(path: Path, field_name: str | None = None) -> list[Item]:
+def load_items(path: Path | str, field_name: str | None = None) -> list[Item]:
     rows = read_rows(path)
     return to_items(rows, instruction_field(rows, field_name, str(path)), str(path))
 
@@ -109,9 +111,52 @@ class BadRow:
     reason: str
 
 
-def stream_rows(path: Path):
-    """Yield (where, row) for every row of a data file, or (where, BadRow) for a row that cannot be
-    read; rows are read one at a time for JSONL, CSV and Parquet (a JSON array is parsed whole)."""
+def is_hub(source: Path | str) -> bool:
+    return str(source).startswith(HUB_PREFIX)
+
+
+def hub_name(spec: str) -> str:
+    """A short name for a hub dataset spec, usable in run and prompt names."""
+    return spec[len(HUB_PREFIX):].split(":")[0].replace("/", "-")
+
+
+def _hub_rows(spec: str):
+    """(where, row) for every row of a Hugging Face dataset split, streamed (never loaded whole)."""
+    parts = spec[len(HUB_PREFIX):].split(":")
+    if not parts[0] or len(parts) > 3:
+        raise UserError(f"{spec}: write a Hugging Face dataset as hf:NAME, hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT")
+    name, config, split = parts[0], parts[1] if len(parts) == 3 else None, parts[-1] if len(parts) > 1 else "train"
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{spec}: reading a Hugging Face dataset needs the 'datasets' package "
+                        f"(pip install 'auto-evol[hf]')") from None
+    import huggingface_hub
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    huggingface_hub.utils.logging.set_verbosity_error()  # its retry notices; a failure is reported below
+    n = 0
+    try:
+        for row in datasets.load_dataset(name, config, split=split, streaming=True):
+            n += 1
+            yield f"{spec} row {n}", row
+    except UserError:
+        raise
+    except Exception as exc:  # offline, unknown name or split, a broken download: one line, never a traceback
+        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        at = f" after row {n}" if n else ""
+        raise UserError(f"{spec}: could not read this Hugging Face dataset{at} ({first})") from None
+
+
+def stream_rows(source: Path | str):
+    """Yield (where, row) for every row of a data file or hub dataset, or (where, BadRow) for a row
+    that cannot be read; rows are read one at a time for JSONL, CSV, Parquet and hub datasets (a JSON
+    array is parsed whole)."""
+    if is_hub(source):
+        yield from _hub_rows(str(source))
+        return
+    path = Path(source)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     if path.is_dir():

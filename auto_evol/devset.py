@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import Item, load_items
+from .data import Item, hub_name, is_hub, load_items
 from .errors import UserError
 from .resources import shipped_dir
 
@@ -38,16 +38,15 @@ def _looks_like_path(spec: str) -> bool:
 
 def load_split(spec: str, *, dev_size: int, batch_size: int, seed: int,
                instruction_field: str | None = None) -> Split:
-    """The training pool and dev set for ``--data``: a registered name or a file path."""
-    if _looks_like_path(spec):
-        path = Path(spec)
-        items = load_items(path, instruction_field)
+    """The training pool and dev set for ``--data``: a registered name, a file path or ``hf:NAME...``."""
+    if is_hub(spec) or _looks_like_path(spec):
+        items = load_items(spec, instruction_field)
         if len(items) < dev_size + batch_size:
-            raise UserError(f"{path}: {len(items)} rows are too few for a dev set of {dev_size} "
+            raise UserError(f"{spec}: {len(items)} rows are too few for a dev set of {dev_size} "
                             f"plus a mini-batch of {batch_size}")
         train, dev = split(items, dev_size, seed)
-        name = path.stem
-        source = str(path)
+        name = hub_name(spec) if is_hub(spec) else Path(spec).stem
+        source = spec
     else:
         known = registered()
         if spec not in known:

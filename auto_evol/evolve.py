@@ -238,6 +238,8 @@ def _prepare(work: Path, options: EvolveOptions, methods) -> None:
     wanted = options.fingerprint(methods)
     if options.restart and work.exists():
         shutil.rmtree(work)
+    if manifest.exists() and not (work / "seeds.done").exists():
+        manifest.unlink()  # an earlier run stopped before reading its input: no work to keep
     if manifest.exists():
         if json.loads(manifest.read_text()) != wanted:
             raise UserError(f"{work} holds a run with other settings; rerun that command to finish it, "
@@ -253,7 +255,7 @@ def _seed_rows(options: EvolveOptions):
     for a bad one. A seed is {seed_id, instruction, input, output}; ingest and --dry-run share this."""
     seen: set[str] = set()
     field_name = options.instruction_field
-    for n, (where, row) in enumerate(stream_rows(Path(options.data)), start=1):
+    for n, (where, row) in enumerate(stream_rows(options.data), start=1):
         if field_name is None and not isinstance(row, BadRow):
             field_name = guess_field(row, where)
         problem = _row_problem(row, field_name, options, seen, n)

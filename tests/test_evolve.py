@@ -251,3 +251,32 @@ def test_the_stats_go_to_mlflow(workdir):
     kept = sorted(client.get_metric_history(result.run_id, "kept"), key=lambda m: m.step)
     assert [m.value for m in kept] == [s.kept for s in result.rounds]
     assert "stats.json" in {a.path for a in client.list_artifacts(result.run_id)}
+
+
+def test_a_hugging_face_dataset_is_streamed_in_through_the_datasets_library(tmp_path, monkeypatch):
+    """``hf:NAME[:SPLIT]`` goes through datasets.load_dataset (streaming). No network here: the name
+    resolves to a dataset folder in the working directory, which load_dataset reads the way it reads
+    a downloaded hub repository; offline mode makes an unknown name fail fast."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    repo = tmp_path / "acme" / "seeds"
+    repo.mkdir(parents=True)
+    seeds(repo / "train.jsonl", 12, with_output=True)
+    (repo / "test.jsonl").write_text(json.dumps({"id": "t0", "instruction": "Question number 40?"}) + "\n")
+    model, _ = scripted_llm(evolve_world, name="hub")
+
+    def run_on(spec: str, out: str):
+        options = EvolveOptions(data=spec, out=str(tmp_path / out), rounds=1, cache_dir=None, track=False)
+        return evolve(options, evol=model, answerer=model)
+
+    result = run_on("hf:acme/seeds", "train.jsonl")
+    round0 = [r for r in read_jsonl(result.out) if r["round"] == 0]
+    assert sorted(r["seed_id"] for r in round0) == sorted(f"s{i}" for i in range(12))
+    assert all(r["output"] == "4" for r in round0)
+    result = run_on("hf:acme/seeds:test", "test.jsonl")
+    assert {r["seed_id"] for r in read_jsonl(result.out)} == {"t0"}
+    for spec, message in [("hf:acme/nothere", r"hf:acme/nothere: could not read this Hugging Face dataset"),
+                          ("hf:acme/seeds:validation", r"could not read .*validation"),
+                          ("hf:a:b:c:d", r"write a Hugging Face dataset as hf:NAME")]:
+        with pytest.raises(UserError, match=message):
+            run_on(spec, "bad.jsonl")
