@@ -81,3 +81,15 @@ def test_too_few_rows_unknown_name_and_non_utf8(tmp_path):
     binary.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
     with pytest.raises(UserError, match=r"latin\.jsonl:2: not UTF-8"):
         load_items(binary)
+
+
+def test_a_hugging_face_dataset_splits_like_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "acme" / "pool").mkdir(parents=True)
+    pd.DataFrame(_rows(30)).to_parquet(tmp_path / "acme" / "pool" / "train.parquet")
+    split = load_split("hf:acme/pool", dev_size=10, batch_size=4, seed=0)
+    assert split.name == "acme-pool" and len(split.train) == 20 and len(split.dev) == 10
+    assert {i.id for i in split.train + split.dev} == {f"r{i}" for i in range(30)}
+    with pytest.raises(UserError, match="too few"):
+        load_split("hf:acme/pool", dev_size=28, batch_size=4, seed=0)
