@@ -55,7 +55,8 @@ def optimize(
     experiment: Optional[str] = typer.Option(None, help="MLflow experiment. [default: the data set's name]"),
     trace: bool = typer.Option(False, "--trace", help="Record every LLM call as an MLflow trace."),
     resume: Optional[str] = typer.Option(None, help="Go on with an interrupted run (its run id); its own settings apply."),
-    selection: Optional[str] = typer.Option(None, help="full | halving (successive halving over the dev set). [default: full]"),
+    selection: Optional[str] = typer.Option(None, help="full | halving (successive halving over the dev set) | race (drop a candidate once it is "
+                                                             "clearly worse than the leader on the same items). [default: full]"),
     accept: Optional[str] = typer.Option(None, help="lower | paired (a paired test on the same dev items must agree). [default: lower]"),
     confidence: Optional[float] = typer.Option(None, help="Confidence of --accept paired. [default: 0.95]"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print e*'s path only."),

@@ -77,7 +77,7 @@ def step_table(record: StepRecord) -> Table:
         else:
             counts = ", ".join(f"{k} {v}" for k, v in c.evaluation.counts().most_common()) or "-"
             if len(c.evaluation.results) < full:
-                counts += f" (halving dropped it after {len(c.evaluation.results)} of {full} items)"
+                counts += f" (dropped after {len(c.evaluation.results)} of {full} items)"
         result = "accepted" if record.accepted == c.index else ("" if c.readable else "unreadable, kept incumbent")
         table.add_row(str(c.index + 1), _pct(rate), counts, c.method.hash, result)
     phases = ", ".join(f"{k} {record.calls.get(k, 0)} calls ({record.cached.get(k, 0)} cached) / {v:.0f}s"

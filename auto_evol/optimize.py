@@ -60,7 +60,7 @@ class Options:
     experiment: str | None = None   # MLflow experiment; the data set's name when None
     trace: bool = False             # record every LLM call as an MLflow trace
     resume: str | None = None       # run id of an interrupted run to go on with
-    selection: str = "full"         # full: every candidate on every dev item; halving: successive halving
+    selection: str = "full"         # full: every candidate on every dev item; halving; race (see selection.py)
     accept: str = "lower"           # lower: a lower failure rate wins; paired: only a paired test's verdict
     confidence: float = 0.95        # for --accept paired
 
@@ -77,8 +77,8 @@ class Options:
                      "evol_max_tokens", "optimizer_max_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.selection not in ("full", "halving"):
-            raise UserError(f"--selection must be full or halving, got {self.selection!r}")
+        if self.selection not in ("full", "halving", "race"):
+            raise UserError(f"--selection must be full, halving or race, got {self.selection!r}")
         if self.accept not in ("lower", "paired"):
             raise UserError(f"--accept must be lower or paired, got {self.accept!r}")
         if not 0.5 <= self.confidence < 1:
@@ -328,7 +328,8 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
     candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
     calls, cached, seconds = runner.take()
     record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds)
-    # Only candidates judged on the whole dev set may replace the incumbent (halving drops the others).
+    # Only candidates judged on the whole dev set may replace the incumbent (halving and racing drop
+    # the others on the way).
     decision = [rate if c.evaluation is not None and c.method.hash in finalists else math.inf
                 for c, rate in zip(candidates, record.rates)]
     chosen = selection.winner(incumbent_rate, decision)
@@ -342,9 +343,9 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
 
 def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runner,
                       how: str) -> tuple[dict[str, Evaluation], set[str]]:
-    """Each method's evaluation on the dev set (a prefix for methods that halving dropped), and the
-    hashes of the methods judged on every item."""
-    if how == "halving" and len(methods) > 2:
+    """Each method's evaluation on the dev set (a prefix for methods that halving or racing dropped),
+    and the hashes of the methods judged on every item."""
+    if how in ("halving", "race") and len(methods) > (2 if how == "halving" else 1):
         results: list[dict[int, object]] = [{} for _ in methods]
 
         def judge_pairs(pairs):
@@ -353,7 +354,8 @@ def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runne
                 results[c][i] = result
             return [r.failure is not None for r in judged]
 
-        selection.successive_halving(len(methods), len(dev), judge_pairs)
+        strategy = selection.successive_halving if how == "halving" else selection.race
+        strategy(len(methods), len(dev), judge_pairs)
         evaluations = {m.hash: Evaluation(m, tuple(results[c][i] for i in sorted(results[c])))
                        for c, m in enumerate(methods)}
     else:

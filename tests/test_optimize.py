@@ -166,12 +166,12 @@ class RangeWorld(World):
         return f"Optimized Method:\nRewrite (level {level + (k - 1) % 5}) this: {{instruction}}\n"
 
 
-def test_halving_reaches_the_full_evaluations_best_rate_with_fewer_dev_calls(workdir):
+def test_halving_and_racing_reach_the_full_evaluations_best_rate_with_fewer_dev_calls(workdir):
     path = workdir / "many.jsonl"
     path.write_text("\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(120)))
     (workdir / "init.md").write_text(INIT)
     results = {}
-    for how in ("full", "halving"):
+    for how in ("full", "halving", "race"):
         evol, _ = scripted_llm(world, name=f"evol-{how}")
         opt, _ = scripted_llm(RangeWorld().optimizer, temperature=0.6, name=f"opt-{how}")
         results[how] = optimize(evol=evol, optimizer=opt, data=str(path), init_method="init.md", steps=1,
@@ -182,6 +182,10 @@ def test_halving_reaches_the_full_evaluations_best_rate_with_fewer_dev_calls(wor
     assert halving.accepted is not None and halving.rates[halving.accepted] == min(full.rates)
     assert len(halving.candidates[halving.accepted].evaluation.results) == 48
     assert any(c.evaluation is not None and len(c.evaluation.results) < 48 for c in halving.candidates)
+    raced = results["race"].history[0]
+    assert raced.calls["dev evaluation"] < 0.75 * full.calls["dev evaluation"]
+    assert raced.accepted is not None and raced.rates[raced.accepted] == min(full.rates)
+    assert len(raced.candidates[raced.accepted].evaluation.results) == 48
 
 
 def test_paired_acceptance_needs_enough_dev_items(dataset):

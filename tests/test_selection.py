@@ -48,3 +48,43 @@ def test_halving_matches_the_full_evaluations_winner_with_half_the_judgements():
         judged.append(len(calls))
     assert agree / 300 >= 0.9
     assert sum(judged) / len(judged) <= 0.5 * 5 * 50
+
+
+def test_race_nearly_matches_full_evaluation_with_under_half_the_judgements():
+    import numpy as np
+
+    from auto_evol.selection import race, successive_halving
+
+    agree = {"race": 0, "halving": 0}
+    judged = {"race": 0, "halving": 0}
+    for seed in range(300):
+        rng = np.random.default_rng(seed)
+        outcomes = rng.random((5, 50)) < rng.permutation([0.2, 0.35, 0.5, 0.6, 0.7])[:, None]
+        full_winner = min(range(5), key=lambda c: (outcomes[c].sum(), c))
+        for name, strategy in (("race", race), ("halving", successive_halving)):
+            def judge(pairs):
+                judged[name] += len(pairs)
+                return [outcomes[c, i] for c, i in pairs]
+
+            survivor, failures = strategy(5, 50, judge)
+            assert failures[survivor] == list(outcomes[survivor])   # the survivor saw every dev item
+            agree[name] += survivor == full_winner
+    assert agree["race"] / 300 >= 0.95 and agree["race"] > agree["halving"]
+    assert judged["race"] / 300 <= 0.5 * 5 * 50
+
+
+def test_race_drops_a_clearly_worse_candidate_early_and_follows_close_ones_to_the_end():
+    from auto_evol.selection import clearly_worse, race
+
+    outcomes = {0: [False] * 50, 1: [True] * 50, 2: [i % 10 == 0 for i in range(50)]}
+    seen = {c: 0 for c in outcomes}
+
+    def judge(pairs):
+        for c, _ in pairs:
+            seen[c] += 1
+        return [outcomes[c][i] for c, i in pairs]
+
+    survivor, failures = race(3, 50, judge)
+    assert survivor == 0 and seen[1] == 5 and seen[0] == 50    # always failing: out after the first 5
+    assert 5 < seen[2] < 50                                      # 10% failing: out once the evidence says so
+    assert not clearly_worse([True, False], [False, True]) and clearly_worse([True] * 9, [False] * 9)
