@@ -385,6 +385,21 @@ def configure_cache(cache_dir: str | os.PathLike | None, *, memory: bool = True)
         directory = Path(cache_dir) / "dspy"
         directory.mkdir(parents=True, exist_ok=True)
         dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=memory, disk_cache_dir=str(directory))
+        _bound_disk_cache_memory(dspy.cache)
+
+
+# SQLite settings of DSPy's disk cache (diskcache: 16 shards, each with its own SQLite connection per
+# thread). Its defaults let every connection keep 32 MB of pages and map 64 MB of the file, so a long
+# evolve run grew by hundreds of MB as the cache filled. Reads go through the OS page cache instead.
+_DISK_CACHE_PAGES = 256          # SQLite pages (4 KiB) kept per connection: 1 MiB
+_DISK_CACHE_MMAP = 0             # bytes of the database file mapped into memory
+
+
+def _bound_disk_cache_memory(cache) -> None:
+    disk = getattr(cache, "disk_cache", None)
+    if hasattr(disk, "reset"):  # a diskcache FanoutCache: the settings reach every shard and connection
+        disk.reset("sqlite_cache_size", _DISK_CACHE_PAGES)
+        disk.reset("sqlite_mmap_size", _DISK_CACHE_MMAP)
 
 
 class _LoopExecutor(ThreadPoolExecutor):

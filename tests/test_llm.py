@@ -87,3 +87,19 @@ def test_run_async_keeps_dspy_bookkeeping_on_the_loop_thread():
     assert [r.text for r in replies] == [f"echo p{i}" for i in range(30)]
     assert workers_after_calls == 0            # 30 calls, cache lookups and stores included: no hop
     assert other != loop_thread                # a foreign blocking function still runs on a worker
+
+
+def test_the_disk_cache_keeps_little_of_its_sqlite_files_in_memory(tmp_path):
+    """diskcache's defaults (32 MB of pages and a 64 MB map per shard connection, 16 shards) made a
+    long evolve run's memory grow with the cache; auto-evol bounds both, on every shard."""
+    import dspy
+
+    llm.configure_cache(tmp_path)
+    try:
+        shards = dspy.cache.disk_cache._shards
+        assert shards and all(s.sqlite_cache_size == 256 and s.sqlite_mmap_size == 0 for s in shards)
+        con = shards[0]._con
+        assert con.execute("PRAGMA cache_size").fetchone()[0] == 256
+        assert con.execute("PRAGMA mmap_size").fetchone()[0] == 0
+    finally:
+        llm.configure_cache(None)
