@@ -88,6 +88,9 @@ class OpenAICompatEngine(SyncEngine):
                  connections: int = 64) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.key_env, self.timeout, self.connections = key_env, timeout, connections
+        parts = urllib.parse.urlsplit(self.url)
+        self._https, self._netloc = parts.scheme == "https", parts.netloc
+        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
         self._local = threading.local()
 
     def _headers(self) -> dict:
@@ -98,14 +101,12 @@ class OpenAICompatEngine(SyncEngine):
     def complete(self, request):
         from dspy import lm15
 
-        parts = urllib.parse.urlsplit(self.url)
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-            conn = self._local.conn = cls(parts.netloc, timeout=self.timeout)
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
+            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+            conn = self._local.conn = cls(self._netloc, timeout=self.timeout)
         try:
-            conn.request("POST", path, body=json.dumps(openai_body(request)), headers=self._headers())
+            conn.request("POST", self._path, body=json.dumps(openai_body(request)), headers=self._headers())
             response = conn.getresponse()
             text = response.read().decode("utf-8", "replace")
         except TimeoutError:
