@@ -207,13 +207,17 @@ def gguf_path(model: str | None) -> Path | None:
 _PLACEHOLDER_KEY = "unused"  # OpenAI-compatible local servers that check no key still want one sent
 
 
+def _openai_compatible_server(settings: RoleSettings) -> bool:
+    """``openai/NAME`` with an ``api_base``: a local or hosted OpenAI-compatible server, served by
+    auto-evol's pooled engine; no provider lookup, and a key is optional."""
+    return bool(settings.api_base) and (settings.model or "").startswith("openai/")
+
+
 def check(settings: RoleSettings, flag: str) -> None:
     """Fail before any work when a role's model cannot work: unknown provider, missing key."""
-    if gguf_path(settings.model) is not None:
+    if gguf_path(settings.model) is not None or _openai_compatible_server(settings):
         return
     model = settings.model or ""
-    if settings.api_base and model.startswith("openai/"):
-        return  # an OpenAI-compatible server: no provider lookup, and a key is optional
     import litellm
 
     litellm.suppress_debug_info = True
@@ -230,7 +234,7 @@ def check(settings: RoleSettings, flag: str) -> None:
         raise UserError(f"{flag} {model}: no API key in the environment (set {' or '.join(missing)})")
 
 
-_engines: dict[tuple[str, int], object] = {}
+_engines: dict[tuple[str, int], tuple[_GgufEngine, _AsyncGguf]] = {}   # one per GGUF file and slot count
 _engines_lock = threading.Lock()
 
 
@@ -246,15 +250,16 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
         key = (str(path.resolve()), slots)
         with _engines_lock:
             if key not in _engines:
-                _engines[key] = _GgufEngine(path, slots)
-            engine = _engines[key]
+                engine = _GgufEngine(path, slots)
+                _engines[key] = engine, _AsyncGguf(engine, slots)
+            engine, async_engine = _engines[key]
         # The file's name and size identify the model in the cache.
-        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=_AsyncGguf(engine, slots),
+        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=async_engine,
                      cache=cache, num_retries=num_retries)
         return Llm(settings, lm, seeded=True)
     _add_jitter()
-    if settings.api_base and (settings.model or "").startswith("openai/"):
-        # An OpenAI-compatible server: our pooled engine, for throughput (DSPy keeps cache and retries).
+    if _openai_compatible_server(settings):
+        # Our pooled engine, for throughput (DSPy keeps cache and retries).
         sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, concurrency))
         lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync), cache=cache,
                      num_retries=num_retries)
