@@ -220,7 +220,9 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
                           rounds=_round_stats(work, options.rounds),
                           bad_lines=bad, calls=usage, seconds=0.0, complete=complete)
     if complete:
-        result.records = _assemble(options, work, seeds_path, out, fmt)
+        # At most every seed plus every kept evolution (seeds that got no answer drop out).
+        bound = seeds + sum(s.kept for s in result.rounds)
+        result.records = _assemble(options, work, seeds_path, out, fmt, bound)
         _write_rejects(work, options.rounds, result.rejects)
     result.seconds = round(time.perf_counter() - started, 2)
     stats = _stats_dict(result)
@@ -461,9 +463,10 @@ def _records(options: EvolveOptions, work: Path, seeds_path: Path):
                     "parent_instruction", "evol_model", "answer_model")}}
 
 
-def _assemble(options: EvolveOptions, work: Path, seeds_path: Path, out: Path, fmt: str) -> int:
-    count = sum(1 for _ in _records(options, work, seeds_path))
-    ordered = output.shuffled(_records(options, work, seeds_path), seed=options.seed, count=count, workdir=work)
+def _assemble(options: EvolveOptions, work: Path, seeds_path: Path, out: Path, fmt: str, bound: int) -> int:
+    """Write the output; ``bound`` (at least the number of records) only sizes the shuffle's buckets,
+    so the journals are read once here, not counted first."""
+    ordered = output.shuffled(_records(options, work, seeds_path), seed=options.seed, count=bound, workdir=work)
     if options.sample is not None:
         ordered = itertools.islice(ordered, options.sample)
     return output.write(ordered, out, fmt)

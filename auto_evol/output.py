@@ -33,7 +33,8 @@ def shuffled(records: Iterable[dict], *, seed: int, count: int, workdir: Path) -
 
     Each record gets a key from (seed, id); bucket b holds keys in the b-th slice of the key range,
     so reading the buckets in order, each sorted in memory, yields the global key order. Taking the
-    first N of that order is a uniform random sample of size N.
+    first N of that order is a uniform random sample of size N. ``count`` (the records, or a bound on
+    them) only sizes the buckets; the order does not depend on it.
     """
     buckets = max(1, -(-count // 4096))
     folder = workdir / "shuffle"
