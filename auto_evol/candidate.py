@@ -1,7 +1,9 @@
 """Evol method optimization: a candidate method written from the feedback on the current one.
 
-When no method can be read from the optimizer's reply, the candidate is the current method unchanged,
-marked unreadable, so the step still has m candidates and the failure is counted.
+The optimization continues the analysis conversation (feedback.py): the optimizer is shown the
+current method after its own analysis of the trajectory and asked to rewrite it. When no method can
+be read from the reply, the candidate is the current method unchanged, marked unreadable, so the
+step still has m candidates and the failure is counted.
 """
 from __future__ import annotations
 
@@ -9,29 +11,28 @@ from dataclasses import dataclass
 
 from . import parsing
 from .evaluation import Evaluation
+from .feedback import Feedback
 from .llm import LLMError, Llm
 from .method import Method
+from .replies import OPTIMIZATION
 
 OPTIMIZATION_PROMPT = """\
-You improve instruction-evolving methods. A method is a prompt that an AI model follows to rewrite
-an instruction into a more complex one; the instruction is put where the method says {{instruction}}.
+You improve instruction-evolving methods. This is the method that produced the trajectories above:
 
 === Current method ===
 {method}
 === End of current method ===
 
-=== Feedback on the cases the current method failed ===
-{feedback}
-=== End of feedback ===
+The instruction to evolve is given to the method after its text (after its last '#Instruction#:'
+line, or at '{{instruction}}' where the method has that placeholder).
 
-Write an improved method:
-- fix the failures named in the feedback without making the other cases worse;
-- never reduce how much the method increases complexity;
-- keep the reply format the current method asks for, including the '#Finally Rewritten Instruction#'
-  line that introduces the final instruction;
-- keep exactly one {{instruction}} placeholder where the instruction goes.
+Using the failed cases you named, write an optimized method:
+- fix what made those cases fail, without making the cases that evolved well any worse;
+- the optimized method must raise complexity at least as much as the current one does;
+- keep the reply format the current method asks for, including the line that introduces the final
+  instruction.
 
-Reply with a line that says 'Optimized Method:' and then the full text of the improved method,
+Reply with a line that says 'Optimized Method:' and then the full text of the optimized method,
 with nothing after it.
 """
 
@@ -46,16 +47,16 @@ class Candidate:
     evaluation: Evaluation | None = None
 
 
-def propose(llm: Llm, current: Method, feedback: str, *, index: int, rollout: int, name: str,
+def propose(llm: Llm, current: Method, feedback: Feedback, *, index: int, rollout: int, name: str,
             made_by: str) -> Candidate:
     """Ask the optimizer for a better method; fall back to ``current`` when none can be read."""
-    prompt = OPTIMIZATION_PROMPT.format(method=current.text.strip(), feedback=feedback)
+    prompt = OPTIMIZATION_PROMPT.format(method=current.text.strip())
     try:
-        reply = llm.ask(prompt, rollout=rollout).text
+        reply = llm.ask(prompt, rollout=rollout, reply_format=OPTIMIZATION, history=feedback.conversation).text
     except LLMError as exc:
         reply = f"(call failed: {exc})"
     text = parsing.optimized_method(reply)
     if text is None:
-        return Candidate(index, current, feedback, readable=False, reply=reply)
+        return Candidate(index, current, feedback.text, readable=False, reply=reply)
     method = Method(name=name, text=text, parent=current.name, made_by=made_by)
-    return Candidate(index, method, feedback, readable=True, reply=reply)
+    return Candidate(index, method, feedback.text, readable=True, reply=reply)

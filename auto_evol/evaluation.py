@@ -1,7 +1,10 @@
 """A method's failure rate on the dev set: evolve each dev instruction once, answer it, judge it.
 
-lambda = (number of failed dev items) / |D|. An item fails when its evolution fails (unreadable,
-unchanged, call error) or when F(r) flags the evol LLM's answer r to the evolved instruction.
+lambda = (number of failed dev items) / (number of dev items judged). An item fails when its
+evolution fails (unreadable, unchanged) or when F(r) flags the evol LLM's answer r to the evolved
+instruction. An item whose LLM call failed after its retries (``llm_error``) says nothing about the
+method: it is left out of the rate and counted beside it, so a flaky provider cannot penalise one
+candidate at random.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from .data import Item
 from .failure import Failure, answer_failure
 from .llm import Llm
 from .method import Method
-from .trajectory import answer, evolve_once
+from .trajectory import answer, evolve_once, stage0
 
 
 @dataclass(frozen=True)
@@ -31,15 +34,24 @@ class Evaluation:
 
     @property
     def failures(self) -> int:
-        return sum(r.failure is not None for r in self.results)
+        """Items the method failed (call errors not included)."""
+        return sum(_failed(r) for r in self.results)
+
+    @property
+    def errors(self) -> int:
+        """Items whose LLM call failed after its retries: not judged."""
+        return sum(r.failure is Failure.LLM_ERROR for r in self.results)
 
     @property
     def rate(self) -> float:
-        return self.failures / len(self.results) if self.results else 1.0
+        """Failed / judged; 1.0 when nothing could be judged (such a method can never win)."""
+        judged = len(self.results) - self.errors
+        return self.failures / judged if judged else 1.0
 
     def flags(self) -> list[bool]:
-        """Failed or not, per dev item in order: what paired tests compare."""
-        return [r.failure is not None for r in self.results]
+        """Failed or not, per dev item in order: what paired tests compare (a call error counts as
+        not failed, so it never argues for either method)."""
+        return [_failed(r) for r in self.results]
 
     def counts(self) -> Counter:
         return Counter(r.failure.value for r in self.results if r.failure is not None)
@@ -52,9 +64,13 @@ class Evaluation:
         return sum(ratios) / len(ratios) if ratios else None
 
 
+def _failed(result: DevResult) -> bool:
+    return result.failure is not None and result.failure is not Failure.LLM_ERROR
+
+
 def judge(llm: Llm, method: Method, item: Item) -> DevResult:
     """Evolve one dev item with ``method`` and judge the evol LLM's answer to it (two calls at most)."""
-    evolved, reply, failure = evolve_once(llm, method, item.instruction)
+    evolved, reply, failure = evolve_once(llm, method, stage0(item))
     if failure is not None:
         return DevResult(item, None, None, failure, reply)
     text, failure = answer(llm, evolved)

@@ -29,6 +29,7 @@ from .checkpoint import Journal, atomic_write, read
 from .data import BadRow, guess_field, stream_rows, with_input
 from .errors import UserError
 from .failure import Failure, elimination_failure, instruction_failure
+from .judge import Verdict, read_verdict
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
 
@@ -417,8 +418,8 @@ async def _evolve_one(instruction: str, input_text: str, method: Method, evol: L
         return failure, evolved, None
     try:
         if judge:
-            verdict = (await evol.aask(JUDGE_PROMPT.format(first=instruction, second=evolved))).text.casefold()
-            if "equal" in verdict and "not equal" not in verdict:
+            verdict = read_verdict((await evol.aask(JUDGE_PROMPT.format(first=instruction, second=evolved))).text)
+            if verdict is Verdict.EQUAL:   # an unreadable verdict is no evidence of no gain: not eliminated
                 return Failure.NO_INFORMATION_GAIN, evolved, None
         answer = (await answerer.aask(with_input(evolved, input_text))).text
     except LLMError:

@@ -73,17 +73,35 @@ def answer_failure(answer: str) -> Failure | None:
     return None
 
 
-# Words of the evolving prompts themselves: an evolved instruction that holds them copied the prompt.
-PROMPT_WORDS = ("given prompt", "rewritten prompt", "created prompt", "#given prompt#", "#rewritten prompt#",
-                "#created prompt#", "given instruction", "rewritten instruction", "created instruction",
-                "#instruction#", "#finally rewritten instruction#")
+# The evolving prompts' own marker words (elimination rule 4). Evol-Instruct's prompts name their slots
+# '#Given Prompt#', '#Rewritten Prompt#' and '#Created Prompt#' and forbid those names, fenced or plain,
+# in the rewrite; this project's methods name theirs '#Instruction#', '#Rewritten Instruction#',
+# '#Finally Rewritten Instruction#' (and e0's '#Methods List#', '#Plan#'). A rewrite holding one of them
+# copied the prompt. Plain English about instructions ('follow the given instructions', 'the
+# rewritten instructions of the manual') is not a copy: the project's words count only inside their
+# '#...#' fence, except 'finally rewritten instruction', which no ordinary sentence says.
+PROMPT_WORDS = ("#Given Prompt#", "#Rewritten Prompt#", "#Created Prompt#", "given prompt", "rewritten prompt",
+                "created prompt", "#Instruction#", "#Given Instruction#", "#Rewritten Instruction#",
+                "#Created Instruction#", "#Finally Rewritten Instruction#", "#Methods List#", "#Plan#",
+                "finally rewritten instruction")
+_FENCED_MARKER = re.compile(
+    r"#(?:(?:given|rewritten|created|finally\s+rewritten)\s+(?:prompt|instruction)|instruction|methods?\s+list|plan)#",
+    re.I)
+_PLAIN_MARKER = re.compile(r"\b(?:(?:given|rewritten|created)\s+prompt|finally\s+rewritten\s+instruction)\b", re.I)
 SORRY_MAX_WORDS = 80
 
 
 def instruction_failure(evolved: str) -> Failure | None:
-    """Elimination rule 4: the evolved instruction copies words of the evolving prompt."""
-    low = evolved.casefold()
-    return Failure.COPIES_PROMPT_WORDS if any(w in low for w in PROMPT_WORDS) else None
+    """Elimination rule 4: the evolved instruction copies marker words of the evolving prompt.
+
+    Caught: any '#...#'-fenced marker ('#Rewritten Prompt#', '#Instruction#', '#finally rewritten
+    instruction#', any case, words split by any spacing) and the paper's plain phrases 'given prompt',
+    'rewritten prompt', 'created prompt' as whole words. Not caught: the project's words outside the
+    fence, so a genuine instruction about given or rewritten instructions passes.
+    """
+    if _FENCED_MARKER.search(evolved) or _PLAIN_MARKER.search(evolved):
+        return Failure.COPIES_PROMPT_WORDS
+    return None
 
 
 def elimination_failure(answer: str) -> Failure | None:

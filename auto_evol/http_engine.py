@@ -28,6 +28,14 @@ def openai_body(request) -> dict:
         value = getattr(request.config, name)
         if value is not None:
             body[name] = value
+    fmt = request.config.response_format
+    if fmt and fmt.get("type") == "json_schema":
+        schema = {"name": fmt.get("name") or "reply", "schema": fmt["schema"]}
+        if "strict" in fmt:
+            schema["strict"] = fmt["strict"]
+        body["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif fmt:
+        body["response_format"] = {"type": fmt["type"]}
     return body
 
 

@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import logging
 import os
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,15 +34,19 @@ DEFAULT_CACHE_DIR = str(Path.home() / ".cache" / "auto-evol")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
+STRUCTURED_MODES = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class RoleSettings:
     """What one role asks of its LLM. ``model`` None means the embedded default."""
     model: str | None = None
     api_base: str | None = None
-    temperature: float = 0.0
+    temperature: float | None = 0.0
     top_p: float | None = None
     max_tokens: int = 1024
     timeout: float = 120.0       # seconds for one call to a provider
+    structured: str = "auto"     # JSON-schema replies: auto (where the backend takes them), on, off
 
     @property
     def label(self) -> str:
@@ -55,11 +60,12 @@ OPTIMIZER_DEFAULTS = RoleSettings(temperature=0.6, top_p=0.95, max_tokens=2048)
 
 @dataclass(frozen=True)
 class Reply:
-    text: str
+    text: str                    # a structured reply comes back as the text its fields stand for
     input_tokens: int = 0
     output_tokens: int = 0
     truncated: bool = False
     cached: bool = False         # answered from DSPy's cache: no LLM work paid for
+    fields: dict[str, str] | None = None   # the structured reply's fields, when one was asked for and read
 
 
 @dataclass
@@ -96,29 +102,60 @@ class LLMError(Exception):
 
 
 class Llm:
-    """One role's LLM: ask it a prompt, get a Reply; usage is counted per role."""
+    """One role's LLM: ask it a prompt, get a Reply; usage is counted per role.
 
-    def __init__(self, settings: RoleSettings, lm, *, seeded: bool = False) -> None:
+    With a ``reply_format`` and a backend that takes JSON schemas, the reply is decoded under the
+    format's schema (``structured``). A backend that refuses the schema is asked again in free text,
+    and the role stays in free text from then on, with one notice saying so (``--structured on``
+    makes the refusal an error instead).
+    """
+
+    def __init__(self, settings: RoleSettings, lm, *, seeded: bool = False, structured: bool = False,
+                 bounded: bool = False) -> None:
         self.settings = settings
         self._lm = lm
         self._seeded = seeded  # the backend takes a per-request sampling seed (our GGUF engine does)
+        self.structured = structured and settings.structured != "off"
+        self._bounded = bounded  # the backend honours string maxLength (llama.cpp, vLLM): see replies.py
         self.usage = Usage()
+        self.notices: list[str] = []
 
-    def _request(self, prompt: str, rollout: int | None):
+    def notice(self, text: str) -> None:
+        """One line for the person running this (stderr) that is also kept for the run's record."""
+        line = f"{self.settings.label}: {text}"
+        if line not in self.notices:
+            self.notices.append(line)
+            print(f"note: {line}", file=sys.stderr)
+
+    def _request(self, prompt: str, rollout: int | None, reply_format, history: tuple[str, ...],
+                 temperature: float | None):
         from dspy import lm15
 
         s = self.settings
-        sampled = rollout is not None and s.temperature > 0
-        config = lm15.Config(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
-                             seed=rollout if sampled and self._seeded else None)
-        request = lm15.Request(model=self._lm.model, messages=(lm15.Message.user(prompt),), config=config)
+        temperature = s.temperature if temperature is None else temperature
+        sampled = rollout is not None and bool(temperature)
+        response_format = None
+        if reply_format is not None:
+            response_format = reply_format.response_format(max_tokens=s.max_tokens if self._bounded else None)
+        config = lm15.Config(max_tokens=s.max_tokens, temperature=temperature, top_p=s.top_p,
+                             seed=rollout if sampled and self._seeded else None, response_format=response_format)
+        turns = (*history, prompt)
+        messages = tuple(lm15.Message.user(t) if i % 2 == 0 else lm15.Message.assistant(t)
+                         for i, t in enumerate(turns))
+        request = lm15.Request(model=self._lm.model, messages=messages, config=config)
         return request, ({"rollout_id": rollout} if sampled else {})
 
-    def _reply(self, response, tracker, started: float) -> Reply:
+    def _reply(self, response, tracker, started: float, reply_format) -> Reply:
         usage = response.usage
-        reply = Reply(text=response.text or "", input_tokens=getattr(usage, "input_tokens", 0) or 0,
+        text, fields = response.text or "", None
+        if reply_format is not None:
+            fields = reply_format.read(text)
+            if fields is not None:
+                text = reply_format.as_text(fields)
+        reply = Reply(text=text, input_tokens=getattr(usage, "input_tokens", 0) or 0,
                       output_tokens=getattr(usage, "output_tokens", 0) or 0,
-                      truncated=response.finish_reason == "length", cached=not tracker.get_total_tokens())
+                      truncated=response.finish_reason == "length", cached=not tracker.get_total_tokens(),
+                      fields=fields)
         self.usage.add(reply, time.perf_counter() - started)
         return reply
 
@@ -128,18 +165,48 @@ class Llm:
             return UserError(f"{self.settings.label}: {_first_line(exc)}")
         return LLMError(_first_line(exc))
 
-    async def aask(self, prompt: str, *, rollout: int | None = None) -> Reply:
+    def _format(self, reply_format):
+        return reply_format if self.structured else None
+
+    def _schema_refused(self, exc: Exception, reply_format) -> bool:
+        """Whether a call that carried a schema failed because of it; True means: ask again with
+        less (see ``_step_down``). Under --structured on, the refusal ends the run instead."""
+        if reply_format is None or not refuses_request(exc):
+            return False
+        if self.settings.structured == "on":
+            raise UserError(f"{self.settings.label}: structured output refused ({_first_line(exc)}); "
+                            f"use --structured auto or off") from None
+        return True
+
+    def _step_down(self, exc: Exception, sent_bounded: bool) -> None:
+        """After a refused schema: first drop the string bounds (hosted strict modes may not take
+        maxLength), then the schema itself. Calls refused together step down once."""
+        if sent_bounded:
+            if self._bounded:
+                self._bounded = False
+                self.notice(f"string bounds in the reply schema refused ({_first_line(exc)}); sent without them")
+        elif self.structured:
+            self.structured = False
+            self.notice(f"structured output refused ({_first_line(exc)}); this role goes on in free text")
+
+    async def aask(self, prompt: str, *, rollout: int | None = None, reply_format=None,
+                   history: tuple[str, ...] = (), temperature: float | None = None) -> Reply:
         """``ask`` for asyncio code: many calls in flight on one thread."""
         import dspy
 
-        request, kwargs = self._request(prompt, rollout)
+        fmt, bounded = self._format(reply_format), self._bounded
+        request, kwargs = self._request(prompt, rollout, fmt, history, temperature)
         started = time.perf_counter()
         try:
             with dspy.track_usage() as tracker:
                 response = await self._lm.acall(request, **kwargs)
         except Exception as exc:
+            if self._schema_refused(exc, fmt):
+                self._step_down(exc, bounded)
+                return await self.aask(prompt, rollout=rollout, reply_format=reply_format, history=history,
+                                       temperature=temperature)
             raise self._failed(exc, started) from None
-        return self._reply(response, tracker, started)
+        return self._reply(response, tracker, started, fmt)
 
     async def aclose(self) -> None:
         """Close what async calls opened on the running event loop (pooled connections)."""
@@ -147,20 +214,43 @@ class Llm:
         if engine is not None and hasattr(engine, "aclose"):
             await engine.aclose()
 
-    def ask(self, prompt: str, *, rollout: int | None = None) -> Reply:
+    def ask(self, prompt: str, *, rollout: int | None = None, reply_format=None,
+            history: tuple[str, ...] = (), temperature: float | None = None) -> Reply:
         """One completion. ``rollout`` separates otherwise identical sampled requests in the cache
-        and seeds the sampler, so a sampled call repeats exactly where the backend honours seeds."""
+        and seeds the sampler, so a sampled call repeats exactly where the backend honours seeds.
+        ``history`` is the conversation so far (user and assistant turns, alternating) that
+        ``prompt`` continues; ``temperature`` overrides the role's for this call."""
         import dspy
 
-        request, kwargs = self._request(prompt, rollout)
+        fmt, bounded = self._format(reply_format), self._bounded
+        request, kwargs = self._request(prompt, rollout, fmt, history, temperature)
         started = time.perf_counter()
         try:
             # DSPy's usage tracker records nothing for a cache hit: that is how a hit is told apart.
             with dspy.track_usage() as tracker:
                 response = self._lm(request, **kwargs)
         except Exception as exc:
+            if self._schema_refused(exc, fmt):
+                self._step_down(exc, bounded)
+                return self.ask(prompt, rollout=rollout, reply_format=reply_format, history=history,
+                                temperature=temperature)
             raise self._failed(exc, started) from None
-        return self._reply(response, tracker, started)
+        return self._reply(response, tracker, started, fmt)
+
+
+def refuses_request(exc: BaseException) -> bool:
+    """A provider's 'this request is not acceptable' (HTTP 400, an unsupported feature), as opposed to
+    a transport failure or an overloaded server; a too-long prompt is not counted (no schema fixes it)."""
+    from dspy import lm15
+
+    for error in (exc, exc.__cause__):
+        if isinstance(error, lm15.ContextLengthError):
+            return False
+        if isinstance(error, (lm15.InvalidRequestError, lm15.CapabilityError)):
+            return True
+        if getattr(error, "status_code", None) == 400:   # LiteLLM's BadRequestError and kin
+            return True
+    return False
 
 
 def _first_line(exc: BaseException) -> str:
@@ -256,21 +346,24 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
         # The file's name and size identify the model in the cache.
         lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=async_engine,
                      cache=cache, num_retries=num_retries)
-        return Llm(settings, lm, seeded=True)
+        return Llm(settings, lm, seeded=True, structured=True, bounded=True)
     _add_jitter()
     if _openai_compatible_server(settings):
         # Our pooled engine, for throughput (DSPy keeps cache and retries).
         sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, concurrency))
         lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync), cache=cache,
                      num_retries=num_retries)
-        return Llm(settings, lm, seeded=True)
+        # llama.cpp, vLLM, Ollama and SGLang servers decode under a schema and honour string bounds.
+        return Llm(settings, lm, seeded=True, structured=True, bounded=True)
     kwargs = {"timeout": settings.timeout}
     if settings.api_base:
         kwargs["api_base"] = settings.api_base
         if not _provider_key_present(settings.model or ""):
             kwargs["api_key"] = _PLACEHOLDER_KEY
     lm = dspy.LM(settings.model, cache=cache, num_retries=num_retries, **kwargs)
-    return Llm(settings, lm)
+    # Providers take a schema through DSPy (OpenAI and Anthropic structured outputs, Gemini, ...);
+    # one that refuses it is found on the first call and the role steps down to free text.
+    return Llm(settings, lm, structured=True)
 
 
 def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int,

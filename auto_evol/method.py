@@ -1,8 +1,14 @@
-"""Evolving methods: a prompt with one ``{instruction}`` placeholder, stored as a readable file.
+"""Evolving methods: a prompt that the instruction to evolve is given to, stored as a readable file.
+
+As in the Auto Evol-Instruct authors' code, a method is a prompt with the instruction appended: after
+the method's own closing ``#Instruction#:`` line, or after one added here when the method has none.
+A literal ``{instruction}`` placeholder, where the text has one, marks another place for it instead
+(the shipped operators put it before their ``#Finally Rewritten Instruction#:`` line). So an
+optimizer's method without a placeholder is still a method; the authors' nine optimized methods had
+none. Only the literal placeholder is ever substituted, so any other braces (JSON, code) survive.
 
 A method file is Markdown with a small header between ``---`` lines (``key: value``: name, parent,
-made_by, and anything else worth keeping), then the prompt text. Only the literal ``{instruction}``
-is ever substituted, so the text may hold any other braces (JSON, code) and they survive untouched.
+made_by, and anything else worth keeping), then the prompt text.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from pathlib import Path
 from .errors import UserError
 
 PLACEHOLDER = "{instruction}"
+INSTRUCTION_LINE = "#Instruction#:"
 SUFFIX = ".md"
+_INPUT_SLOT = re.compile(r"^[ \t*_]*#\s*instruction\s*#\s*:?[ \t*_]*\Z", re.I)
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,7 @@ class Method:
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        problem = placeholder_problem(self.text)
+        problem = text_problem(self.text)
         if problem:
             raise ValueError(problem)
 
@@ -38,7 +46,13 @@ class Method:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:12]
 
     def render(self, instruction: str) -> str:
-        return self.text.replace(PLACEHOLDER, instruction)
+        """The prompt the evol LLM gets: the instruction at the placeholder, or appended."""
+        if PLACEHOLDER in self.text:
+            return self.text.replace(PLACEHOLDER, instruction)
+        body = self.text.rstrip()
+        last = body.rsplit("\n", 1)[-1]
+        opener = "\n" if _INPUT_SLOT.match(last) else f"\n\n{INSTRUCTION_LINE}\n"
+        return body + opener + instruction
 
     def to_file_text(self) -> str:
         header = {"name": self.name, "parent": self.parent, "made_by": self.made_by, **self.extra}
@@ -46,13 +60,10 @@ class Method:
         return "\n".join(lines) + "\n" + self.text.rstrip("\n") + "\n"
 
 
-def placeholder_problem(text: str) -> str | None:
-    """Why ``text`` cannot be a method, or None when it can."""
-    count = text.count(PLACEHOLDER)
-    if count == 0:
-        return f"it has no {PLACEHOLDER} placeholder"
-    if count > 1:
-        return f"it has {count} {PLACEHOLDER} placeholders; a method has exactly one"
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a method, or None when it can: only a text with no prompt in it fails."""
+    if not text.replace(PLACEHOLDER, "").strip():
+        return "it holds no prompt text"
     return None
 
 
@@ -79,7 +90,7 @@ def parse(file_text: str, *, source: str, default_name: str) -> Method:
             header[match.group(1)] = match.group(2).strip()
         else:
             raise UserError(f"{source}:1: header opened with '---' is never closed")
-    problem = placeholder_problem(body)
+    problem = text_problem(body)
     if problem:
         raise UserError(f"{source}: not a method: {problem}")
     name = header.pop("name", "") or default_name

@@ -24,7 +24,7 @@ from .candidate import Candidate, propose
 from .devset import Split, batch, dev_fingerprint, load_split
 from .errors import UserError
 from .evaluation import Evaluation, judge
-from .feedback import analyse
+from .feedback import Feedback, analyse
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
 from .runner import Runner
@@ -299,9 +299,9 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
     evolutions = runner.map("trajectory", lambda item: evolve(evol, incumbent, item, options.rounds), mini_batch)
     trajectory = Trajectory(incumbent, tuple(evolutions))
 
-    def feedback(index: int) -> str | None:
+    def feedback(index: int) -> Feedback | None:
         try:
-            return analyse(optimizer, incumbent, trajectory, rollout=_rollout(options.seed, step, index))
+            return analyse(optimizer, trajectory, rollout=_rollout(options.seed, step, index))
         except LLMError:
             return None
 
@@ -309,10 +309,10 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
     feedbacks = runner.map("analysis", feedback, indices)
 
     def candidate(index: int) -> Candidate:
-        text = feedbacks[index]
-        if text is None:
+        found = feedbacks[index]
+        if found is None:
             return Candidate(index, incumbent, "(the analysis call failed)", readable=False)
-        return propose(optimizer, incumbent, text, index=index, rollout=_rollout(options.seed, step, index),
+        return propose(optimizer, incumbent, found, index=index, rollout=_rollout(options.seed, step, index),
                        name=f"step{step}-c{index + 1}",
                        made_by=f"optimizer {optimizer.settings.label}, step {step}, candidate {index + 1}")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .method import PLACEHOLDER, placeholder_problem
+from .method import text_problem
+from .replies import ReplyFormat, evolution_format
 
 # Decoration that may surround a marker at the start of a line: quote marks, list bullets,
 # markdown headings and emphasis, '#' marker fences.
@@ -55,6 +56,17 @@ def _clean(text: str) -> str:
     return text.strip()
 
 
+def instruction_from_fields(fields: dict[str, str], fmt: ReplyFormat) -> str | None:
+    """The final instruction of a structured evolver reply: its last field, or, when that is empty,
+    the field of step 3's 'Rewritten Instruction' (as ``final_instruction`` falls back in text)."""
+    rewritten = [f.key for f in fmt.fields[:-1] if f.label.casefold() == "rewritten instruction"]
+    for key in (fmt.result.key, *rewritten):
+        text = _clean(fields.get(key, ""))
+        if text:
+            return text
+    return None
+
+
 def final_instruction(reply: str) -> str | None:
     """The final rewritten instruction in an evolver's reply, or None when there is none to read.
 
@@ -85,6 +97,13 @@ def ends_with_final_header(prompt: str) -> bool:
     return bool(_TRAILING_FINAL.search(prompt.rstrip() + "\n"))
 
 
+def read_evolution(reply_text: str, fields: dict[str, str] | None, method_text: str) -> str | None:
+    """The evolved instruction in an evolver's reply under a method, structured or free text."""
+    if fields is not None:
+        return instruction_from_fields(fields, evolution_format(method_text))
+    return evolved_instruction(reply_text, bare_allowed=ends_with_final_header(method_text))
+
+
 def evolved_instruction(reply: str, *, bare_allowed: bool) -> str | None:
     """The final instruction of an evolver's reply; with ``bare_allowed``, a reply without any header
     is the instruction itself (minus a 'Rewrite:'-style label)."""
@@ -99,36 +118,32 @@ def evolved_instruction(reply: str, *, bare_allowed: bool) -> str | None:
 
 _OPTIMIZED_HEADER = re.compile(
     rf"^{_DECOR}{_STEP}{_DECOR}(?:{_marker('optimized method')}){_DECOR}:?{_DECOR}", re.I | re.M)
-_INSTRUCTION_SLOT = re.compile(r"^[ \t*_]*#\s*instruction\s*#\s*:?[ \t*_]*$", re.I | re.M)
+_CLOSING_FENCE = re.compile(r"\n[ \t]*```[ \t]*\Z")
 
 
 def optimized_method(reply: str) -> str | None:
     """The method text in an optimizer's reply, or None when none can be read.
 
     The text follows the last line that opens with 'Optimized Method' (the optimizer may first
-    mention the words while reasoning); a fenced block right after the header is taken whole.
-    A method whose ``#Instruction#:`` slot lost its placeholder gets it back; anything else without
-    exactly one placeholder is unreadable.
+    mention the words while reasoning); a fenced block right after the header is taken whole, and
+    so is a block whose opening fence carries the header itself (```` ```Optimized Method ````, the
+    shape the paper asks for), without its closing fence. Any non-empty text is a method: the
+    instruction is appended to it when it has no placeholder (see method.py).
     """
     if not reply:
         return None
     for match in reversed(list(_OPTIMIZED_HEADER.finditer(reply))):
         rest = reply[match.end():].strip("\n")
         fenced = re.match(r"[ \t]*```[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", rest, re.S)
-        text = (fenced.group(1) if fenced else rest).strip()
-        text = _restore_placeholder(text)
-        if text and placeholder_problem(text) is None:
+        if fenced:
+            text = fenced.group(1)
+        else:
+            opened_by_fence = "```" in reply[reply.rfind("\n", 0, match.start()) + 1:match.end()]
+            text = rest.split("\n```", 1)[0] if opened_by_fence else _CLOSING_FENCE.sub("", rest)
+        text = text.strip()
+        if text and text_problem(text) is None:
             return text + "\n"
     return None
-
-
-def _restore_placeholder(text: str) -> str:
-    if PLACEHOLDER in text:
-        return text
-    slots = list(_INSTRUCTION_SLOT.finditer(text))
-    if slots and not text[slots[-1].end():].strip():
-        return text.rstrip() + "\n" + PLACEHOLDER
-    return text
 
 
 def _normal(text: str) -> str:

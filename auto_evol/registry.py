@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import method as method_mod
 from .errors import UserError
-from .method import Method, placeholder_problem
+from .method import Method, text_problem
 from .tracking import client, redact, tracking_uri
 
 PREFIX = "prompts:/"
@@ -43,7 +43,7 @@ def load(spec: str) -> Method:
         raise UserError(f"{spec}: not found in the prompt registry at {redact(tracking_uri())} ({text})") from None
     if prompt is None:
         raise UserError(f"{spec}: not found in the prompt registry at {redact(tracking_uri())}")
-    problem = placeholder_problem(prompt.template)
+    problem = text_problem(prompt.template)
     if problem:
         raise UserError(f"{spec}: not a method: {problem}")
     tags = dict(prompt.tags or {})

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import parsing
-from .data import Item
+from .data import Item, with_input
 from .failure import Failure
 from .llm import LLMError, Llm
 from .method import Method
+from .replies import evolution_format
 
 
 @dataclass(frozen=True)
@@ -22,27 +23,40 @@ class Evolution:
     replies: tuple[str, ...] = ()    # the evolver's raw replies, one per round tried
     stopped: Failure | None = None   # why the last round tried produced no new stage
 
-    @property
-    def final(self) -> str:
-        return self.stages[-1]
 
+def evolve_once(llm: Llm, method: Method, instruction: str, *, rollout: int | None = None,
+                temperature: float | None = None) -> tuple[str | None, str, Failure | None]:
+    """(new instruction or None, raw reply, failure or None) for one round of evolution.
 
-def evolve_once(llm: Llm, method: Method, instruction: str) -> tuple[str | None, str, Failure | None]:
-    """(new instruction or None, raw reply, failure or None) for one round of evolution."""
+    The reply is asked for in the method's own fields where the backend takes a schema (replies.py);
+    either way the same instruction is read from it."""
     try:
-        reply = llm.ask(method.render(instruction)).text
+        reply = llm.ask(method.render(instruction), rollout=rollout, temperature=temperature,
+                        reply_format=evolution_format(method.text))
     except LLMError as exc:
         return None, f"(call failed: {exc})", Failure.LLM_ERROR
-    evolved = parsing.evolved_instruction(reply, bare_allowed=parsing.ends_with_final_header(method.text))
+    return judge_evolution(reply.text, reply.fields, method, instruction)
+
+
+def judge_evolution(text: str, fields: dict | None, method: Method,
+                    instruction: str) -> tuple[str | None, str, Failure | None]:
+    """What became of one evolution, from the evolver's reply: the part every caller shares."""
+    evolved = parsing.read_evolution(text, fields, method.text)
     if evolved is None:
-        return None, reply, Failure.UNREADABLE_EVOLUTION
+        return None, text, Failure.UNREADABLE_EVOLUTION
     if parsing.same_instruction(evolved, instruction):
-        return None, reply, Failure.UNCHANGED
-    return evolved, reply, None
+        return None, text, Failure.UNCHANGED
+    return evolved, text, None
+
+
+def stage0(item: Item) -> str:
+    """What is evolved of an item: its instruction, with its input data below it when it has some
+    (Evol-Instruct evolves the two together, so an operator can keep or change the input)."""
+    return with_input(item.instruction, str(item.extra.get("input") or ""))
 
 
 def evolve(llm: Llm, method: Method, item: Item, rounds: int) -> Evolution:
-    stages = [item.instruction]
+    stages = [stage0(item)]
     replies = []
     for _ in range(rounds):
         evolved, reply, failure = evolve_once(llm, method, stages[-1])

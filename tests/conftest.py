@@ -10,17 +10,22 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
 class ScriptedEngine:
-    """A DSPy engine whose reply is ``script(prompt)``; counts the prompts it really saw."""
+    """A DSPy engine whose reply is ``script(prompt)`` for the conversation's last turn; keeps every
+    prompt it really saw, every whole conversation, and the response formats asked for."""
 
     def __init__(self, script: Callable[[str], str]) -> None:
         self.script = script
         self.prompts: list[str] = []
+        self.conversations: list[list[tuple[str, str]]] = []
+        self.formats: list[dict | None] = []
 
     def complete(self, request):
         from dspy import lm15
 
-        prompt = "".join(m.text or "" for m in request.messages)
+        prompt = request.messages[-1].text or ""
         self.prompts.append(prompt)
+        self.conversations.append([(m.role, m.text or "") for m in request.messages])
+        self.formats.append(request.config.response_format)
         text = self.script(prompt)
         return lm15.Response(id=None, model=request.model, message=lm15.Message.assistant([lm15.TextPart(text)]),
                              finish_reason="stop", usage=lm15.Usage(input_tokens=len(prompt.split()),

@@ -45,3 +45,42 @@ def test_elimination_rules():
     assert elimination_failure("The answer is 42.") is None
     assert instruction_failure("In the #Rewritten Prompt#, add a table.") is Failure.COPIES_PROMPT_WORDS
     assert instruction_failure("Add a table of prices and sum them.") is None
+
+
+@pytest.mark.parametrize("evolved", [
+    "In the #Rewritten Prompt#, add a table.",
+    "#Given Prompt#: sum the prices.",
+    "#Created Prompt#: name three rare birds.",
+    "Rewrite the given prompt so that it asks for the total price.",
+    "Here is the rewritten prompt: sum the prices and add tax.",
+    "The created prompt asks for three rare birds.",
+    "#Instruction#: Add 2 and 3.",
+    "#instruction# Add 2 and 3.",
+    "#Rewritten Instruction#: Add 2 and 3, then square it.",
+    "#Finally Rewritten Instruction#: Add 2 and 3, then square it.",
+    "#finally rewritten  instruction# Add 2 and 3.",
+    "Finally Rewritten Instruction: Add 2 and 3, then square it.",
+    "Step 2 #Plan#: add a constraint. Add 2 and 3.",
+    "#Methods List#: 1. add a step",
+])
+def test_copies_of_the_prompts_markers_are_eliminated(evolved):
+    from auto_evol.failure import instruction_failure
+
+    assert instruction_failure(evolved) is Failure.COPIES_PROMPT_WORDS
+
+
+@pytest.mark.parametrize("evolved", [
+    "Add a table of prices and sum them.",
+    "Follow the given instructions to assemble the shelf, and list the tools each step needs.",
+    "Compare the original and the rewritten instructions of the manual and list what changed.",
+    "Summarise the rewritten instruction set of the RISC-V extension in three bullet points.",
+    "Explain why a created instruction sequence in the JIT compiler can break the CPU's branch predictor.",
+    "Given instructions from three managers that conflict, decide which to follow and why.",
+    "Write a Python script with the comment '# Instruction #1: read the file' at the top.",
+    "Tag the post with #planning and #instructions, then count the tags.",
+    "Rate the given prompts by clarity.",       # the paper's words only count whole
+])
+def test_ordinary_english_about_instructions_is_not_a_copy(evolved):
+    from auto_evol.failure import instruction_failure
+
+    assert instruction_failure(evolved) is None

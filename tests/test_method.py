@@ -34,13 +34,25 @@ def test_save_then_load_round_trips(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_a_file_without_the_placeholder_is_a_clear_error(tmp_path):
+def test_a_method_without_placeholder_gets_the_instruction_appended(tmp_path):
+    path = tmp_path / "plain.md"
+    path.write_text("---\nname: plain\n---\nMake it harder.\n")
+    plain = method.load(path)
+    assert plain.render("Add 2 and 3.") == "Make it harder.\n\n#Instruction#:\nAdd 2 and 3."
+    slot = Method(name="slot", text="Make it harder.\n#Instruction#:\n")
+    assert slot.render("Add 2 and 3.") == "Make it harder.\n#Instruction#:\nAdd 2 and 3."
+    # A placeholder, where there is one, decides the place instead.
+    placed = Method(name="placed", text="Rewrite {instruction} now.\n#Instruction#:\n")
+    assert placed.render("this") == "Rewrite this now.\n#Instruction#:\n"
+
+
+def test_a_file_with_no_prompt_text_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.md"
-    path.write_text("---\nname: bad\n---\nMake it harder.\n")
-    with pytest.raises(UserError, match=r"bad\.md: not a method: it has no \{instruction\} placeholder"):
+    path.write_text("---\nname: bad\n---\n   \n{instruction}\n")
+    with pytest.raises(UserError, match=r"bad\.md: not a method: it holds no prompt text"):
         method.load(path)
     with pytest.raises(ValueError):
-        Method(name="twice", text="{instruction} {instruction}")
+        Method(name="empty", text="  \n")
 
 
 def test_unknown_name_and_broken_header(tmp_path):

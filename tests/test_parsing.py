@@ -81,15 +81,29 @@ def test_optimized_method_in_a_fenced_block_and_last_header_wins():
     assert optimized_method(reply) == "Harder, please: {instruction}\n"
 
 
-def test_optimized_method_that_dropped_the_placeholder_at_its_instruction_slot_gets_it_back():
+def test_optimized_method_without_a_placeholder_is_a_method_the_instruction_is_appended_to():
+    from auto_evol.method import Method
+
     reply = "Optimized Method:\nMake it harder.\n\n#Instruction#:\n"
-    assert optimized_method(reply) == "Make it harder.\n\n#Instruction#:\n{instruction}\n"
+    text = optimized_method(reply)
+    assert text == "Make it harder.\n\n#Instruction#:\n"
+    assert Method("m", text).render("Add 2 and 3.") == "Make it harder.\n\n#Instruction#:\nAdd 2 and 3."
+    plain = optimized_method("Optimized Method:\nMake it harder.")
+    assert Method("m", plain).render("Add 2 and 3.") == "Make it harder.\n\n#Instruction#:\nAdd 2 and 3."
+
+
+def test_the_papers_fenced_block_loses_its_closing_fence():
+    reply = "Some analysis.\n```Optimized Method\nStep 1: list ways.\n#Instruction#:\n```\nDone."
+    assert optimized_method(reply) == "Step 1: list ways.\n#Instruction#:\n"
+    assert optimized_method("```Optimized Method\nMake it harder.\n```") == "Make it harder.\n"
+    assert optimized_method("Optimized Method:\nMake it harder.\n```") == "Make it harder.\n"
 
 
 def test_unreadable_optimizer_replies():
     assert optimized_method("The improved method is to add a line.") is None
-    assert optimized_method("Optimized Method:\nMake it harder.") is None  # no placeholder, no slot
-    assert optimized_method("Optimized Method:\n{instruction} and {instruction}") is None
+    assert optimized_method("Optimized Method:\n   \n") is None
+    assert optimized_method("Optimized Method:\n{instruction}") is None  # no prompt around it
+    assert optimized_method("") is None
 
 
 def test_same_instruction_ignores_case_spacing_and_punctuation():
