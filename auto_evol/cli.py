@@ -19,9 +19,8 @@ def main() -> None:
     """auto-evol: Auto Evol-Instruct for fine-tuning data."""
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"auto-evol: error: {message}", err=True)
-    raise typer.Exit(code)
+STRUCTURED_HELP = ("auto | on | off: ask for JSON-schema replies in the method's own fields (auto: where the "
+                   "backend takes them, free text after a refusal; on: a refusal is an error). [default: auto]")
 
 
 @app.command()
@@ -59,6 +58,7 @@ def optimize(
                                                              "clearly worse than the leader on the same items). [default: full]"),
     accept: Optional[str] = typer.Option(None, help="lower | paired (a paired test on the same dev items must agree). [default: lower]"),
     confidence: Optional[float] = typer.Option(None, help="Confidence of --accept paired. [default: 0.95]"),
+    structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print e*'s path only."),
 ) -> None:
     """Optimize an evolving method on a data set, from e0 (or --init-method) to e*."""
@@ -101,7 +101,8 @@ def evolve(
     seed: int = typer.Option(0, help="Seed for method choice, shuffle and sample."),
     instruction_field: Optional[str] = typer.Option(None, help="Instruction column (guessed when omitted)."),
     input_field: str = typer.Option("input", help="Optional input column."),
-    output_field: str = typer.Option("output", help="Optional answer column of the seeds."),
+    output_field: Optional[str] = typer.Option(
+        None, help="Answer column of the seeds. [default: the first of output, response, completion, solution, answer]"),
     evol_model: Optional[str] = typer.Option(None, help="Evol LLM (as for optimize). [default: embedded]"),
     answer_model: Optional[str] = typer.Option(None, help="Answer LLM. [default: the evol model]"),
     api_base: Optional[str] = typer.Option(None, help="OpenAI-compatible server for provider models."),
@@ -109,6 +110,10 @@ def evolve(
     answer_top_p: float = typer.Option(0.9),
     answer_max_tokens: int = typer.Option(2048),
     evol_max_tokens: int = typer.Option(1024),
+    evol_temperature: float = typer.Option(0.0, help="Evolution sampling (the paper's greedy 0)."),
+    retry_temperature: float = typer.Option(1.0, help="An item that failed last round is evolved again at this "
+                                                      "temperature when --evol-temperature is 0, so the retry is a new draw."),
+    structured: str = typer.Option("auto", help=STRUCTURED_HELP),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="The equal / not-equal information-gain judge."),
     concurrency: int = typer.Option(64, help="LLM calls in flight."),
     timeout: float = typer.Option(120.0, help="Seconds one LLM call may take before it is retried."),
@@ -131,7 +136,7 @@ def evolve(
         instruction_field=instruction_field, input_field=input_field, output_field=output_field,
         evol_model=evol_model, answer_model=answer_model, api_base=api_base, answer_temperature=answer_temperature,
         answer_top_p=answer_top_p, answer_max_tokens=answer_max_tokens, evol_max_tokens=evol_max_tokens,
-        judge=judge, concurrency=concurrency, timeout=timeout, max_calls=max_calls, on_bad_line=on_bad_line, restart=restart,
+        evol_temperature=evol_temperature, retry_temperature=retry_temperature, structured=structured, judge=judge, concurrency=concurrency, timeout=timeout, max_calls=max_calls, on_bad_line=on_bad_line, restart=restart,
         track=not no_track, **({"cache_dir": cache_dir} if cache_dir else {}))
     if dry_run:
         typer.echo(_json.dumps(run(options, dry_run=True), indent=2))
@@ -169,6 +174,7 @@ def compare(
     concurrency: Optional[int] = typer.Option(None, help="[default: 4]"),
     cache_dir: Optional[str] = typer.Option(None),
     no_track: bool = typer.Option(False, "--no-track"),
+    structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
 ) -> None:
     """Compare methods side by side: failure rate with intervals, difficulty, diversity, length growth."""
     from .compare import CompareOptions
@@ -178,10 +184,11 @@ def compare(
 
     preset = load_preset(config, Options) if config else {}
     shared = ("data", "instruction_field", "dev_size", "seed", "evol_model", "api_base", "evol_max_tokens",
-              "concurrency", "cache_dir")
+              "concurrency", "cache_dir", "structured")
     settings = {k: v for k, v in preset.items() if k in shared}
     given = {"data": data, "dev_size": dev_size, "seed": seed, "evol_model": evol_model, "api_base": api_base,
-             "evol_max_tokens": evol_max_tokens, "concurrency": concurrency, "cache_dir": cache_dir}
+             "evol_max_tokens": evol_max_tokens, "concurrency": concurrency, "cache_dir": cache_dir,
+             "structured": structured}
     settings.update({k: v for k, v in given.items() if v is not None})
     summary = run(CompareOptions(methods=list(method), rounds=rounds, baseline=baseline, confidence=confidence,
                                  judge_model=judge_model, embeddings=embeddings, out=out, track=not no_track,

@@ -24,7 +24,7 @@ from .evolve import pick, resolve_methods
 from .failure import Failure, answer_failure
 from .llm import Llm, RoleSettings
 from .runner import Runner
-from .trajectory import answer, evolve_once
+from .trajectory import answer, evolve_once, stage0
 
 DIFFICULTY_PROMPT = """\
 Rate how difficult and complex the instruction below is to carry out, on a scale from 1 (trivial) to
@@ -62,6 +62,7 @@ class CompareOptions:
     concurrency: int = 4
     cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
     track: bool = True
+    structured: str = "auto"          # JSON-schema replies from the evolver: auto | on | off
 
 
 @dataclass
@@ -110,7 +111,9 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
     embed = embedder(options.embeddings)
     out = Path(options.out or Path("reports") / split.name)
     if evol is None:
-        evol_settings = RoleSettings(options.evol_model, options.api_base, 0.0, None, options.evol_max_tokens)
+        llm_mod.check_structured(options.structured)
+        evol_settings = RoleSettings(options.evol_model, options.api_base, 0.0, None, options.evol_max_tokens,
+                                     structured=options.structured)
         judge_settings = RoleSettings(options.judge_model or options.evol_model, options.api_base, 0.0, None, 16)
         evol, judge = llm_mod.build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
                                           cache_dir=options.cache_dir, concurrency=options.concurrency)
@@ -120,7 +123,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
     reports = {spec: MethodReport(spec) for spec in options.methods}
     with ThreadPoolExecutor(options.concurrency) as pool:
         runner = Runner(pool, reporter, (evol, judge) if judge is not evol else (evol,))
-        current = {(spec, item.id): item.instruction for spec in options.methods for item in split.dev}
+        current = {(spec, item.id): stage0(item) for spec in options.methods for item in split.dev}
         for round_ in range(1, options.rounds + 1):
             tasks = [(spec, item) for spec in options.methods for item in split.dev]
 

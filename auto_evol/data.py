@@ -15,6 +15,11 @@ from .errors import UserError
 
 # Column names tried, in order, when the user names none.
 COMMON_INSTRUCTION_FIELDS = ("instruction", "prompt", "question", "query", "input", "text", "problem")
+# Answer columns tried, in order, when the user names none: Alpaca's output, the response of Dolly,
+# OpenOrca and MetaMathQA, the prompt/completion pairs of fine-tuning files, then the worked solution
+# of MATH-style sets before a bare answer (in gsm8k_seed `solution` is the worked text and `answer`
+# only the number; in GSM8K itself `answer` is the worked text and the only one).
+COMMON_OUTPUT_FIELDS = ("output", "response", "completion", "solution", "answer")
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HUB_PREFIX = "hf:"
 
@@ -72,6 +77,17 @@ def guess_field(row: dict, source: str) -> str:
     columns = [c for c in row if not c.startswith("_")]
     raise UserError(f"{source}: no instruction column found (columns: {', '.join(columns)}); "
                     f"name one with --instruction-field")
+
+
+def guess_output_field(row: dict, exclude=()) -> str | None:
+    """The first common answer column the row has with a text or number in it, or None: a seed
+    without an answer is answered by the answer model, so a missing column is no error. Columns in
+    ``exclude`` (the instruction and input columns) are never taken."""
+    for name in COMMON_OUTPUT_FIELDS:
+        value = row.get(name)
+        if name not in exclude and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return name
+    return None
 
 
 def instruction_field(rows: list[dict], wanted: str | None, source: str) -> str:

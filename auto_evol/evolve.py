@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import json
 import random
@@ -24,14 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import llm as llm_mod
-from . import output, parsing
+from . import output
 from .checkpoint import Journal, atomic_write, read
-from .data import BadRow, guess_field, stream_rows, with_input
+from .data import BadRow, guess_field, guess_output_field, stream_rows, with_input
 from .errors import UserError
 from .failure import Failure, elimination_failure, instruction_failure
 from .judge import Verdict, read_verdict
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
+from .replies import evolution_format
+from .trajectory import judge_evolution
 
 CLASSIC = "evol-instruct"
 CLASSIC_OPERATORS = ("evol-instruct-constraints", "evol-instruct-deepening", "evol-instruct-concretizing",
@@ -63,11 +66,13 @@ class EvolveOptions:
     seed: int = 0
     instruction_field: str | None = None
     input_field: str = "input"
-    output_field: str = "output"
+    output_field: str | None = None           # the first of output, response, ... (data.py) when None
     evol_model: str | None = None
     answer_model: str | None = None           # the evol model when None
     api_base: str | None = None
-    evol_temperature: float = 0.0
+    evol_temperature: float = 0.0             # the paper's greedy evolution; see retry_temperature
+    retry_temperature: float = 1.0            # an item failed last round is evolved again at this temperature
+                                              # (Evol-Instruct's own evolution sampling) when evol_temperature is 0
     evol_max_tokens: int = 1024
     answer_temperature: float = 1.0           # Evol-Instruct's answer sampling
     answer_top_p: float = 0.9
@@ -81,20 +86,22 @@ class EvolveOptions:
     restart: bool = False                     # drop the work folder of an earlier run first
     cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
     track: bool = True
+    structured: str = "auto"                  # JSON-schema replies from the evolver: auto | on | off
 
     def evol_settings(self) -> RoleSettings:
         return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, None, self.evol_max_tokens,
-                            self.timeout)
+                            self.timeout, self.structured)
 
     def answer_settings(self) -> RoleSettings:
         return RoleSettings(self.answer_model or self.evol_model, self.api_base, self.answer_temperature,
-                            self.answer_top_p, self.answer_max_tokens, self.timeout)
+                            self.answer_top_p, self.answer_max_tokens, self.timeout, self.structured)
 
     def fingerprint(self, methods: list[tuple[Method, float]]) -> dict:
         """The settings that decide what a run produces: a rerun continues only when they match."""
         keep = ("data", "rounds", "seed", "instruction_field", "input_field", "output_field", "evol_model",
-                "answer_model", "api_base", "evol_temperature", "evol_max_tokens", "answer_temperature",
-                "answer_top_p", "answer_max_tokens", "judge", "max_instruction_chars")
+                "answer_model", "api_base", "evol_temperature", "retry_temperature", "evol_max_tokens",
+                "answer_temperature", "answer_top_p", "answer_max_tokens", "judge", "max_instruction_chars",
+                "structured")
         return {**{k: getattr(self, k) for k in keep}, "methods": [[m.hash, w] for m, w in methods]}
 
 
@@ -192,6 +199,10 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     for name in ("rounds", "concurrency", "evol_max_tokens", "answer_max_tokens"):
         if getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("evol_temperature", "retry_temperature", "answer_temperature"):
+        if not 0 <= getattr(options, name) <= 2:
+            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 2")
+    llm_mod.check_structured(options.structured)
     out = Path(options.out)
     fmt = output.format_for(out, options.format)
     methods = resolve_methods(options.methods)
@@ -258,9 +269,12 @@ def _seed_rows(options: EvolveOptions):
     for a bad one. A seed is {seed_id, instruction, input, output}; ingest and --dry-run share this."""
     seen: set[str] = set()
     field_name = options.instruction_field
+    output_name = options.output_field
     for n, (where, row) in enumerate(stream_rows(options.data), start=1):
         if field_name is None and not isinstance(row, BadRow):
             field_name = guess_field(row, where)
+        if output_name is None and not isinstance(row, BadRow):
+            output_name = guess_output_field(row, exclude=(field_name, options.input_field)) or ""
         problem = _row_problem(row, field_name, options, seen, n)
         if problem is not None:
             yield where, None, problem
@@ -269,7 +283,7 @@ def _seed_rows(options: EvolveOptions):
         seen.add(seed_id)
         yield where, {"seed_id": seed_id, "instruction": row[field_name].strip(),
                       "input": str(row.get(options.input_field) or ""),
-                      "output": str(row.get(options.output_field) or "")}, None
+                      "output": str(row.get(output_name) or "") if output_name else ""}, None
 
 
 def _ingest(options: EvolveOptions, work: Path) -> tuple[Path, list[BadRow]]:
@@ -381,15 +395,20 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, me
     evol_label, answer_label = evol.settings.label, answerer.settings.label
 
     async def work_on(row, journal):
-        instruction = row["instruction"]
+        # The evolver sees the instruction with its input (Evol-Instruct evolves the two together);
+        # an evolved instruction carries whatever input it kept, so its own input is empty.
+        instruction, input_text = row["instruction"], row.get("input", "")
         method = pick(methods, options.seed, row["seed_id"], round_)
-        record = {"seed_id": row["seed_id"], "round": round_, "parent_instruction": instruction,
-                  "input": row.get("input", ""), "method": method.name, "method_hash": method.hash,
+        record = {"seed_id": row["seed_id"], "round": round_,
+                  "parent_instruction": with_input(instruction, input_text), "input": input_text, "method": method.name, "method_hash": method.hash,
                   "evol_model": evol_label, "answer_model": answer_label}
-        failure, evolved, answer = await _evolve_one(instruction, row.get("input", ""), method, evol, answerer,
-                                                     options.judge)
+        retry = row.get("status") == "rejected"
+        failure, evolved, answer = await _evolve_one(
+            with_input(instruction, input_text), method, evol, answerer, options.judge,
+            rollout=_rollout(options.seed, row["seed_id"], round_),
+            temperature=options.retry_temperature if retry and not options.evol_temperature else None)
         if failure is None:
-            record.update(status="kept", instruction=evolved, output=answer)
+            record.update(status="kept", instruction=evolved, input="", output=answer)
         else:
             record.update(status="rejected", instruction=instruction, rejected_instruction=evolved or "",
                           rejected_output=answer or "", reason=failure.value)
@@ -401,27 +420,35 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, me
     return await _drive(rows, work_on, journal_path, options.concurrency, budget, calls_per_item=calls)
 
 
-async def _evolve_one(instruction: str, input_text: str, method: Method, evol: Llm, answerer: Llm,
-                      judge: bool) -> tuple[Failure | None, str | None, str | None]:
-    """(failure or None, evolved instruction, answer) for one instruction in one round."""
+def _rollout(seed: int, seed_id: str, round_: int) -> int:
+    """A stable id per (seed, item, round): each round's attempt at an item is its own sample and its
+    own cache entry, so a failed item tried again next round is drawn anew, while a rerun of the
+    same command still finds every finished call in the cache."""
+    digest = hashlib.sha256(f"{seed}:{seed_id}:{round_}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+async def _evolve_one(text: str, method: Method, evol: Llm, answerer: Llm, judge: bool, *, rollout: int,
+                      temperature: float | None) -> tuple[Failure | None, str | None, str | None]:
+    """(failure or None, evolved instruction, answer) for one instruction (with its input below it)
+    in one round; ``temperature`` overrides the evol role's for a retry."""
     try:
-        reply = (await evol.aask(method.render(instruction))).text
+        reply = await evol.aask(method.render(text), reply_format=evolution_format(method.text), rollout=rollout,
+                                temperature=temperature)
     except LLMError:
         return Failure.LLM_ERROR, None, None
-    evolved = parsing.evolved_instruction(reply, bare_allowed=parsing.ends_with_final_header(method.text))
-    if evolved is None:
-        return Failure.UNREADABLE_EVOLUTION, None, None
-    if parsing.same_instruction(evolved, instruction):
-        return Failure.UNCHANGED, evolved, None
+    evolved, _, failure = judge_evolution(reply.text, reply.fields, method, text)
+    if failure is not None:
+        return failure, evolved, None
     failure = instruction_failure(evolved)
     if failure is not None:
         return failure, evolved, None
     try:
         if judge:
-            verdict = read_verdict((await evol.aask(JUDGE_PROMPT.format(first=instruction, second=evolved))).text)
+            verdict = read_verdict((await evol.aask(JUDGE_PROMPT.format(first=text, second=evolved))).text)
             if verdict is Verdict.EQUAL:   # an unreadable verdict is no evidence of no gain: not eliminated
                 return Failure.NO_INFORMATION_GAIN, evolved, None
-        answer = (await answerer.aask(with_input(evolved, input_text))).text
+        answer = (await answerer.aask(evolved, rollout=rollout)).text
     except LLMError:
         return Failure.LLM_ERROR, evolved, None
     return elimination_failure(answer), evolved, answer

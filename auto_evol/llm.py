@@ -37,6 +37,12 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 STRUCTURED_MODES = ("auto", "on", "off")
 
 
+def check_structured(mode: str) -> None:
+    if mode not in STRUCTURED_MODES:
+        raise UserError(f"--structured must be {', '.join(STRUCTURED_MODES[:-1])} or {STRUCTURED_MODES[-1]}, "
+                        f"got {mode!r}")
+
+
 @dataclass(frozen=True)
 class RoleSettings:
     """What one role asks of its LLM. ``model`` None means the embedded default."""

@@ -63,14 +63,15 @@ class Options:
     selection: str = "full"         # full: every candidate on every dev item; halving; race (see selection.py)
     accept: str = "lower"           # lower: a lower failure rate wins; paired: only a paired test's verdict
     confidence: float = 0.95        # for --accept paired
+    structured: str = "auto"        # JSON-schema replies (evolver, analysis, optimization): auto | on | off
 
     def evol_settings(self) -> RoleSettings:
         return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, self.evol_top_p,
-                            self.evol_max_tokens)
+                            self.evol_max_tokens, structured=self.structured)
 
     def optimizer_settings(self) -> RoleSettings:
         return RoleSettings(self.optimizer_model, self.api_base, self.optimizer_temperature,
-                            self.optimizer_top_p, self.optimizer_max_tokens)
+                            self.optimizer_top_p, self.optimizer_max_tokens, structured=self.structured)
 
     def validate(self) -> None:
         for name in ("steps", "candidates", "batch_size", "dev_size", "rounds", "patience", "concurrency",
@@ -81,6 +82,7 @@ class Options:
             raise UserError(f"--selection must be full, halving or race, got {self.selection!r}")
         if self.accept not in ("lower", "paired"):
             raise UserError(f"--accept must be lower or paired, got {self.accept!r}")
+        llm_mod.check_structured(self.structured)
         if not 0.5 <= self.confidence < 1:
             raise UserError("--confidence must be at least 0.5 and below 1")
         if self.accept == "paired" and self.dev_size < stats.MIN_ITEMS:

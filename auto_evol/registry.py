@@ -12,7 +12,7 @@ from pathlib import Path
 from . import method as method_mod
 from .errors import UserError
 from .method import Method, text_problem
-from .tracking import client, redact, tracking_uri
+from .tracking import client, missing_store, redact, tracking_uri
 
 PREFIX = "prompts:/"
 CHAMPION = "champion"
@@ -35,6 +35,10 @@ def load(spec: str) -> Method:
     """A method from the registry: ``prompts:/NAME/VERSION`` or ``prompts:/NAME@ALIAS``."""
     import mlflow.genai
 
+    missing = missing_store()
+    if missing is not None:
+        raise UserError(f"{spec}: no prompt registry here: no MLflow store at {missing} (auto-evol optimize "
+                        "registers each e* there; or set MLFLOW_TRACKING_URI)")
     client(create=False)
     try:
         prompt = mlflow.genai.load_prompt(spec, link_to_model=False)
@@ -86,21 +90,37 @@ def set_champion(data: str, version: int) -> None:
 
 
 def listing() -> list[dict]:
-    """Every prompt version in the registry: name, version, aliases, method name, failure rate."""
+    """Every prompt version in the registry: name, version, aliases, method name, failure rate. No store
+    yet is an empty registry (and none is made)."""
+    if missing_store() is not None:
+        return []
     import mlflow.genai
 
     c = client(create=False)
     rows = []
-    for prompt in mlflow.genai.search_prompts():
-        versions = c.search_prompt_versions(prompt.name)
-        best = champion(prompt.name)
-        for v in getattr(versions, "prompt_versions", versions):
-            tags = dict(v.tags or {})
-            rate = tags.get("failure_rate")
-            rows.append({"uri": f"{PREFIX}{prompt.name}/{v.version}", "name": tags.get("method_name", ""),
-                         "aliases": CHAMPION if best is not None and best.version == v.version else "",
-                         "failure_rate": f"{float(rate):.1%}" if rate else ""})
+    try:
+        for prompt in mlflow.genai.search_prompts():
+            versions = c.search_prompt_versions(prompt.name)
+            best = champion(prompt.name)
+            for v in getattr(versions, "prompt_versions", versions):
+                tags = dict(v.tags or {})
+                rate = tags.get("failure_rate")
+                rows.append({"uri": f"{PREFIX}{prompt.name}/{v.version}", "name": tags.get("method_name", ""),
+                             "aliases": CHAMPION if best is not None and best.version == v.version else "",
+                             "failure_rate": f"{float(rate):.1%}" if rate else ""})
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the prompt registry at {redact(tracking_uri())} cannot be read: {text}") from None
     return rows
+
+
+def empty_note() -> str:
+    """The line that says the registry holds no method yet, and why."""
+    missing = missing_store()
+    if missing is not None:
+        return (f"prompt registry: empty (no MLflow store at {missing} yet; auto-evol optimize makes it and "
+                "registers each e* there)")
+    return f"prompt registry at {redact(tracking_uri())}: empty (auto-evol optimize registers each e* there)"
 
 
 def from_run(run_id: str) -> Method:

@@ -5,8 +5,10 @@ per data set unless named. Per optimize: a parent run (settings, failure rate pe
 the accepted steps, e* itself, and a checkpoint after every finished step for --resume); a nested
 run per step (calls and seconds per phase, the trajectory); under it a nested run per candidate
 (failure rate and counts per failure type, length growth, the method, its diff to the parent, the
-optimizer's feedback, the dev evaluation table). Params hold model names and sampling settings only:
-never a key, and a server address loses any user:password part.
+optimizer's feedback, the dev evaluation table). All three kinds carry the optimize run's id as a tag,
+so `auto-evol ui` can open one view on them (see ``ui_link``). Params hold model names and sampling
+settings only: never a key, and a server address loses any user:password part. Reading commands never
+make a store: only a run writes one.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from .errors import UserError
 DEFAULT_DIR = Path("mlruns")
 KIND_TAG = "auto_evol.kind"
 PARENT_TAG = "mlflow.parentRunId"
+OPTIMIZE_RUN_TAG = "auto_evol.optimize_run"  # on an optimize run, its steps and their candidates: one filter finds all
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: an experiment tag the MLflow UI reads as a view (filter, columns)
 
 
 def tracking_uri() -> str:
@@ -33,6 +37,16 @@ def tracking_uri() -> str:
     if uri:
         return uri
     return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def missing_store(uri: str | None = None) -> Path | None:
+    """The SQLite file of a store that does not exist yet, or None (it exists, or the store is a server)."""
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.exists():
+            return db
+    return None
 
 
 def _quiet() -> None:
@@ -46,11 +60,11 @@ def client(uri: str | None = None, *, create: bool = True):
 
     _quiet()
     uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.exists() and not create:
-            raise UserError(f"no MLflow store at {db} (run auto-evol optimize first, or set MLFLOW_TRACKING_URI)")
-        db.parent.mkdir(parents=True, exist_ok=True)
+    missing = missing_store(uri)
+    if missing is not None:
+        if not create:
+            raise UserError(f"no MLflow store at {missing} (run auto-evol optimize first, or set MLFLOW_TRACKING_URI)")
+        missing.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(uri)
@@ -231,6 +245,7 @@ class OptimizeTracker(NullTracker):
         except Exception as exc:
             raise _unreachable(self.uri, exc) from None
         self.run_id = run.info.run_id
+        self.client.set_tag(self.run_id, OPTIMIZE_RUN_TAG, self.run_id)
         evol, opt = o.evol_settings(), o.optimizer_settings()
         params = {
             "data": self.split.name, "init_method": self.init.name, "parent_method_hash": self.init.hash,
@@ -284,8 +299,9 @@ class OptimizeTracker(NullTracker):
                                     "calls": sum(record.calls.values())}, step=record.step)
         step_run = self.client.create_run(
             self.experiment, run_name=f"step {record.step}",
-            tags={PARENT_TAG: self.run_id, KIND_TAG: "step", "auto_evol.step": str(record.step),
-                  "auto_evol.accepted": str(record.accepted is not None).lower()}).info.run_id
+            tags={PARENT_TAG: self.run_id, OPTIMIZE_RUN_TAG: self.run_id, KIND_TAG: "step",
+                  "auto_evol.step": str(record.step), "auto_evol.accepted": str(record.accepted is not None).lower()},
+        ).info.run_id
         self._params(step_run, {"step": record.step, "incumbent": record.incumbent.name,
                                 "parent_method_hash": record.incumbent.hash})
         phase_metrics = {}
@@ -294,7 +310,9 @@ class OptimizeTracker(NullTracker):
             phase_metrics.update({f"calls.{key}": record.calls.get(phase, 0),
                                   f"cached.{key}": record.cached.get(phase, 0),
                                   f"seconds.{key}": record.seconds[phase]})
-        self._metrics(step_run, {"incumbent_rate": record.incumbent_rate, "best_candidate_rate": min(record.rates),
+        # failure_rate: the rate of the method this step hands on (the parent's failure_rate at this step).
+        self._metrics(step_run, {"failure_rate": incumbent_rate_after, "incumbent_rate": record.incumbent_rate,
+                                 "best_candidate_rate": min(record.rates), "llm_calls": sum(record.calls.values()),
                                  "accepted": int(record.accepted is not None), **phase_metrics}, step=record.step)
         self._log_table(step_run, _trajectory_table(record), "trajectory.json")
         self.client.log_text(step_run, record.incumbent.text, "incumbent_method.md")
@@ -303,7 +321,8 @@ class OptimizeTracker(NullTracker):
             won = record.accepted == c.index
             run_id = self.client.create_run(
                 self.experiment, run_name=f"step {record.step} candidate {c.index + 1}",
-                tags={PARENT_TAG: step_run, KIND_TAG: "candidate", "auto_evol.step": str(record.step),
+                tags={PARENT_TAG: step_run, OPTIMIZE_RUN_TAG: self.run_id, KIND_TAG: "candidate",
+                      "auto_evol.step": str(record.step),
                       "auto_evol.winner": str(won).lower(), "auto_evol.readable": str(c.readable).lower()},
             ).info.run_id
             self._params(run_id, {"step": record.step, "candidate": c.index + 1, "method_hash": c.method.hash,
@@ -376,28 +395,124 @@ def optimize_runs(limit: int = 50) -> list[dict]:
     return rows
 
 
-def serve_ui(port: int, *, open_browser: bool = False) -> None:
-    """Run the MLflow UI (mlflow server) over the project's store, bound to 127.0.0.1."""
-    import shutil
+# What a user compares across an optimize run's rows, in this order: failure rates (e0 -> e* on the optimize run,
+# the handed-on method's on a step, its own on a candidate), LLM calls (cost columns follow when a run logged one),
+# length growth, the accepted steps and the winning candidates.
+UI_COLUMNS = (("metrics", "failure_rate"), ("metrics", "failure_rate_e0"), ("metrics", "failure_rate_e_star"),
+              ("metrics", "llm_calls"), ("metrics", "length_growth"), ("tags", "auto_evol.accepted_steps"),
+              ("tags", "auto_evol.winner"))
+
+
+def _column(group: str, key: str) -> str:
+    """A column as the MLflow UI names it in a view (``metrics.`failure_rate```)."""
+    return f"{group}.`{key}`"
+
+
+def _optimize_tree(mlflow_client, run) -> list:
+    """An optimize run, its steps and their candidates, each tagged with the optimize run's id (runs recorded
+    before that tag existed get it now, so one filter finds them all)."""
+    def children(run_id: str) -> list:
+        return mlflow_client.search_runs([run.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'",
+                                         max_results=5000)
+
+    steps = children(run.info.run_id)
+    tree = [run, *steps, *(c for step in steps for c in children(step.info.run_id))]
+    for r in tree:
+        if r.data.tags.get(OPTIMIZE_RUN_TAG) != run.info.run_id:
+            mlflow_client.set_tag(r.info.run_id, OPTIMIZE_RUN_TAG, run.info.run_id)
+    return tree
+
+
+def ui_link(base_url: str, run_id: str | None = None) -> tuple[str, str]:
+    """The UI address to open first, and a line saying what it shows.
+
+    For an optimize run (the latest one unless ``run_id`` names one): its runs page in MLflow's "Model
+    training" view (``workflowType=machine_learning``; the default GenAI view lands on an empty traces
+    overview), through a shared view that MLflow keeps as the experiment tag
+    ``mlflow.sharedViewState.KEY`` and opens from ``viewStateShareKey=KEY``: the filter on the optimize
+    run's tag, so the run, its steps and their candidates are rows of their own, in the order they were
+    made, with the columns a user compares. Any other run: its own page.
+    """
+    import datetime as dt
+
+    c = client(create=False)
+    try:
+        if run_id:
+            run = get_run(c, run_id)
+        else:
+            experiments = [e.experiment_id for e in c.search_experiments()]
+            found = c.search_runs(experiments, filter_string=f"tags.`{KIND_TAG}` = 'optimize'",
+                                  order_by=["attributes.start_time DESC"], max_results=1) if experiments else []
+            if not found:
+                return f"{base_url}/#/experiments", "no optimize run in this store yet: the experiments page"
+            run = found[0]
+        experiment, rid = run.info.experiment_id, run.info.run_id
+        kind = run.data.tags.get(KIND_TAG)
+        if kind != "optimize":
+            return (f"{base_url}/#/experiments/{experiment}/runs/{rid}",
+                    f"run {run.info.run_name or rid} ({kind or 'not an auto-evol run'}): its page")
+        tree = _optimize_tree(c, run)
+        costs = sorted({k for r in tree for k in r.data.metrics if "cost" in k.lower()})
+        columns = [_column(g, k) for g, k in UI_COLUMNS[:4]] + [_column("metrics", k) for k in costs] + \
+                  [_column(g, k) for g, k in UI_COLUMNS[4:]]
+        # Sorted by the run's start, spelled with backticks: MLflow's UI folds child runs under their parent
+        # (collapsed) when sorted by its own "attributes.start_time" key, and lists each run as a row otherwise.
+        facets = {"searchFilter": f"tags.`{OPTIMIZE_RUN_TAG}` = '{rid}'", "orderByKey": "attributes.`start_time`",
+                  "orderByAsc": True}
+        view = {**facets, "selectedColumns": columns, "columnOrder": columns,
+                "columnWidths": {col: 170 for col in columns if col.startswith("tags.")}}
+        key = f"auto-evol-{rid}"
+        query = {"workflowType": "machine_learning"}
+        try:
+            c.set_experiment_tag(experiment, SHARED_VIEW_TAG + key, json.dumps(view))
+            query["viewStateShareKey"] = key
+        except Exception:  # a store that takes no experiment tag from us: the same rows, MLflow's default columns
+            query.update({k: str(v).lower() if isinstance(v, bool) else v for k, v in facets.items()})
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _unreachable(tracking_uri(), exc) from None
+    m = run.data.metrics
+    rates = (f"failure rate {m['failure_rate_e0']:.1%} -> {m['failure_rate_e_star']:.1%}"
+             if "failure_rate_e0" in m and "failure_rate_e_star" in m else f"{run.info.status.lower()}, no e* yet")
+    steps = sum(r.data.tags.get(KIND_TAG) == "step" for r in tree)
+    candidates = sum(r.data.tags.get(KIND_TAG) == "candidate" for r in tree)
+    when = dt.datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    what = (f"{'optimize run' if run_id else 'the latest optimize run'} {rid} ({run.data.params.get('data', '?')}, "
+            f"{when}, {rates}): its {steps} steps and {candidates} candidates with their failure rates")
+    return f"{base_url}/#/experiments/{experiment}/runs?{urllib.parse.urlencode(query)}", what
+
+
+def serve_ui(port: int, *, open_browser: bool = False, run_id: str | None = None) -> None:
+    """Run the MLflow UI (mlflow server) over the project's store, bound to 127.0.0.1; print first the
+    address of the latest optimize run's runs (or ``run_id``'s)."""
     import subprocess
     import sys
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise UserError(f"no MLflow store at {uri[len('sqlite:///'):]} (run auto-evol optimize first)")
-    url = f"http://127.0.0.1:{port}"
-    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    command = [mlflow_bin, "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "1"]
+    missing = missing_store(uri)
+    if missing is not None:
+        raise UserError(f"no MLflow store at {missing} (run auto-evol optimize first, or set MLFLOW_TRACKING_URI)")
+    base = f"http://127.0.0.1:{port}"
+    link, what = ui_link(base, run_id)
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    command = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     if uri.startswith("sqlite:///"):
         command += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()]
-    print(f"MLflow UI on {url} (store {redact(uri)}); Ctrl-C stops it", flush=True)
+    print(link, flush=True)
+    print(f"  {what}", flush=True)
+    print(f"MLflow UI on {base} (store {redact(uri)}), starting; Ctrl-C stops it", flush=True)
+    # The server imports LiteLLM, which otherwise fetches its model price list from the internet while
+    # importing: offline, that hung the server before it ever answered.
+    env = {**os.environ}
+    env.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if open_browser:
         import webbrowser
 
-        webbrowser.open(url)
+        webbrowser.open(link)
     try:
-        subprocess.run(command, check=False)
+        subprocess.run(command, check=False, env=env)
     except KeyboardInterrupt:
         pass
 

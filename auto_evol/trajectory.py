@@ -35,17 +35,19 @@ def evolve_once(llm: Llm, method: Method, instruction: str, *, rollout: int | No
                         reply_format=evolution_format(method.text))
     except LLMError as exc:
         return None, f"(call failed: {exc})", Failure.LLM_ERROR
-    return judge_evolution(reply.text, reply.fields, method, instruction)
+    evolved, text, failure = judge_evolution(reply.text, reply.fields, method, instruction)
+    return (None if failure else evolved), text, failure
 
 
 def judge_evolution(text: str, fields: dict | None, method: Method,
                     instruction: str) -> tuple[str | None, str, Failure | None]:
-    """What became of one evolution, from the evolver's reply: the part every caller shares."""
+    """What became of one evolution, from the evolver's reply: the part every caller shares. An
+    unchanged rewrite is returned with its failure, so a caller can keep it as the rejected text."""
     evolved = parsing.read_evolution(text, fields, method.text)
     if evolved is None:
         return None, text, Failure.UNREADABLE_EVOLUTION
     if parsing.same_instruction(evolved, instruction):
-        return None, text, Failure.UNCHANGED
+        return evolved, text, Failure.UNCHANGED
     return evolved, text, None
 
 

@@ -65,7 +65,8 @@ def _run_one(verdict_reply: str):
         return "Adding gives 5 and squaring gives 25, explained step by step."
 
     evol, _ = scripted_llm(script)
-    return asyncio.run(_evolve_one("Add 2 and 3.", "", load("evol-instruct-reasoning"), evol, evol, True))
+    return asyncio.run(_evolve_one("Add 2 and 3.", load("evol-instruct-reasoning"), evol, evol, True, rollout=1,
+                                   temperature=None))
 
 
 @pytest.mark.parametrize("reply", ["Unequal", "NotEqual", "not_equal", "Not Equal.", "They are NOT equal"])
