@@ -14,8 +14,34 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Evolve instruction data, and optimize the evolving method itself (Auto Evol-Instruct).")
 
 
+def _print_version(value: bool) -> None:
+    """`auto-evol --version`: this package and what it runs on, on one line for a bug report."""
+    if not value:
+        return
+    import platform
+    from importlib import metadata
+
+    def version(*dists: str) -> str:
+        for dist in dists:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return "not installed"
+
+    from . import __version__
+
+    own = version("auto-evol")
+    typer.echo(f"auto-evol {own if own != 'not installed' else __version__} (DSPy {version('dspy', 'dspy-ai')}, "
+               f"MLflow {version('mlflow', 'mlflow-skinny')}, LLM engine xllamacpp {version('xllamacpp')}, "
+               f"Python {platform.python_version()})")
+    raise typer.Exit(0)
+
+
 @app.callback()
-def main() -> None:
+def main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="Print the versions of auto-evol, DSPy, MLflow and xllamacpp, then exit.")
+         ) -> None:
     """auto-evol: Auto Evol-Instruct for fine-tuning data."""
 
 
@@ -211,6 +237,41 @@ def compare(
                   f"{summary['embeddings']}" + (f"; MLflow run {summary['run_id']}" if summary.get("run_id") else ""))
 
 
+@app.command()
+def check(
+    evol_model: Optional[str] = typer.Option(None, help="Evol LLM. [default: embedded]"),
+    optimizer_model: Optional[str] = typer.Option(None, help="Optimizer LLM. [default: embedded]"),
+    answer_model: Optional[str] = typer.Option(None, help="Answer LLM of evolve, when it differs."),
+    api_base: Optional[str] = typer.Option(None, help="OpenAI-compatible server for provider models."),
+    structured: str = typer.Option("auto", help=STRUCTURED_HELP),
+) -> None:
+    """One tiny call per role: reachable, key accepted, structured output, sampling parameters (the
+    paper's defaults per role, adapted to known provider rules)."""
+    from . import llm as llm_mod
+    from . import providers
+    from .check import probe
+    from .optimize import Options
+
+    llm_mod.check_structured(structured)
+    base = Options(evol_model=evol_model, optimizer_model=optimizer_model, api_base=api_base, structured=structured)
+    roles = [("evol", base.evol_settings()), ("optimizer", base.optimizer_settings())]
+    if answer_model:
+        roles.append(("answer", llm_mod.RoleSettings(answer_model, api_base, 1.0, 0.9, 2048, structured=structured)))
+    for settings, flag in [(s, f"--{r}-model") for r, s in roles]:
+        llm_mod.check(settings, flag)
+    llm_mod.configure_cache(None)
+    usable = True
+    for role, settings in roles:
+        adapted, notices = providers.adapt(settings)
+        for text in notices:
+            typer.echo(f"{role} {settings.label}: {text}")
+        verdict, _ = probe(adapted, role)
+        typer.echo(verdict.line())
+        usable &= verdict.ok
+    if not usable:
+        raise typer.Exit(2)
+
+
 def _spread_methods(argv: list[str]) -> list[str]:
     """`--methods a b c` -> `--methods a --methods b --methods c` (click options take one value)."""
     out, i = [], 0
@@ -230,11 +291,14 @@ def _spread_methods(argv: list[str]) -> list[str]:
 
 @app.command()
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+       run: Optional[str] = typer.Option(None, "--run", help="Optimize run whose steps and candidates the first "
+                                                              "address shows (any other run: its page). [default: the latest]"),
        open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
-    """Serve the MLflow UI over the project's store, on 127.0.0.1 only."""
+    """Serve the MLflow UI over the project's store, on 127.0.0.1 only; first prints the address of the latest
+    optimize run's steps and candidates with their failure rates."""
     from .tracking import serve_ui
 
-    serve_ui(port, open_browser=open_browser)
+    serve_ui(port, open_browser=open_browser, run_id=run)
 
 
 @app.command()
@@ -261,22 +325,31 @@ app.add_typer(methods_app, name="methods")
 
 @methods_app.command("list")
 def methods_list() -> None:
-    """Every method: files in methods/ (and the shipped ones) and prompt versions in the registry."""
+    """Every method: files in methods/, the shipped ones, and prompt versions in the registry (no store needed)."""
     from rich.console import Console
     from rich.table import Table
 
-    from . import method as method_mod
     from . import registry
 
-    table = Table(title="methods")
+    files = registry.method_files()
+    try:
+        prompts, problem = registry.listing(), None
+    except UserError as exc:  # the local methods are still worth showing
+        prompts, problem = [], exc
+    classic = sum(f["name"].startswith("evol-instruct-") for f in files)
+    table = Table(title="methods", caption=f"evol-instruct (evolve, compare): the {classic} evol-instruct-* methods, "
+                                           "one drawn at random per instruction" if classic else None)
     for column in ("method", "where", "parent", "hash / aliases", "failure rate"):
-        table.add_column(column, overflow="fold")
-    for name in method_mod.available():
-        m = method_mod.load(name)
-        table.add_row(name, str(method_mod.path_of(name)), m.parent, m.hash, "")
-    for row in registry.listing():
+        table.add_column(column, overflow="fold", no_wrap=column in ("method", "hash / aliases"))
+    for f in files:
+        table.add_row(f["name"], f["where"], f["parent"], f["hash"], "")
+    for row in prompts:
         table.add_row(row["uri"], "registry", row["name"], row["aliases"], row["failure_rate"])
     Console().print(table)
+    if problem is not None:
+        raise problem
+    if not prompts:
+        typer.echo(registry.empty_note())
 
 
 @methods_app.command("show")
@@ -312,7 +385,9 @@ def methods_export(source: str = typer.Argument(..., help="An optimize run id (i
 def run() -> None:
     """Console entry point: one clear line and a non-zero exit for anything the user must fix."""
     try:
-        app(args=_spread_methods(sys.argv[1:]), standalone_mode=False)
+        code = app(args=_spread_methods(sys.argv[1:]), standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's typer.Exit(N), returned in this mode
+            sys.exit(code)
     except UserError as exc:
         typer.echo(f"auto-evol: error: {exc}", err=True)
         sys.exit(2)

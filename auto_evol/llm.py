@@ -188,9 +188,7 @@ class Llm:
         """After a refused schema: first drop the string bounds (hosted strict modes may not take
         maxLength), then the schema itself. Calls refused together step down once."""
         if sent_bounded:
-            if self._bounded:
-                self._bounded = False
-                self.notice(f"string bounds in the reply schema refused ({_first_line(exc)}); sent without them")
+            self._bounded = False   # quietly: the schema itself may still be taken
         elif self.structured:
             self.structured = False
             self.notice(f"structured output refused ({_first_line(exc)}); this role goes on in free text")
@@ -377,15 +375,29 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
     """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
     is built (a bad model or key fails before any work), the cache is set up once, and roles with
     the same settings share one Llm."""
+    from . import providers
+    from .check import checked
+
     for settings, flag in roles:
         check(settings, flag)
     configure_cache(cache_dir, memory=memory)
     cache = cache_dir is not None or memory  # with no cache layer at all, DSPy need not compute cache keys
     built: dict[RoleSettings, Llm] = {}
-    for settings, _ in roles:
+    for settings, flag in roles:
         if settings not in built:
-            built[settings] = build(settings, concurrency=concurrency, cache=cache)
+            adapted, notices = providers.adapt(settings)
+            llm = build(adapted, concurrency=concurrency, cache=cache)
+            for text in notices:
+                llm.notice(text)
+            if uses_provider_path(adapted):
+                llm = checked(llm, flag.lstrip("-").removesuffix("-model"), cache_dir)
+            built[settings] = llm
     return [built[settings] for settings, _ in roles]
+
+
+def uses_provider_path(settings: RoleSettings) -> bool:
+    """A DSPy/LiteLLM provider model (not a GGUF file, not an OpenAI-compatible server of ours)."""
+    return gguf_path(settings.model) is None and not _openai_compatible_server(settings)
 
 
 _jitter_added = False

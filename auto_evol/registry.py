@@ -114,6 +114,22 @@ def listing() -> list[dict]:
     return rows
 
 
+def method_files() -> list[dict]:
+    """Every method a name finds, as rows: ./methods first, then the methods shipped with auto-evol (e0,
+    weak, the classic Evol-Instruct operators). A file that is no method says why instead of hiding the rest."""
+    here = (Path.cwd() / "methods").resolve()
+    rows = []
+    for name in method_mod.available():
+        path = method_mod.path_of(name)
+        where = f"methods/{path.name}" if path.resolve().parent == here else "shipped"
+        try:
+            m = method_mod.load(name)
+            rows.append({"name": name, "where": where, "parent": m.parent, "hash": m.hash})
+        except UserError as exc:
+            rows.append({"name": name, "where": where, "parent": f"(not usable: {exc})", "hash": ""})
+    return rows
+
+
 def empty_note() -> str:
     """The line that says the registry holds no method yet, and why."""
     missing = missing_store()

@@ -33,12 +33,15 @@ _INPUT_MARKERS = {"instruction", "input", "given prompt", "given instruction", "
 _FINAL_WORDS = ("final",)
 FINAL = "Finally Rewritten Instruction"
 
-# Characters a field may take per output token. Under a schema a model that loops still has to close
-# every string, so the string bounds (maxLength, honoured by llama.cpp and vLLM) are what keeps the
-# whole JSON inside the token budget; 1.5 characters a token is what SmolLM2 spent when it counted
-# "1. 2. 3. ..." into a field, the worst case seen, and ordinary prose runs at about 4.
-CHARS_PER_TOKEN = 1.5
-FINAL_SHARE = 0.6       # of the characters: the field that is the result gets most of them
+# String bounds (maxLength, honoured by llama.cpp and vLLM) keep a reply inside its token budget: under
+# a schema a model that loops still has to close every string. The working fields (methods list,
+# plan, ...) are where small models loop: SmolLM2 counted "1. 2. 3. ..." into them at 1.5 characters
+# a token, so together they get 40% of the tokens at that rate. The result field is prose (about 4
+# characters a token) and gets half of the tokens at that rate; a result that is the only field
+# gets 90% of them at 2.5 characters a token.
+WORKING_SHARE, WORKING_CHARS_PER_TOKEN = 0.4, 1.5
+RESULT_SHARE, RESULT_CHARS_PER_TOKEN = 0.5, 4.0
+ALONE_SHARE, ALONE_CHARS_PER_TOKEN = 0.9, 2.5
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,18 @@ class ReplyFormat:
 
     def json_schema(self, *, max_tokens: int | None = None) -> dict:
         """An object schema with one required string per field, in order. With ``max_tokens``, each
-        string is bounded so that the whole reply fits that many tokens (see CHARS_PER_TOKEN)."""
+        string is bounded so that the whole reply fits that many tokens (see WORKING_SHARE)."""
         properties = {f.key: {"type": "string", "description": f.label} for f in self.fields}
         if max_tokens:
-            budget = max(64, int(max_tokens * CHARS_PER_TOKEN) - 24 * len(self.fields))
-            others = len(self.fields) - 1
-            result = int(budget * FINAL_SHARE) if others else budget
-            for f in self.fields[:-1]:
-                properties[f.key]["maxLength"] = max(16, (budget - result) // others)
-            properties[self.result.key]["maxLength"] = result
+            working = self.fields[:-1]
+            if working:
+                each = int(max_tokens * WORKING_SHARE * WORKING_CHARS_PER_TOKEN) // len(working)
+                for f in working:
+                    properties[f.key]["maxLength"] = max(16, each)
+                result = int(max_tokens * RESULT_SHARE * RESULT_CHARS_PER_TOKEN)
+            else:
+                result = int(max_tokens * ALONE_SHARE * ALONE_CHARS_PER_TOKEN)
+            properties[self.result.key]["maxLength"] = max(16, result)
         return {"type": "object", "properties": properties, "required": [f.key for f in self.fields],
                 "additionalProperties": False}
 

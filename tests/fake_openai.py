@@ -57,11 +57,26 @@ def evolve_world(prompt: str) -> str:
     return "The answer is 4, found step by step."
 
 
+REASONING = re.compile(r"^(o[1-9]|gpt-5)")
+
+
+def structured_reply(text: str, schema: dict) -> str:
+    """A schema-shaped reply: the world's text, its leading marker removed, in the last field."""
+    keys = list(schema.get("properties", {}))
+    result = re.sub(r"^\s*(?:#Finally Rewritten Instruction#:|Optimized Method:)\s*", "", text)
+    return json.dumps({**{k: "-" for k in keys[:-1]}, keys[-1]: result})
+
+
 class FakeOpenAI:
-    def __init__(self, latency: float = 0.0) -> None:
+    """``schemas``: honour response_format json_schema (else ignore it, as some servers do);
+    ``refuse_schemas``: answer 400 to any request with a response_format. Reasoning model names
+    (o1..o9, gpt-5...) get 400 for any temperature other than 1, as OpenAI answers."""
+
+    def __init__(self, latency: float = 0.0, *, schemas: bool = False, refuse_schemas: bool = False) -> None:
         self.latency = latency
         self.calls = 0
         self.auth: set[str] = set()
+        self.bodies: list[dict] = []
         self.lock = threading.Lock()
         outer = self
 
@@ -74,12 +89,30 @@ class FakeOpenAI:
                 with outer.lock:
                     outer.calls += 1
                     outer.auth.add(self.headers.get("Authorization", ""))
+                    outer.bodies.append(body)
                 if outer.latency:
                     time.sleep(outer.latency)
+                refusal = None
+                if refuse_schemas and "response_format" in body:
+                    refusal = "response_format is not supported by this server"
+                elif REASONING.match(body.get("model", "")) and body.get("temperature", 1) != 1:
+                    refusal = (f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                               f"model. Only the default (1) value is supported.")
+                if refusal:
+                    data = json.dumps({"error": {"message": refusal, "type": "invalid_request_error"}}).encode()
+                    self.send_response(400)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 prompt = body["messages"][-1]["content"]
                 if isinstance(prompt, list):
                     prompt = "".join(part.get("text", "") for part in prompt)
                 text = world(prompt)
+                fmt = body.get("response_format") or {}
+                if schemas and fmt.get("type") == "json_schema":
+                    text = structured_reply(text, fmt["json_schema"]["schema"])
                 reply = {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "fake"),
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": text}}],
