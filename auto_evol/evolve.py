@@ -238,6 +238,7 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
         _write_rejects(work, options.rounds, result.rejects)
     result.seconds = round(time.perf_counter() - started, 2)
     stats = _stats_dict(result)
+    stats["notices"] = list(dict.fromkeys(evol.notices + answerer.notices))  # adaptations and fallbacks
     (work / "stats.json").write_text(json.dumps(stats, indent=2))
     if options.track and complete:
         from .tracking import log_evolve

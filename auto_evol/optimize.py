@@ -167,6 +167,7 @@ class OptimizeResult:
     champion: bool = False                    # e* became the data set's champion
     usage: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
+    notices: list[str] = field(default_factory=list)   # provider adaptations and fallbacks, one line each
 
 
 class Reporter:
@@ -252,6 +253,7 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
         if options.track:
             result.prompt_uri, result.champion = _register(best, state, split, evol, runner)
         result.usage = {"evol": evol.usage.snapshot(), "optimizer": optimizer.usage.snapshot()}
+        result.notices = list(dict.fromkeys(evol.notices + optimizer.notices))
         result.seconds = round(time.perf_counter() - started, 2)
         tracker.finish(result)
         result.run_id = tracker.run_id

@@ -365,6 +365,9 @@ class OptimizeTracker(NullTracker):
             self.client.set_tag(self.run_id, "auto_evol.prompt", result.prompt_uri)
             self.client.set_tag(self.run_id, "auto_evol.champion", str(result.champion).lower())
         self.client.log_text(self.run_id, result.best.to_file_text(), f"e_star/{result.best.name}.md")
+        if result.notices:   # provider adaptations and fallbacks (e.g. a refused schema -> free text)
+            self.client.set_tag(self.run_id, "auto_evol.notices", " | ".join(result.notices)[:5000])
+            self.client.log_text(self.run_id, "\n".join(result.notices) + "\n", "notices.txt")
 
 
 def optimize_runs(limit: int = 50) -> list[dict]:
@@ -397,10 +400,10 @@ def optimize_runs(limit: int = 50) -> list[dict]:
 
 # What a user compares across an optimize run's rows, in this order: failure rates (e0 -> e* on the optimize run,
 # the handed-on method's on a step, its own on a candidate), LLM calls (cost columns follow when a run logged one),
-# length growth, the accepted steps and the winning candidates.
+# the accepted steps, the winning candidates, and the candidates' length growth.
 UI_COLUMNS = (("metrics", "failure_rate"), ("metrics", "failure_rate_e0"), ("metrics", "failure_rate_e_star"),
-              ("metrics", "llm_calls"), ("metrics", "length_growth"), ("tags", "auto_evol.accepted_steps"),
-              ("tags", "auto_evol.winner"))
+              ("metrics", "llm_calls"), ("tags", "auto_evol.accepted_steps"), ("tags", "auto_evol.winner"),
+              ("metrics", "length_growth"))
 
 
 def _column(group: str, key: str) -> str:
@@ -460,7 +463,7 @@ def ui_link(base_url: str, run_id: str | None = None) -> tuple[str, str]:
         facets = {"searchFilter": f"tags.`{OPTIMIZE_RUN_TAG}` = '{rid}'", "orderByKey": "attributes.`start_time`",
                   "orderByAsc": True}
         view = {**facets, "selectedColumns": columns, "columnOrder": columns,
-                "columnWidths": {col: 170 for col in columns if col.startswith("tags.")}}
+                "columnWidths": {col: 150 for col in columns if col.startswith("tags.")}}
         key = f"auto-evol-{rid}"
         query = {"workflowType": "machine_learning"}
         try:
