@@ -292,7 +292,7 @@ def _spread_methods(argv: list[str]) -> list[str]:
 @app.command()
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        run: Optional[str] = typer.Option(None, "--run", help="Optimize run whose steps and candidates the first "
-                                                              "address shows (any other run: its page). [default: the latest]"),
+                                                              "address shows, the latest when omitted (any other run: its page)."),
        open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
     """Serve the MLflow UI over the project's store, on 127.0.0.1 only; first prints the address of the latest
     optimize run's steps and candidates with their failure rates."""

@@ -65,6 +65,11 @@ def test_every_step_candidate_and_failure_is_on_record_and_e_star_is_registered(
     assert len(winners) == 3
     for step_run in steps:
         assert step_run.data.metrics["calls.dev_evaluation"] > 0 and "seconds.analysis" in step_run.data.metrics
+        # a step's failure rate is that of the method it hands on: the optimize run's rate at that step
+        assert step_run.data.metrics["failure_rate"] == result.rates[int(step_run.data.tags["auto_evol.step"])]
+        assert step_run.data.metrics["llm_calls"] > 0
+    # one tag names the optimize run on all its runs: the UI's view filters on it
+    assert {r.data.tags.get("auto_evol.optimize_run") for r in runs} == {result.run_id}
     one = winners[0]
     assert "failure_rate" in one.data.metrics and "failures.unreadable_evolution" in one.data.metrics
     assert one.data.metrics["length_growth"] > 0
@@ -210,6 +215,52 @@ def test_runs_and_methods_commands_over_a_real_store(project):
     with FakeOpenAI() as fake:
         again = optimize(**settings(fake, steps=1, init_method="prompts:/questions@champion", name="from-champion"))
     assert again.rates[0] == result.rates[-1]
+
+
+def _first_line(args, cwd) -> str:
+    """The first line `auto-evol ui` prints, read before its MLflow server is up; then it is stopped."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        return proc.stdout.readline().strip()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_ui_prints_first_the_address_of_an_optimize_runs_steps_and_candidates(project):
+    import mlflow
+
+    with FakeOpenAI() as fake:
+        first = optimize(**settings(fake, steps=1, name="first"))
+        latest = optimize(**settings(fake, steps=2, name="latest"))
+    c = mlflow.MlflowClient()
+    experiment = c.get_run(latest.run_id).info.experiment_id
+    runs = c.search_runs([experiment], max_results=100)
+    older = [r for r in runs if r.data.tags.get("auto_evol.optimize_run") == first.run_id]
+    for r in older:  # as runs recorded before the tag existed: the UI tags them again
+        c.delete_tag(r.info.run_id, "auto_evol.optimize_run")
+
+    for args, run_id in ((["ui", "--port", "5999"], latest.run_id), (["ui", "--port", "5999", "--run", first.run_id],
+                                                                    first.run_id)):
+        url = _first_line(args, project)
+        assert url == (f"http://127.0.0.1:5999/#/experiments/{experiment}/runs?workflowType=machine_learning"
+                       f"&viewStateShareKey=auto-evol-{run_id}")
+        view = json.loads(c.get_experiment(experiment).tags[f"mlflow.sharedViewState.auto-evol-{run_id}"])
+        assert view["searchFilter"] == f"tags.`auto_evol.optimize_run` = '{run_id}'"
+        assert view["selectedColumns"][:3] == ["metrics.`failure_rate`", "metrics.`failure_rate_e0`",
+                                               "metrics.`failure_rate_e_star`"]
+        assert "tags.`auto_evol.accepted_steps`" in view["selectedColumns"]
+    assert all(c.get_run(r.info.run_id).data.tags["auto_evol.optimize_run"] == first.run_id for r in older)
+
+    candidate = next(r for r in runs if r.data.tags.get("auto_evol.kind") == "candidate")
+    url = _first_line(["ui", "--port", "5999", "--run", candidate.info.run_id], project)
+    assert url == f"http://127.0.0.1:5999/#/experiments/{experiment}/runs/{candidate.info.run_id}"
+
+    out = run_cli(["ui", "--run", "0123456789abcdef"], project)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "unknown run id '0123456789abcdef'" in lines[0], out.stderr
 
 
 @pytest.mark.parametrize("args, message", [

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -43,6 +44,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ui(args, cwd) -> tuple[subprocess.Popen, list[str]]:
+    """`auto-evol ui ARGS` as a user starts it; its output lines are collected as they come."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "auto_evol", "ui", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # a full pipe would stall it
+    return proc, lines
+
+
+def _first_line(lines: list[str], proc) -> str:
+    deadline = time.time() + 120
+    while not lines and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lines, f"auto-evol ui printed nothing (exit {proc.poll()})"
+    return lines[0].strip()
+
+
 @pytest.fixture
 def ui_server(workdir):
     import json
@@ -50,15 +69,15 @@ def ui_server(workdir):
     (workdir / "questions.jsonl").write_text(
         "\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(40)))
     (workdir / "init.md").write_text("Rewrite (level 0) this: {instruction}\n")
+    settings = dict(data="questions.jsonl", init_method="init.md", candidates=2, batch_size=3, dev_size=8, seed=1,
+                    evol_model="openai/fake", optimizer_model="openai/fake", cache_dir=None)
     with FakeOpenAI() as fake:
-        result = optimize(data="questions.jsonl", init_method="init.md", steps=2, candidates=2, batch_size=3,
-                          dev_size=8, seed=1, evol_model="openai/fake", optimizer_model="openai/fake",
-                          api_base=fake.base, cache_dir=None)
+        result = optimize(steps=2, api_base=fake.base, name="older", **settings)
+        latest = optimize(steps=3, api_base=fake.base, name="latest", **settings)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.Popen([sys.executable, "-m", "auto_evol", "ui", "--port", str(port)], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc, lines = _ui(["--port", str(port)], workdir)
     url = f"http://127.0.0.1:{port}"
+    first = _first_line(lines, proc)
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
@@ -68,10 +87,61 @@ def ui_server(workdir):
             time.sleep(0.5)
     else:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"MLflow UI did not start: {proc.stdout.read()[-2000:]}")
-    yield url, result
+        pytest.fail(f"MLflow UI did not start: {''.join(lines)[-2000:]}")
+    yield url, result, latest, first
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+def _rows(result) -> int:
+    """The runs of one optimize run: itself, its steps, their candidates."""
+    return 1 + len(result.history) + sum(len(record.candidates) for record in result.history)
+
+
+def _open(page, address: str, result) -> str:
+    """The page's text once the optimize run's last candidate row is drawn, without a click."""
+    page.goto(address)
+    page.get_by_text("optimize questions", exact=True).first.wait_for(timeout=60_000)
+    last = result.history[-1]
+    page.get_by_text(f"step {last.step} candidate {len(last.candidates)}", exact=True).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    return page.inner_text("body")
+
+
+def test_the_first_address_ui_prints_shows_the_optimize_run_and_its_failure_rates(ui_server, workdir):
+    from playwright.sync_api import sync_playwright
+
+    url, older, latest, first = ui_server
+    assert first.startswith(f"{url}/#/experiments/") and latest.run_id in first
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        text = _open(page, first, latest)
+        page.screenshot(path=str(SCREENSHOTS / "optimize_run.png"))
+
+        # `--run ID` prints the same view for an older run (its first line, before its server would start)
+        proc, lines = _ui(["--port", url.rsplit(":", 1)[1], "--run", older.run_id], workdir)
+        try:
+            given = _first_line(lines, proc)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        assert older.run_id in given
+        older_text = _open(page, given, older)
+        browser.close()
+
+    for shown, result in ((text, latest), (older_text, older)):
+        assert f"{_rows(result)} matching runs" in shown  # this run's rows, each one its own row
+        for column in ("failure_rate", "failure_rate_e0", "failure_rate_e_star", "llm_calls", "auto_evol.accepted_steps"):
+            assert column in shown
+        assert f"{result.rates[0]:g}" in shown and f"{result.rates[-1]:g}" in shown  # e0 -> e*
+        assert ",".join(map(str, result.accepted_steps)) in shown
+        for record in result.history:
+            assert f"step {record.step}" in shown
+            for c, rate in zip(record.candidates, record.rates):
+                assert f"step {record.step} candidate {c.index + 1}" in shown and f"{rate:g}" in shown
+    assert (SCREENSHOTS / "optimize_run.png").stat().st_size > 10_000
 
 
 def test_candidates_and_their_failure_rates_are_on_the_page(ui_server):
@@ -79,7 +149,7 @@ def test_candidates_and_their_failure_rates_are_on_the_page(ui_server):
 
     import mlflow
 
-    url, result = ui_server
+    url, result, _, _ = ui_server
     client = mlflow.MlflowClient()
     experiment = client.get_run(result.run_id).info.experiment_id
     candidates = [r for r in client.search_runs([experiment]) if r.data.tags.get("auto_evol.kind") == "candidate"]
