@@ -32,7 +32,8 @@ def test_optimize_on_the_embedded_model_writes_e_star_and_a_failure_rate_history
     path = tmp_path / "methods" / "tiny.md"
     assert out.stdout.strip().endswith("tiny.md") and path.is_file()
     e_star = method.load(path)
-    assert e_star.text.count("{instruction}") == 1 and "lineage" in e_star.extra
+    # An optimized method may have no placeholder: the instruction is then appended (method.py).
+    assert "Question marker 17" in e_star.render("Question marker 17") and "lineage" in e_star.extra
 
     import mlflow
 
