@@ -58,9 +58,9 @@ class Verdict:
 PROBE_TOKENS = 32   # the probe's budget (a reasoning model keeps its own: it refuses less)
 
 
-def probe(settings: RoleSettings, role: str) -> tuple[Verdict, RoleSettings]:
-    """Check one role with one small call (two when the sampling settings are refused); returns the
-    verdict and the settings to run with."""
+def probe(settings: RoleSettings, role: str) -> Verdict:
+    """Check one role with one small call (two when the sampling settings are refused); a verdict of
+    refused sampling means: run without top_p."""
     from .providers import is_reasoning_model
 
     small = settings if is_reasoning_model(settings.model) else dataclasses.replace(
@@ -70,9 +70,9 @@ def probe(settings: RoleSettings, role: str) -> tuple[Verdict, RoleSettings]:
     try:
         llm.ask(PROBE, reply_format=PROBE_FORMAT)
         return Verdict(role, settings.label, True, True, llm.structured, True, "; ".join(llm.notices),
-                       round(time.perf_counter() - started, 2)), settings
+                       round(time.perf_counter() - started, 2))
     except UserError as exc:
-        return Verdict(role, settings.label, True, False, None, None, str(exc)), settings
+        return Verdict(role, settings.label, True, False, None, None, str(exc))
     except LLMError as exc:
         first = str(exc)
     if settings.top_p is not None:
@@ -81,10 +81,10 @@ def probe(settings: RoleSettings, role: str) -> tuple[Verdict, RoleSettings]:
             other.ask(PROBE, reply_format=PROBE_FORMAT)
             return Verdict(role, settings.label, True, True, other.structured, False,
                            f"refused with top_p {settings.top_p:g} ({first}); runs without top_p",
-                           round(time.perf_counter() - started, 2)), dataclasses.replace(settings, top_p=None)
+                           round(time.perf_counter() - started, 2))
         except (LLMError, UserError):
             pass
-    return Verdict(role, settings.label, False, None, None, None, first), settings
+    return Verdict(role, settings.label, False, None, None, None, first)
 
 
 def _key(settings: RoleSettings) -> str:
@@ -110,9 +110,9 @@ def checked(llm: Llm, role: str, cache_dir: str | None) -> Llm:
             pass
     verdict = stored.get(key)
     if verdict is None:
-        found, settings = probe(llm.settings, role)
-        verdict = {**dataclasses.asdict(found), "top_p": settings.top_p}
-        if not found.ok and found.key_accepted is False:
+        found = probe(llm.settings, role)
+        verdict = dataclasses.asdict(found)
+        if found.key_accepted is False:
             raise UserError(found.detail or found.line())
         if not found.reachable:
             raise UserError(f"{role} {found.model}: not reachable ({found.detail})")
@@ -128,5 +128,5 @@ def checked(llm: Llm, role: str, cache_dir: str | None) -> Llm:
         llm.notice("structured output not supported (provider check); free text")
     if verdict.get("sampling") is False and llm.settings.top_p is not None:
         llm.settings = dataclasses.replace(llm.settings, top_p=None)
-        llm.notice(f"sampling refused with top_p (provider check); runs without top_p")
+        llm.notice("sampling refused with top_p (provider check); runs without top_p")
     return llm

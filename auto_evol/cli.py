@@ -265,7 +265,7 @@ def check(
         adapted, notices = providers.adapt(settings)
         for text in notices:
             typer.echo(f"{role} {settings.label}: {text}")
-        verdict, _ = probe(adapted, role)
+        verdict = probe(adapted, role)
         typer.echo(verdict.line())
         usable &= verdict.ok
     if not usable:

@@ -399,13 +399,14 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, me
         # The evolver sees the instruction with its input (Evol-Instruct evolves the two together);
         # an evolved instruction carries whatever input it kept, so its own input is empty.
         instruction, input_text = row["instruction"], row.get("input", "")
+        parent = with_input(instruction, input_text)
         method = pick(methods, options.seed, row["seed_id"], round_)
-        record = {"seed_id": row["seed_id"], "round": round_,
-                  "parent_instruction": with_input(instruction, input_text), "input": input_text, "method": method.name, "method_hash": method.hash,
+        record = {"seed_id": row["seed_id"], "round": round_, "parent_instruction": parent, "input": input_text,
+                  "method": method.name, "method_hash": method.hash,
                   "evol_model": evol_label, "answer_model": answer_label}
         retry = row.get("status") == "rejected"
         failure, evolved, answer = await _evolve_one(
-            with_input(instruction, input_text), method, evol, answerer, options.judge,
+            parent, method, evol, answerer, options.judge,
             rollout=_rollout(options.seed, row["seed_id"], round_),
             temperature=options.retry_temperature if retry and not options.evol_temperature else None)
         if failure is None:

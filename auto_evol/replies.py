@@ -30,7 +30,6 @@ _MARKER_LINE = re.compile(r"^[ \t*_]*(?P<step>step\s*\d+\s*[:.)\-–]?\s*)?#(?P<
                           re.I | re.M)
 # Markers that introduce what the method is given, not what it asks for.
 _INPUT_MARKERS = {"instruction", "input", "given prompt", "given instruction", "original instruction"}
-_FINAL_WORDS = ("final",)
 FINAL = "Finally Rewritten Instruction"
 
 # String bounds (maxLength, honoured by llama.cpp and vLLM) keep a reply inside its token budget: under
@@ -144,10 +143,9 @@ def evolution_format(method_text: str) -> ReplyFormat:
         if folded in _INPUT_MARKERS or folded in seen:
             continue
         seen.add(folded)
-        header = f"{' '.join(match.group('step').split()).rstrip(':.)-–')} #{label}#:" if match.group("step") \
-            else f"#{label}#:"
-        found.append((label, header))
-    finals = [i for i, (label, _) in enumerate(found) if any(w in label.casefold() for w in _FINAL_WORDS)]
+        step = " ".join((match.group("step") or "").split()).rstrip(":.)-–")
+        found.append((label, f"{step} #{label}#:".lstrip()))
+    finals = [i for i, (label, _) in enumerate(found) if "final" in label.casefold()]
     if finals:
         found.append(found.pop(finals[-1]))
     elif not found:
