@@ -8,6 +8,7 @@ a chat completion is a failure of that request, not retried.
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
 import os
@@ -37,6 +38,27 @@ def openai_body(request) -> dict:
     elif fmt:
         body["response_format"] = {"type": fmt["type"]}
     return body
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its user:password part, and that part as a Basic auth token (None without).
+
+    http.client would read ``user:pw@host`` as the host name, and aiohttp refuses a URL with
+    credentials next to an Authorization header: the credentials are taken out and sent the way
+    servers behind a password (nginx, Caddy, a cloud gateway) expect them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    host = parts.hostname or ""
+    if ":" in host:   # an IPv6 address
+        host = f"[{host}]"
+    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+    if port:
+        host += f":{port}"
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -94,14 +116,17 @@ class OpenAICompatEngine(SyncEngine):
 
     def __init__(self, base_url: str, key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
                  connections: int = 64) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
         self.key_env, self.timeout, self.connections = key_env, timeout, connections
-        parts = urllib.parse.urlsplit(self.url)
+        url, self._basic = split_credentials(base_url.rstrip("/") + "/chat/completions")
+        self.url = url     # no user:password in it: those travel as a Basic Authorization header
+        parts = urllib.parse.urlsplit(url)
         self._https, self._netloc = parts.scheme == "https", parts.netloc
         self._path = parts.path + (f"?{parts.query}" if parts.query else "")
         self._local = threading.local()
 
     def _headers(self) -> dict:
+        if self._basic:   # a server behind a proxy that asks for user:password (the address carried them)
+            return {"Content-Type": "application/json", "Authorization": f"Basic {self._basic}"}
         key = os.environ.get(self.key_env) or "unused"
         return {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
 

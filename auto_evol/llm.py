@@ -23,8 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine, openai_body
+from .errors import Outage, UserError
+from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine, openai_body, split_credentials
 
 EMBEDDED = "embedded"
 GGUF_PREFIX = "gguf:"
@@ -107,6 +107,40 @@ class LLMError(Exception):
     """An LLM call failed for good (after DSPy's retries)."""
 
 
+# Fail fast: a role stops when more than this share of its last ERROR_WINDOW calls failed after
+# their retries. With every call failing (a server answering 500), evolve once ran 16 minutes and
+# exited 0 with nothing kept; with 20% injected faults a call fails after DSPy's five attempts about
+# once in 3,000, so a real outage and a flaky provider are far apart.
+MAX_ERROR_RATE = 0.5
+ERROR_WINDOW = 20
+
+
+def check_error_rate(rate: float) -> None:
+    if not 0 < rate <= 1:
+        raise UserError(f"--max-error-rate must be above 0 and at most 1 (1: never stop), got {rate}")
+
+
+class ErrorWindow:
+    """The outcomes of a role's last calls; ``tripped`` once more than ``limit`` of a full window failed."""
+
+    def __init__(self, limit: float = MAX_ERROR_RATE, size: int = ERROR_WINDOW) -> None:
+        self.limit, self.size = limit, size
+        self._outcomes: list[bool] = []
+        self._lock = threading.Lock()
+        self.tripped: str | None = None    # the line that says why, once tripped
+        self.last_error = ""
+
+    def add(self, failed: bool, error: str = "") -> None:
+        with self._lock:
+            if failed:
+                self.last_error = error
+            self._outcomes = (self._outcomes + [failed])[-self.size:]
+            share = sum(self._outcomes) / len(self._outcomes)
+            if self.tripped is None and len(self._outcomes) == self.size and share > self.limit and self.limit < 1:
+                self.tripped = (f"{sum(self._outcomes)} of the last {self.size} calls failed after their retries "
+                                f"(--max-error-rate {self.limit:g}); the last error: {self.last_error}")
+
+
 class Llm:
     """One role's LLM: ask it a prompt, get a Reply; usage is counted per role.
 
@@ -125,6 +159,14 @@ class Llm:
         self._bounded = bounded  # the backend honours string maxLength (llama.cpp, vLLM): see replies.py
         self.usage = Usage()
         self.notices: list[str] = []
+        self.errors = ErrorWindow()
+
+    @property
+    def last_error(self) -> str:
+        return self.errors.last_error
+
+    def _outage(self) -> Outage:
+        return Outage(f"{self.settings.label}: {self.errors.tripped}")
 
     def notice(self, text: str) -> None:
         """One line for the person running this (stderr) that is also kept for the run's record."""
@@ -163,12 +205,16 @@ class Llm:
                       truncated=response.finish_reason == "length", cached=not tracker.get_total_tokens(),
                       fields=fields)
         self.usage.add(reply, time.perf_counter() - started)
+        self.errors.add(False)
         return reply
 
     def _failed(self, exc: Exception, started: float) -> Exception:
         self.usage.add(None, time.perf_counter() - started)
         if _is_fatal(exc):
             return UserError(f"{self.settings.label}: {_first_line(exc)}")
+        self.errors.add(True, _first_line(exc))
+        if self.errors.tripped:
+            return self._outage()
         return LLMError(_first_line(exc))
 
     def _format(self, reply_format):
@@ -198,6 +244,8 @@ class Llm:
         """``ask`` for asyncio code: many calls in flight on one thread."""
         import dspy
 
+        if self.errors.tripped:
+            raise self._outage()
         fmt, bounded = self._format(reply_format), self._bounded
         request, kwargs = self._request(prompt, rollout, fmt, history, temperature)
         started = time.perf_counter()
@@ -226,6 +274,8 @@ class Llm:
         ``prompt`` continues; ``temperature`` overrides the role's for this call."""
         import dspy
 
+        if self.errors.tripped:
+            raise self._outage()
         fmt, bounded = self._format(reply_format), self._bounded
         request, kwargs = self._request(prompt, rollout, fmt, history, temperature)
         started = time.perf_counter()
@@ -308,10 +358,28 @@ def _openai_compatible_server(settings: RoleSettings) -> bool:
 
 
 def check(settings: RoleSettings, flag: str) -> None:
-    """Fail before any work when a role's model cannot work: unknown provider, missing key."""
+    """Fail before any work when a role's model cannot work: unknown provider, missing key, a server
+    address that is no http(s) URL."""
+    if settings.api_base:
+        import urllib.parse
+
+        def redact(url: str) -> str:
+            return split_credentials(url)[0]
+
+        try:
+            parts = urllib.parse.urlsplit(settings.api_base)
+            parts.port   # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise UserError(f"--api-base {redact(settings.api_base)}: not a valid URL ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"--api-base {redact(settings.api_base)}: write the server's address as "
+                            f"http(s)://HOST[:PORT]/v1")
     if gguf_path(settings.model) is not None or _openai_compatible_server(settings):
         return
     model = settings.model or ""
+    if settings.api_base and has_credentials(settings.api_base):
+        raise UserError(f"--api-base with a user:password part works only with openai/MODEL (an OpenAI-compatible "
+                        f"server, sent as Basic auth); for {model}, set the provider's key in the environment")
     import litellm
 
     litellm.suppress_debug_info = True
@@ -370,8 +438,13 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
     return Llm(settings, lm, structured=True)
 
 
+def has_credentials(url: str) -> bool:
+    """Whether a URL carries a user or password (``https://user:secret@host/v1``)."""
+    return split_credentials(url)[1] is not None
+
+
 def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int,
-                memory: bool = True) -> list[Llm]:
+                memory: bool = True, max_error_rate: float = MAX_ERROR_RATE) -> list[Llm]:
     """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
     is built (a bad model or key fails before any work), the cache is set up once, and roles with
     the same settings share one Llm."""
@@ -391,6 +464,7 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
                 llm.notice(text)
             if uses_provider_path(adapted):
                 llm = checked(llm, flag.lstrip("-").removesuffix("-model"), cache_dir)
+            llm.errors.limit = max_error_rate
             built[settings] = llm
     return [built[settings] for settings, _ in roles]
 

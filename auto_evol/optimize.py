@@ -8,10 +8,12 @@ e_{t-1} (a tie keeps e_{t-1}). Stop after ``patience`` steps without improvement
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from . import method as method_mod
 from . import selection, stats
 from .candidate import Candidate, propose
 from .devset import Split, batch, dev_fingerprint, load_split
-from .errors import UserError
+from .errors import Outage, UserError
 from .evaluation import Evaluation, judge
 from .feedback import Feedback, analyse
 from .llm import LLMError, Llm, RoleSettings
@@ -63,6 +65,7 @@ class Options:
     selection: str = "full"         # full: every candidate on every dev item; halving; race (see selection.py)
     accept: str = "lower"           # lower: a lower failure rate wins; paired: only a paired test's verdict
     confidence: float = 0.95        # for --accept paired
+    max_error_rate: float = llm_mod.MAX_ERROR_RATE   # stop when this share of a role's recent calls failed
     structured: str = "auto"        # JSON-schema replies (evolver, analysis, optimization): auto | on | off
 
     def evol_settings(self) -> RoleSettings:
@@ -83,6 +86,7 @@ class Options:
         if self.accept not in ("lower", "paired"):
             raise UserError(f"--accept must be lower or paired, got {self.accept!r}")
         llm_mod.check_structured(self.structured)
+        llm_mod.check_error_rate(self.max_error_rate)
         if not 0.5 <= self.confidence < 1:
             raise UserError("--confidence must be at least 0.5 and below 1")
         if self.accept == "paired" and self.dev_size < stats.MIN_ITEMS:
@@ -120,6 +124,9 @@ class LoopState:
     accepted: list[bool] = field(default_factory=list)
     lineage: list[str] = field(default_factory=list)
     incumbent_failures: list[bool] = field(default_factory=list)   # per dev item, for paired tests
+    spent: dict[str, dict] = field(default_factory=dict)   # LLM usage per role up to this checkpoint, all processes
+    e_star_name: str | None = None  # e*'s file name, fixed before it is written (a resumed finish reuses it)
+    registered: tuple[str, bool] | None = None   # e*'s prompt URI and whether it became champion, once done
 
     @property
     def next_step(self) -> int:
@@ -143,14 +150,17 @@ class LoopState:
 
         return {"init": method(self.init), "incumbent": method(self.incumbent),
                 "incumbent_rate": self.incumbent_rate, "rates": self.rates, "accepted": self.accepted,
-                "lineage": self.lineage, "incumbent_failures": self.incumbent_failures}
+                "lineage": self.lineage, "incumbent_failures": self.incumbent_failures, "spent": self.spent,
+                "e_star_name": self.e_star_name, "registered": self.registered}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoopState":
         return cls(init=Method(**data["init"]), incumbent=Method(**data["incumbent"]),
                    incumbent_rate=data["incumbent_rate"], rates=list(data["rates"]),
                    accepted=list(data["accepted"]), lineage=list(data["lineage"]),
-                   incumbent_failures=list(data.get("incumbent_failures", [])))
+                   incumbent_failures=list(data.get("incumbent_failures", [])), spent=dict(data.get("spent", {})),
+                   e_star_name=data.get("e_star_name"),
+                   registered=tuple(data["registered"]) if data.get("registered") else None)
 
 
 @dataclass
@@ -203,40 +213,64 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
 
     options = dataclasses.replace(options or Options(), **overrides)
     reporter = reporter or Reporter()
-    state: LoopState | None = None
-    if options.resume:
-        stored, saved = tracking.load_resume(options.resume)
-        state = LoopState.from_dict(saved) if saved else None
-        options = dataclasses.replace(Options(**stored), resume=options.resume, concurrency=options.concurrency,
-                                      track=True)
-    options.validate()
-    # Everything that can be wrong with the input is found before the first LLM call.
-    init = state.init if state else registry.resolve(options.init_method)
-    split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
-                       seed=options.seed, instruction_field=options.instruction_field)
-    evol, optimizer = _llms(options, evol, optimizer)
-    if not options.track:
-        tracker = tracking.NullTracker()
-    elif options.resume:
-        tracker = tracking.OptimizeTracker.reopen(options.resume, state.next_step if state else 1)
-    else:
-        tracker = tracking.OptimizeTracker(options, split, init)
-    if options.trace:
-        tracking.trace_llm_calls(tracker)
+    with contextlib.ExitStack() as held:
+        state: LoopState | None = None
+        if options.resume:
+            held.enter_context(tracking.run_lock(options.resume))   # one process per run
+            stored, saved = tracking.load_resume(options.resume)
+            state = LoopState.from_dict(saved) if saved else None
+            options = _resumed_options(stored, options)
+        options.validate()
+        # Everything that can be wrong with the input is found before the first LLM call.
+        init = state.init if state else registry.resolve(options.init_method)
+        split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
+                           seed=options.seed, instruction_field=options.instruction_field)
+        _check_writable(Path(options.methods_dir), "--methods-dir")
+        evol, optimizer = _llms(options, evol, optimizer)
+        if not options.track:
+            tracker = tracking.NullTracker()
+        elif options.resume:
+            tracker = tracking.OptimizeTracker.reopen(options.resume, state.next_step if state else 1)
+        else:
+            tracker = tracking.OptimizeTracker(options, split, init)
+        if options.trace:
+            tracking.trace_llm_calls(tracker)
+        try:
+            result = _run(options, state, split, init, evol, optimizer, tracker, reporter)
+        except Outage as exc:
+            if tracker.run_id is None:
+                raise
+            raise Outage(f"{exc}. The finished steps are kept: go on with --resume {tracker.run_id}") from None
+    reporter.finish(result)
+    return result
 
+
+def _run(options: Options, state: LoopState | None, split: Split, init: Method, evol: Llm, optimizer: Llm,
+         tracker, reporter: Reporter) -> OptimizeResult:
+    """The loop itself, tracked: e0 on the dev set (unless resumed past it), the steps until a stop
+    rule holds, then e* saved, registered and recorded."""
     started = time.perf_counter()
     reporter.start(options, split, init)
+    spent_before = dict(state.spent) if state else {}
+
+    def checkpoint() -> None:
+        state.spent = _usage(spent_before, evol, optimizer)
+        tracker.checkpoint(state.to_dict())
+
     with ThreadPoolExecutor(options.concurrency) as pool, tracker:
         runner = Runner(pool, reporter, (evol, optimizer))
         initial = None
         if state is None:
             initial = evaluate(init, split.dev, evol, runner)
             runner.take()
+            if initial.errors == len(initial.results):
+                raise Outage(f"every call for {init.name} on the dev set failed after its retries "
+                             f"(the last error: {evol.last_error or 'unknown'}); nothing can be judged")
             reporter.baseline(initial)
             tracker.baseline(initial)
             state = LoopState(init, init, initial.rate, [initial.rate], lineage=[init.name],
                               incumbent_failures=initial.flags())
-            tracker.checkpoint(state.to_dict())
+            checkpoint()
         history: list[StepRecord] = []
         while not state.done(options):
             record = _step(state.next_step, state, split, options, evol, optimizer, runner)
@@ -244,21 +278,65 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
             state.advance(record)
             reporter.step(record)
             tracker.step(record)
-            tracker.checkpoint(state.to_dict())
+            checkpoint()
         best = _final_method(state, split.name, options)
+        if state.e_star_name != best.name:
+            state.e_star_name = best.name     # written down before the file: a resumed finish reuses it
+            checkpoint()
         result = OptimizeResult(best=best, rates=list(state.rates), history=history, initial=initial,
                                 lineage=list(state.lineage),
                                 accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok])
         result.method_path = method_mod.save(best, Path(options.methods_dir))
         if options.track:
-            result.prompt_uri, result.champion = _register(best, state, split, evol, runner)
-        result.usage = {"evol": evol.usage.snapshot(), "optimizer": optimizer.usage.snapshot()}
+            if state.registered is None:   # once per run, also when a resumed run finishes again
+                state.registered = _register(best, state, split, evol, runner)
+                checkpoint()
+            result.prompt_uri, result.champion = state.registered
+        result.usage = _usage(spent_before, evol, optimizer)
         result.notices = list(dict.fromkeys(evol.notices + optimizer.notices))
         result.seconds = round(time.perf_counter() - started, 2)
         tracker.finish(result)
         result.run_id = tracker.run_id
-    reporter.finish(result)
     return result
+
+
+def _usage(before: dict[str, dict], evol: Llm, optimizer: Llm) -> dict[str, dict]:
+    """LLM usage per role: what earlier processes of this run spent plus this one's."""
+    now = {"evol": evol.usage.snapshot(), "optimizer": optimizer.usage.snapshot()}
+    return {role: {k: round(v + before.get(role, {}).get(k, 0), 3) for k, v in counts.items()}
+            for role, counts in now.items()}
+
+
+def _resumed_options(stored: dict, given: Options) -> Options:
+    """A resumed run's own settings; an --api-base given again must name the same server (its
+    user:password, never stored, is taken from it)."""
+    known = {f.name for f in dataclasses.fields(Options)}
+    had_credentials = bool(stored.get("api_base_credentials"))
+    settings = {k: v for k, v in stored.items() if k in known}
+    stored_base = settings.get("api_base")
+    if given.api_base is not None:
+        from .http_engine import split_credentials
+
+        if split_credentials(given.api_base)[0] != (stored_base or ""):
+            raise UserError(f"--resume {given.resume}: the run used --api-base {stored_base or '(none)'}; a resumed run "
+                            f"keeps its server (got {split_credentials(given.api_base)[0]})")
+        settings["api_base"] = given.api_base
+    elif had_credentials:
+        raise UserError(f"--resume {given.resume}: the run's --api-base {stored_base} had a user:password part, "
+                        f"which is never stored; give the same --api-base again")
+    return dataclasses.replace(Options(**settings), resume=given.resume, concurrency=given.concurrency, track=True)
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """``folder`` exists as a writable folder, or can be made: checked before any LLM call, so e*
+    is never lost at the end of a run."""
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise UserError(f"{flag} {folder}: {existing} is a file, not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise UserError(f"{flag} {folder}: cannot write in {existing} (permission denied)")
+            return
 
 
 def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Llm, Llm]:
@@ -266,7 +344,7 @@ def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Ll
         return evol, optimizer
     built_evol, built_optimizer = llm_mod.build_roles(
         (options.evol_settings(), "--evol-model"), (options.optimizer_settings(), "--optimizer-model"),
-        cache_dir=options.cache_dir, concurrency=options.concurrency)
+        cache_dir=options.cache_dir, concurrency=options.concurrency, max_error_rate=options.max_error_rate)
     return evol or built_evol, optimizer or built_optimizer
 
 
@@ -374,7 +452,8 @@ def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runne
 def _final_method(state: LoopState, data_name: str, options: Options) -> Method:
     """e* as it is saved: the winning text, named for the data set, with its lineage in the header."""
     directory = Path(options.methods_dir)
-    name = options.name or method_mod.free_name(f"{data_name}-{_dt.date.today().isoformat()}", directory)
+    name = options.name or state.e_star_name or method_mod.free_name(f"{data_name}-{_dt.date.today().isoformat()}",
+                                                                     directory)
     best = state.incumbent
     made_by = (f"auto-evol optimize on {data_name}: evol {options.evol_settings().label}, "
                f"optimizer {options.optimizer_settings().label}")

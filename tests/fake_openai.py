@@ -6,6 +6,7 @@ Authorization headers it saw.
 """
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -72,8 +73,14 @@ class FakeOpenAI:
     ``refuse_schemas``: answer 400 to any request with a response_format. Reasoning model names
     (o1..o9, gpt-5...) get 400 for any temperature other than 1, as OpenAI answers."""
 
-    def __init__(self, latency: float = 0.0, *, schemas: bool = False, refuse_schemas: bool = False) -> None:
+    def __init__(self, latency: float = 0.0, *, schemas: bool = False, refuse_schemas: bool = False,
+                 basic_auth: str | None = None) -> None:
+        """``basic_auth`` ("user:password"): answer 401 to a request without that Basic Authorization,
+        as a server behind a password does. Set ``failing`` to answer every request 500 (with
+        Retry-After: 0, so a client's retries are quick) until it is cleared."""
         self.latency = latency
+        self.failing = False
+        self.basic_auth = basic_auth
         self.calls = 0
         self.auth: set[str] = set()
         self.bodies: list[dict] = []
@@ -92,6 +99,19 @@ class FakeOpenAI:
                     outer.bodies.append(body)
                 if outer.latency:
                     time.sleep(outer.latency)
+                if outer.failing or (outer.basic_auth is not None and self.headers.get("Authorization") !=
+                                     "Basic " + base64.b64encode(outer.basic_auth.encode()).decode()):
+                    status = 500 if outer.failing else 401
+                    data = json.dumps({"error": {"message": "upstream is down" if outer.failing else
+                                                 "a password is needed"}}).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    if status == 500:
+                        self.send_header("Retry-After", "0")
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 refusal = None
                 if refuse_schemas and "response_format" in body:
                     refusal = "response_format is not supported by this server"
