@@ -8,11 +8,15 @@ Final files are written beside their target and renamed over it: never half-writ
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import UserError
 
 
 class Journal:
@@ -71,6 +75,31 @@ def read(path: Path) -> Iterator[dict]:
                 return
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the only way is to set it and put it back: under a lock, so two threads of ours
+    # never see each other's placeholder value.
+    with _UMASK_LOCK:
+        old = os.umask(0o022)
+        os.umask(old)
+    return old
+
+
+def default_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give a new file: 0o666 less the umask."""
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "w"):
     """Open a temporary file beside ``path``; on success it replaces ``path``, on failure it vanishes."""
@@ -83,7 +112,30 @@ def atomic_write(path: Path, mode: str = "w"):
         else:
             with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
                 yield fh
+        # mkstemp makes the file 0600; the final file gets what open() would give it (the umask).
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_leftovers(*targets: Path) -> None:
+    """Remove the temporary files that a killed ``atomic_write`` left beside each target (kill -9
+    gives no chance to clean up). Only for a caller that owns the targets (holds their lock)."""
+    for target in targets:
+        if target.parent.is_dir():
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """``folder`` is a folder this process can write in, or can be made one: checked before any paid
+    work, so nothing is lost for want of a place to put it. ``what`` starts the error line."""
+    for existing in (folder, *folder.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise UserError(f"{what}: {existing} is a file, not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise UserError(f"{what}: cannot write in {existing} (permission denied)")
+            return

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from .errors import UserError
+from .errors import Outage, UserError
+
+OUTAGE_EXIT = 4   # 2: bad input or setup; 3: evolve stopped at --max-calls; 4: stopped by an LLM outage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Evolve instruction data, and optimize the evolving method itself (Auto Evol-Instruct).")
@@ -49,6 +51,10 @@ STRUCTURED_HELP = ("auto | on | off: ask for JSON-schema replies in the method's
                    "backend takes them, free text after a refusal; on: a refusal is an error). [default: auto]")
 
 
+MAX_ERROR_RATE_HELP = ("Stop (exit 4, finished work kept) when more than this share of a role's last 20 LLM calls "
+                       "failed after their retries; 1 never stops. [default: 0.5]")
+
+
 @app.command()
 def optimize(
     data: Optional[str] = typer.Option(None, help="Registered data set (dev_sets/) or a JSONL/JSON/CSV/Parquet file. [default: gsm8k_seed]"),
@@ -84,6 +90,7 @@ def optimize(
                                                              "clearly worse than the leader on the same items). [default: full]"),
     accept: Optional[str] = typer.Option(None, help="lower | paired (a paired test on the same dev items must agree). [default: lower]"),
     confidence: Optional[float] = typer.Option(None, help="Confidence of --accept paired. [default: 0.95]"),
+    max_error_rate: Optional[float] = typer.Option(None, help=MAX_ERROR_RATE_HELP),
     structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print e*'s path only."),
 ) -> None:
@@ -144,6 +151,7 @@ def evolve(
     concurrency: int = typer.Option(64, help="LLM calls in flight."),
     timeout: float = typer.Option(120.0, help="Seconds one LLM call may take before it is retried."),
     max_calls: Optional[int] = typer.Option(None, help="Stop after about this many calls; rerun to go on."),
+    max_error_rate: float = typer.Option(0.5, help=MAX_ERROR_RATE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and tokens it would take; do nothing."),
     restart: bool = typer.Option(False, "--restart", help="Drop OUT.work/ of an earlier run instead of continuing it."),
     on_bad_line: str = typer.Option("skip", help="skip (report file:line and reason) | fail"),
@@ -162,7 +170,7 @@ def evolve(
         instruction_field=instruction_field, input_field=input_field, output_field=output_field,
         evol_model=evol_model, answer_model=answer_model, api_base=api_base, answer_temperature=answer_temperature,
         answer_top_p=answer_top_p, answer_max_tokens=answer_max_tokens, evol_max_tokens=evol_max_tokens,
-        evol_temperature=evol_temperature, retry_temperature=retry_temperature, structured=structured, judge=judge, concurrency=concurrency, timeout=timeout, max_calls=max_calls, on_bad_line=on_bad_line, restart=restart,
+        evol_temperature=evol_temperature, retry_temperature=retry_temperature, structured=structured, judge=judge, concurrency=concurrency, timeout=timeout, max_calls=max_calls, max_error_rate=max_error_rate, on_bad_line=on_bad_line, restart=restart,
         track=not no_track, **({"cache_dir": cache_dir} if cache_dir else {}))
     if dry_run:
         typer.echo(_json.dumps(run(options, dry_run=True), indent=2))
@@ -384,6 +392,19 @@ def methods_export(source: str = typer.Argument(..., help="An optimize run id (i
 
 def run() -> None:
     """Console entry point: one clear line and a non-zero exit for anything the user must fix."""
+    import importlib
+
+    # Newer typer raises the errors of a click of its own (typer._click); older typer, click's.
+    clicks = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            clicks.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    usage_errors = tuple(m.UsageError for m in clicks)  # also BadParameter, NoSuchOption, MissingParameter...
+    click_errors = tuple(m.ClickException for m in clicks)
+    # click >= 8.2 raises this UsageError for a bare `auto-evol`: its show() prints the help.
+    no_args_help = tuple(c for c in (getattr(m, "NoArgsIsHelpError", None) for m in clicks) if c is not None)
     try:
         code = app(args=_spread_methods(sys.argv[1:]), standalone_mode=False)
         if isinstance(code, int) and code:  # a command's typer.Exit(N), returned in this mode
@@ -391,6 +412,20 @@ def run() -> None:
     except UserError as exc:
         typer.echo(f"auto-evol: error: {exc}", err=True)
         sys.exit(2)
+    except Outage as exc:   # the provider failed most recent calls: stopped, finished work kept
+        typer.echo(f"auto-evol: stopped: {exc}", err=True)
+        sys.exit(OUTAGE_EXIT)
+    except usage_errors as exc:
+        if isinstance(exc, no_args_help):
+            exc.show()
+            sys.exit(exc.exit_code)
+        # One line, like every other error: `auto-evol: error: optimize: Invalid value for '--steps': ...`
+        path = exc.ctx.command_path if exc.ctx is not None else ""
+        command = path.split(None, 1)[1] if len(path.split(None, 1)) > 1 else ""
+        message = " ".join(exc.format_message().split())
+        hint = f" (see '{path} --help')" if path else ""
+        typer.echo(f"auto-evol: error: {command + ': ' if command else ''}{message}{hint}", err=True)
+        sys.exit(exc.exit_code if isinstance(exc.exit_code, int) and exc.exit_code else 2)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("auto-evol: interrupted; finished work is kept: rerun the same command (optimize: --resume RUN_ID)",
                    err=True)
@@ -398,7 +433,7 @@ def run() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
-        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # a usage error from typer's click
+        if isinstance(exc, click_errors):  # any other error click reports itself
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("AUTO_EVOL_DEBUG"):

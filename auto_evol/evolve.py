@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import random
 import shutil
 import time
@@ -25,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import llm as llm_mod
-from . import output
-from .checkpoint import Journal, atomic_write, read
-from .data import BadRow, guess_field, guess_output_field, stream_rows, with_input
+from . import locks, output
+from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
+from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows, with_input
 from .errors import UserError
 from .failure import Failure, elimination_failure, instruction_failure
 from .judge import Verdict, read_verdict
@@ -82,6 +83,7 @@ class EvolveOptions:
     timeout: float = 120.0                    # seconds for one call to a provider
     max_calls: int | None = None
     max_instruction_chars: int = 20000
+    max_error_rate: float = llm_mod.MAX_ERROR_RATE    # stop when this share of a role's recent calls failed
     on_bad_line: str = "skip"
     restart: bool = False                     # drop the work folder of an earlier run first
     cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
@@ -102,7 +104,12 @@ class EvolveOptions:
                 "answer_model", "api_base", "evol_temperature", "retry_temperature", "evol_max_tokens",
                 "answer_temperature", "answer_top_p", "answer_max_tokens", "judge", "max_instruction_chars",
                 "structured")
-        return {**{k: getattr(self, k) for k in keep}, "methods": [[m.hash, w] for m, w in methods]}
+        from .http_engine import split_credentials
+
+        # A password in --api-base is never written down; a rerun may give it again, or another one.
+        return {**{k: getattr(self, k) for k in keep},
+                "api_base": split_credentials(self.api_base)[0] if self.api_base else None,
+                "methods": [[m.hash, w] for m, w in methods]}
 
 
 @dataclass
@@ -192,31 +199,77 @@ class _Budget:
 
 def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, evol: Llm | None = None,
            answerer: Llm | None = None, dry_run: bool = False) -> EvolveResult | dict:
-    """Evolve ``options.data``; with ``dry_run`` only count the calls and tokens it would take."""
+    """Evolve ``options.data``; with ``dry_run`` only count the calls and tokens it would take.
+
+    The steps: check every setting and the output's place; build (and check) the roles; take the work
+    folder's lock; read the input into the work folder; answer the seeds that have no answer; run the
+    rounds; assemble the output and the rejects; record the run. Everything up to the first LLM call
+    that can be wrong with the input is found before it, and an error there leaves nothing behind.
+    """
     reporter = reporter or EvolveReporter()
-    if options.on_bad_line not in ("skip", "fail"):
-        raise UserError("--on-bad-line must be skip or fail")
-    for name in ("rounds", "concurrency", "evol_max_tokens", "answer_max_tokens"):
-        if getattr(options, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("evol_temperature", "retry_temperature", "answer_temperature"):
-        if not 0 <= getattr(options, name) <= 2:
-            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 2")
-    llm_mod.check_structured(options.structured)
+    _validate(options)
     out = Path(options.out)
     fmt = output.format_for(out, options.format)
     methods = resolve_methods(options.methods)
     work = Path(str(out) + ".work")
+    _check_out(out, work)
     if dry_run:
         return _estimate(options, methods)
     if evol is None or answerer is None:
         built_evol, built_answerer = llm_mod.build_roles(
             (options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model"),
-            cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False)
+            cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False,
+            max_error_rate=options.max_error_rate)
         evol, answerer = evol or built_evol, answerer or built_answerer
-    _prepare(work, options, methods)
+    with locks.hold(work / LOCK, f"{work} (the work folder of --out {out})", note=evol.notice):
+        return _run(options, out, fmt, methods, work, evol, answerer, reporter)
+
+
+LOCK = "lock"   # in the work folder: held by the one process working there
+
+
+def _validate(options: EvolveOptions) -> None:
+    if options.on_bad_line not in ("skip", "fail"):
+        raise UserError("--on-bad-line must be skip or fail")
+    for name in ("rounds", "concurrency", "evol_max_tokens", "answer_max_tokens", "max_instruction_chars"):
+        if getattr(options, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if options.sample is not None and options.sample < 1:
+        raise UserError(f"--sample must be at least 1, got {options.sample}")
+    if options.max_calls is not None and options.max_calls < 1:
+        raise UserError(f"--max-calls must be at least 1, got {options.max_calls}")
+    if options.timeout <= 0:
+        raise UserError(f"--timeout must be above 0, got {options.timeout}")
+    for name in ("evol_temperature", "retry_temperature", "answer_temperature"):
+        if not 0 <= getattr(options, name) <= 2:
+            raise UserError(f"--{name.replace('_', '-')} must be between 0 and 2")
+    if not 0 < options.answer_top_p <= 1:
+        raise UserError(f"--answer-top-p must be above 0 and at most 1, got {options.answer_top_p}")
+    llm_mod.check_error_rate(options.max_error_rate)
+    llm_mod.check_structured(options.structured)
+
+
+def _check_out(out: Path, work: Path) -> None:
+    """The output and its work folder can be written where --out says, before any work is done."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; name a file such as {out / 'evolved.jsonl'}")
+    check_writable(out.parent, f"--out {out}")
+    if work.exists() and (not work.is_dir() or not os.access(work, os.W_OK | os.X_OK)):
+        raise UserError(f"--out {out}: its work folder {work} cannot be written")
+
+
+def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: Path, evol: Llm, answerer: Llm,
+         reporter: EvolveReporter) -> EvolveResult:
+    """The run itself, under the work folder's lock."""
+    fresh = not (work / "seeds.done").exists() or options.restart
+    try:
+        _prepare(work, options, methods)
+        seeds_path, bad = _ingest(options, work)
+    except BaseException:
+        if fresh:   # nothing was done yet: leave no folder (or manifest) behind
+            _drop_work(work)
+        raise
     started = time.perf_counter()
-    seeds_path, bad = _ingest(options, work)
     seeds = sum(1 for _ in read(seeds_path))
     reporter.start(options, seeds, methods)
     budget = _Budget(options.max_calls, [evol, answerer])
@@ -232,6 +285,9 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
                           rounds=_round_stats(work, options.rounds),
                           bad_lines=bad, calls=usage, seconds=0.0, complete=complete)
     if complete:
+        # Temporary files of an assembly that was killed: this process holds the lock, so they are no
+        # one else's.
+        remove_leftovers(out, result.rejects, out.with_name(out.stem + ".provenance.jsonl"))
         # At most every seed plus every kept evolution (seeds that got no answer drop out).
         bound = seeds + sum(s.kept for s in result.rounds)
         result.records = _assemble(options, work, seeds_path, out, fmt, bound)
@@ -239,7 +295,8 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     result.seconds = round(time.perf_counter() - started, 2)
     stats = _stats_dict(result)
     stats["notices"] = list(dict.fromkeys(evol.notices + answerer.notices))  # adaptations and fallbacks
-    (work / "stats.json").write_text(json.dumps(stats, indent=2))
+    with atomic_write(work / "stats.json") as fh:
+        json.dump(stats, fh, indent=2)
     if options.track and complete:
         from .tracking import log_evolve
 
@@ -248,11 +305,19 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     return result
 
 
+def _drop_work(work: Path) -> None:
+    """Remove a work folder that holds no finished work (the lock file goes with it: its holder is
+    this process, which is about to let go)."""
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def _prepare(work: Path, options: EvolveOptions, methods) -> None:
     manifest = work / "manifest.json"
     wanted = options.fingerprint(methods)
     if options.restart and work.exists():
-        shutil.rmtree(work)
+        for entry in work.iterdir():   # all but the lock this process holds
+            if entry.name != LOCK:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     if manifest.exists() and not (work / "seeds.done").exists():
         manifest.unlink()  # an earlier run stopped before reading its input: no work to keep
     if manifest.exists():
@@ -267,7 +332,9 @@ def _prepare(work: Path, options: EvolveOptions, methods) -> None:
 
 def _seed_rows(options: EvolveOptions):
     """The input's rows as seeds, streamed: (where, seed, None) for a usable row, (where, None, problem)
-    for a bad one. A seed is {seed_id, instruction, input, output}; ingest and --dry-run share this."""
+    for a bad one. A seed is {seed_id, instruction, input, output}; ingest and --dry-run share this.
+    A CSV or Parquet file whose structure breaks raises UserError from stream_rows, whatever
+    --on-bad-line says: no row after such a break can be trusted, so none is skipped past it."""
     seen: set[str] = set()
     field_name = options.instruction_field
     output_name = options.output_field
@@ -280,8 +347,7 @@ def _seed_rows(options: EvolveOptions):
         if problem is not None:
             yield where, None, problem
             continue
-        seed_id = str(row.get("id", n))
-        seen.add(seed_id)
+        seed_id = row_id(row, n)   # _row_problem put it in seen
         yield where, {"seed_id": seed_id, "instruction": row[field_name].strip(),
                       "input": str(row.get(options.input_field) or ""),
                       "output": str(row.get(output_name) or "") if output_name else ""}, None
@@ -304,7 +370,9 @@ def _ingest(options: EvolveOptions, work: Path) -> tuple[Path, list[BadRow]]:
             usable += 1
             fh.write(json.dumps(seed, ensure_ascii=False) + "\n")
     if not usable:
-        raise UserError(f"{options.data}: no usable rows" + (f" ({len(bad)} bad ones)" if bad else ""))
+        first = f"; the first, {bad[0].where}: {bad[0].reason}" if bad else ""
+        count = f" ({len(bad)} bad {'one' if len(bad) == 1 else 'ones'}{first})" if bad else ""
+        raise UserError(f"{options.data}: no usable rows{count}")
     with atomic_write(bad_file) as fh:
         for b in bad:
             fh.write(json.dumps(dataclasses.asdict(b)) + "\n")
@@ -313,27 +381,38 @@ def _ingest(options: EvolveOptions, work: Path) -> tuple[Path, list[BadRow]]:
 
 
 def _row_problem(row, field_name, options: EvolveOptions, seen: set[str], n: int) -> str | None:
-    if isinstance(row, BadRow):
-        return row.reason
-    if field_name not in row:
-        return f"missing column {field_name!r}"
-    value = row[field_name]
-    if not isinstance(value, str) or not value.strip():
-        return f"empty instruction in {field_name!r}"
-    if len(value) > options.max_instruction_chars:
-        return f"instruction of {len(value)} characters is beyond --max-instruction-chars {options.max_instruction_chars}"
-    if str(row.get("id", n)) in seen:
-        return f"duplicate id {row.get('id')!r}"
-    return None
+    """The row rules every verb shares (data.row_problem), with --max-instruction-chars as the limit;
+    a usable row's id goes into ``seen``."""
+    return row_problem(row, field_name, seen, n, options.max_instruction_chars, "--max-instruction-chars")
 
 
 def _done_ids(journal: Path) -> set[str]:
     return {row["seed_id"] for row in read(journal)}
 
 
+def _forget_call_errors(journal: Path, settled: set[str] = frozenset()) -> int:
+    """Drop the journal's ``llm_error`` rows so this run tries those items again (a provider that was
+    down says nothing about the items); rows in ``settled`` (already carried into the next round)
+    stay. The journal is rewritten atomically, and only when there is something to drop."""
+    def retried(row: dict) -> bool:
+        return row.get("reason") == Failure.LLM_ERROR.value and row["seed_id"] not in settled
+
+    if not any(retried(row) for row in read(journal)):
+        return 0
+    dropped = 0
+    with atomic_write(journal) as fh:
+        for row in read(journal):
+            if retried(row):
+                dropped += 1
+            else:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return dropped
+
+
 async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -> bool:
     """Seeds that came without an answer get one, so round 0 of the output is complete."""
     journal_path = work / "round0.jsonl"
+    _forget_call_errors(journal_path)
     done = _done_ids(journal_path)
     unanswered = sum(1 for row in read(seeds_path) if not row["output"])
     if unanswered == len(done):
@@ -362,25 +441,40 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _B
     the dataset."""
     semaphore = asyncio.Semaphore(concurrency)
     stopped = False
+    pending: set[asyncio.Task] = set()
+    failed: list[BaseException] = []   # the first error of any item: it stops the phase
     try:
         with Journal(journal_path) as journal:
             async def guarded(row):
                 async with semaphore:
-                    await work_on(row, journal)
+                    if failed:
+                        return
+                    try:
+                        await work_on(row, journal)
+                    except Exception as exc:
+                        failed.append(exc)
 
-            pending: set[asyncio.Task] = set()
-            for row in rows:
-                if not budget.allows(calls_per_item * (len(pending) + 1)):
-                    stopped = True
-                    break
-                pending.add(asyncio.create_task(guarded(row)))
-                if len(pending) >= 2 * concurrency:
-                    finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for task in finished:
-                        task.result()
-            if pending:
-                for task in (await asyncio.wait(pending))[0]:
-                    task.result()
+            try:
+                for row in rows:
+                    if failed:
+                        raise failed[0]
+                    if not budget.allows(calls_per_item * (len(pending) + 1)):
+                        stopped = True
+                        break
+                    pending.add(asyncio.create_task(guarded(row)))
+                    if len(pending) >= 2 * concurrency:
+                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:
+                    _, pending = await asyncio.wait(pending)
+                if failed:
+                    raise failed[0]
+            except BaseException:
+                # An outage or Ctrl-C: the items in flight are dropped (redone by the next run) before
+                # the journal closes, so none of them writes to it afterwards.
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise
     finally:
         for llm in budget.llms:
             await llm.aclose()
@@ -390,6 +484,7 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _B
 async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, methods, evol: Llm,
                  answerer: Llm, budget: _Budget, reporter) -> bool:
     journal_path = work / f"round{round_}.jsonl"
+    _forget_call_errors(journal_path, settled=_done_ids(work / f"round{round_ + 1}.jsonl"))
     done = _done_ids(journal_path)
     total = sum(1 for _ in read(pool))
     reporter.phase(f"round {round_}", total, len(done))

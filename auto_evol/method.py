@@ -15,10 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import atomic_write
 from .errors import UserError
 
 PLACEHOLDER = "{instruction}"
@@ -144,17 +144,12 @@ def available() -> list[str]:
 
 
 def save(method: Method, directory: Path) -> Path:
-    """Write ``method`` to ``directory/<name>.md`` atomically (write then rename)."""
+    """Write ``method`` to ``directory/<name>.md`` atomically (write then rename), with the
+    permissions the umask gives, as open() would."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{method.name}{SUFFIX}"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{method.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(method.to_file_text())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(target) as fh:
+        fh.write(method.to_file_text())
     return target
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from . import llm as llm_mod
 from . import method as method_mod
 from . import selection, stats
 from .candidate import Candidate, propose
+from .checkpoint import check_writable
 from .devset import Split, batch, dev_fingerprint, load_split
 from .errors import Outage, UserError
 from .evaluation import Evaluation, judge
@@ -225,7 +225,7 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
         init = state.init if state else registry.resolve(options.init_method)
         split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
                            seed=options.seed, instruction_field=options.instruction_field)
-        _check_writable(Path(options.methods_dir), "--methods-dir")
+        check_writable(Path(options.methods_dir), f"--methods-dir {options.methods_dir}")
         evol, optimizer = _llms(options, evol, optimizer)
         if not options.track:
             tracker = tracking.NullTracker()
@@ -325,18 +325,6 @@ def _resumed_options(stored: dict, given: Options) -> Options:
         raise UserError(f"--resume {given.resume}: the run's --api-base {stored_base} had a user:password part, "
                         f"which is never stored; give the same --api-base again")
     return dataclasses.replace(Options(**settings), resume=given.resume, concurrency=given.concurrency, track=True)
-
-
-def _check_writable(folder: Path, flag: str) -> None:
-    """``folder`` exists as a writable folder, or can be made: checked before any LLM call, so e*
-    is never lost at the end of a run."""
-    for existing in (folder, *folder.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                raise UserError(f"{flag} {folder}: {existing} is a file, not a folder")
-            if not os.access(existing, os.W_OK | os.X_OK):
-                raise UserError(f"{flag} {folder}: cannot write in {existing} (permission denied)")
-            return
 
 
 def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Llm, Llm]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
+from . import locks
 from .errors import UserError
 
 DEFAULT_DIR = Path("mlruns")
@@ -67,9 +69,38 @@ def client(uri: str | None = None, *, create: bool = True):
         missing.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # no bars among our one-line errors
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    db = _sqlite_file(uri)
+    if db is None:
+        return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    # A fresh SQLite store is created and migrated by the first client that opens it. Two first runs
+    # in one folder once raced there and left it half-migrated (every later command failed), so
+    # opening the store (tracking and registry tables) happens under a lock, one process at a time.
+    with locks.hold(db.with_name(db.name + ".lock"), f"the MLflow store {db}", wait=300):
+        found = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        try:
+            found._get_registry_client().store   # noqa: B018 - opening it creates its tables
+        except Exception:  # a registry that cannot open is reported where it is used
+            pass
+        return found
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def run_lock(run_id: str):
+    """The lock an optimize run is held under while a process works on it (its first run, or a
+    --resume): a second --resume of the same run refuses at once, naming the holder."""
+    from .llm import DEFAULT_CACHE_DIR
+
+    uri = tracking_uri()
+    db = _sqlite_file(uri)
+    folder = db.parent / "locks" if db is not None else Path(DEFAULT_CACHE_DIR) / "locks" / \
+        hashlib.sha256(redact(uri).encode()).hexdigest()[:16]
+    return locks.hold(folder / f"{run_id}.lock", f"optimize run {run_id}")
 
 
 def _unreachable(uri: str, exc: Exception) -> UserError:
@@ -93,15 +124,9 @@ def experiment_id(mlflow_client, name: str, uri: str) -> str:
 
 def redact(url: str | None) -> str:
     """A URL without its user:password part (the rest of it is no secret)."""
-    if not url:
-        return ""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    from .http_engine import split_credentials
+
+    return split_credentials(url)[0] if url else ""
 
 
 def get_run(mlflow_client, run_id: str):
@@ -245,6 +270,9 @@ class OptimizeTracker(NullTracker):
         except Exception as exc:
             raise _unreachable(self.uri, exc) from None
         self.run_id = run.info.run_id
+        # Held while this process works on the run: a --resume of it from elsewhere refuses meanwhile.
+        self._held = run_lock(self.run_id)
+        self._held.__enter__()
         self.client.set_tag(self.run_id, OPTIMIZE_RUN_TAG, self.run_id)
         evol, opt = o.evol_settings(), o.optimizer_settings()
         params = {
@@ -258,8 +286,9 @@ class OptimizeTracker(NullTracker):
         }
         self._params(self.run_id, params)
         stored = dataclasses.asdict(o)
-        if redact(o.api_base) != (o.api_base or ""):
-            stored["api_base"] = None  # a URL with credentials in it is not stored
+        # A URL's user:password is not stored: --resume asks for the same --api-base again.
+        stored["api_base"] = redact(o.api_base) or None
+        stored["api_base_credentials"] = redact(o.api_base) != (o.api_base or "")
         if Path(o.data).is_file():
             stored["data"] = str(Path(o.data).resolve())
         stored.pop("resume", None)
@@ -268,9 +297,14 @@ class OptimizeTracker(NullTracker):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self.run_id is not None:
-            status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
-            self.client.set_terminated(self.run_id, status=status)
+        try:
+            if self.run_id is not None:
+                status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
+                self.client.set_terminated(self.run_id, status=status)
+        finally:
+            held, self._held = getattr(self, "_held", None), None
+            if held is not None:
+                held.__exit__(None, None, None)
 
     def _params(self, run_id: str, params: dict) -> None:
         _log_params(self.client, run_id, params)
@@ -514,10 +548,77 @@ def serve_ui(port: int, *, open_browser: bool = False, run_id: str | None = None
         import webbrowser
 
         webbrowser.open(link)
+    # The server and its workers run in a process group of their own, which is stopped as a whole however
+    # this process ends (Ctrl-C, SIGTERM from a supervisor, SIGHUP from a closed terminal, the server
+    # exiting): a stopped `auto-evol ui` leaves no server behind holding the port. Being in their own
+    # session, they do not see the terminal's Ctrl-C themselves: it reaches them through this stop.
+    import contextlib
+    import signal
+    import threading
+
+    state: dict = {"proc": None, "stop": False, "stopping": False}
+
+    def _group_alive(pgid: int) -> bool:
+        if os.path.isdir("/proc/self"):  # Linux: zombies count as members for kill(), but hold nothing
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        fields = fh.read().rpartition(")")[2].split()
+                except OSError:
+                    continue
+                if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                    return True
+            return False
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _stop_process_group(proc) -> None:
+        """SIGTERM to the server's whole group; whatever is still there after ~5 s gets SIGKILL."""
+        pgid = proc.pid  # start_new_session: the server leads a group (and session) of its own
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)  # reaps the leader, which would otherwise stay a zombie of the group
+            if proc.returncode is not None and not _group_alive(pgid):
+                return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    def _request_stop(signum, frame):  # a signal becomes a clean stop, once the server is ours to stop
+        state["stop"] = True
+        if state["proc"] is not None and not state["stopping"]:
+            raise KeyboardInterrupt
+
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous: dict = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in handled:
+            previous[s] = signal.signal(s, _request_stop)
     try:
-        subprocess.run(command, check=False, env=env)
-    except KeyboardInterrupt:
-        pass
+        try:
+            state["proc"] = subprocess.Popen(command, env=env, start_new_session=True)
+            if not state["stop"]:  # a signal that came while it was starting stops it at once
+                state["proc"].wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            state["stopping"] = True  # a second signal while stopping does not cut the stop short
+            if state["proc"] is not None:
+                _stop_process_group(state["proc"])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def log_evolve(options, result, stats: dict) -> str:
