@@ -125,7 +125,9 @@ def remove_leftovers(*targets: Path) -> None:
     gives no chance to clean up). Only for a caller that owns the targets (holds their lock)."""
     for target in targets:
         if target.parent.is_dir():
-            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            # mkstemp's own shape: the name, a dot, 8 random characters, .tmp (another output whose
+            # name starts with this one's has more between them).
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.{'?' * 8}.tmp"):
                 stale.unlink(missing_ok=True)
 
 

@@ -421,7 +421,11 @@ def run() -> None:
             sys.exit(exc.exit_code)
         # One line, like every other error: `auto-evol: error: optimize: Invalid value for '--steps': ...`
         path = exc.ctx.command_path if exc.ctx is not None else ""
-        command = path.split(None, 1)[1] if len(path.split(None, 1)) > 1 else ""
+        names, ctx = [], exc.ctx   # the subcommand's own names (`methods show`), not how the program was run
+        while ctx is not None and ctx.parent is not None:
+            names.insert(0, ctx.info_name)
+            ctx = ctx.parent
+        command = " ".join(names)
         message = " ".join(exc.format_message().split())
         hint = f" (see '{path} --help')" if path else ""
         typer.echo(f"auto-evol: error: {command + ': ' if command else ''}{message}{hint}", err=True)

@@ -104,11 +104,10 @@ class EvolveOptions:
                 "answer_model", "api_base", "evol_temperature", "retry_temperature", "evol_max_tokens",
                 "answer_temperature", "answer_top_p", "answer_max_tokens", "judge", "max_instruction_chars",
                 "structured")
-        from .http_engine import split_credentials
+        from .http_engine import redact
 
         # A password in --api-base is never written down; a rerun may give it again, or another one.
-        return {**{k: getattr(self, k) for k in keep},
-                "api_base": split_credentials(self.api_base)[0] if self.api_base else None,
+        return {**{k: getattr(self, k) for k in keep}, "api_base": redact(self.api_base) or None,
                 "methods": [[m.hash, w] for m, w in methods]}
 
 
@@ -269,6 +268,8 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: Path, evol:
         if fresh:   # nothing was done yet: leave no folder (or manifest) behind
             _drop_work(work)
         raise
+    for stale in work.glob(".*.tmp"):   # a journal rewrite or stats write cut short by a kill
+        stale.unlink(missing_ok=True)
     started = time.perf_counter()
     seeds = sum(1 for _ in read(seeds_path))
     reporter.start(options, seeds, methods)
@@ -464,8 +465,8 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _B
                     pending.add(asyncio.create_task(guarded(row)))
                     if len(pending) >= 2 * concurrency:
                         _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if pending:
-                    _, pending = await asyncio.wait(pending)
+                while pending and not failed:   # an outage at the end of a phase stops it as soon, too
+                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if failed:
                     raise failed[0]
             except BaseException:

@@ -3,7 +3,9 @@
 DSPy still owns the cache, the retries (honouring Retry-After) and the callbacks; this engine only
 makes one attempt over a pooled keep-alive connection (aiohttp for async callers, http.client for
 threads) and turns the server's answer into DSPy's response or error types. A 200 whose body is not
-a chat completion is a failure of that request, not retried.
+a chat completion (a proxy's HTML error page, a body cut short) is taken for a passing server fault
+and retried like a 5xx: with 20% injected faults over 2,000 items, failing such replies for good cost
+about 10% of the items a call error (`llm_error`).
 """
 from __future__ import annotations
 
@@ -61,6 +63,28 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     return bare, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+def odd_credentials(url: str) -> bool:
+    """An address whose user:password part the URL parser cannot see, because the password holds a
+    character that ends the host part ('/', '?', '#') unencoded: sending it would mean a wrong host, and
+    printing it would show the password."""
+    rest = url.partition("://")[2]
+    return "@" in rest and urllib.parse.urlsplit(url).username is None
+
+
+def redact(url: str | None) -> str:
+    """``url`` fit to print or store: without its user:password part (the rest of it is no secret).
+    An address with an '@' that the parser does not read as credentials loses everything before it."""
+    if not url:
+        return ""
+    if odd_credentials(url):
+        head, _, rest = url.partition("://")
+        return f"{head}://{rest.rpartition('@')[2]}"
+    try:
+        return split_credentials(url)[0]
+    except ValueError:
+        return url.partition("://")[0] + "://(an address that cannot be read)"
+
+
 def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -86,7 +110,7 @@ def _result(status: int, text: str, retry_after: str | None, model: str):
         content = choice["message"].get("content") or ""
         usage = data.get("usage") or {}
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise lm15.ProviderError(f"the server's reply is not a chat completion: {text[:120]!r}") from None
+        raise lm15.ServerError(f"the server's reply is not a chat completion: {text[:120]!r}", status=status) from None
     # Built directly: lm15's general converter costs more than the whole request on a fast server.
     return lm15.Response(
         id=data.get("id"), model=model, message=lm15.Message.assistant([lm15.TextPart(content)]),

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import Outage, UserError
-from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine, openai_body, split_credentials
+from .http_engine import (AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine, odd_credentials, openai_body,
+                          redact, split_credentials)
 
 EMBEDDED = "embedded"
 GGUF_PREFIX = "gguf:"
@@ -363,9 +364,9 @@ def check(settings: RoleSettings, flag: str) -> None:
     if settings.api_base:
         import urllib.parse
 
-        def redact(url: str) -> str:
-            return split_credentials(url)[0]
-
+        if odd_credentials(settings.api_base):
+            raise UserError("--api-base: its user:password part holds a character that ends a URL's host part; "
+                            "percent-encode it ('/' as %2F, '?' as %3F, '#' as %23, '@' as %40)")
         try:
             parts = urllib.parse.urlsplit(settings.api_base)
             parts.port   # noqa: B018 - raises on a port that is not a number

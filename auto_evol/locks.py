@@ -48,7 +48,13 @@ def _try_lock(path: Path) -> int | None:
     The file may be removed by its holder as it finishes (a work folder dropped after an early
     error); a lock taken on a file that is no longer at ``path`` guards nothing, so it is retaken."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:   # its folder was removed by a holder finishing: make it again
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
+        except PermissionError:
+            raise UserError(f"{path}: cannot write this lock file (permission denied)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -310,21 +310,29 @@ def _usage(before: dict[str, dict], evol: Llm, optimizer: Llm) -> dict[str, dict
 def _resumed_options(stored: dict, given: Options) -> Options:
     """A resumed run's own settings; an --api-base given again must name the same server (its
     user:password, never stored, is taken from it)."""
+    from .http_engine import redact
+
     known = {f.name for f in dataclasses.fields(Options)}
     had_credentials = bool(stored.get("api_base_credentials"))
+    legacy = "api_base_credentials" not in stored   # stored before credentials were noted (their URL: None)
     settings = {k: v for k, v in stored.items() if k in known}
     stored_base = settings.get("api_base")
     if given.api_base is not None:
-        from .http_engine import split_credentials
-
-        if split_credentials(given.api_base)[0] != (stored_base or ""):
+        if redact(given.api_base) != (stored_base or "") and not (legacy and stored_base is None):
             raise UserError(f"--resume {given.resume}: the run used --api-base {stored_base or '(none)'}; a resumed run "
-                            f"keeps its server (got {split_credentials(given.api_base)[0]})")
+                            f"keeps its server (got {redact(given.api_base)})")
+        if had_credentials and redact(given.api_base) == given.api_base:
+            raise UserError(f"--resume {given.resume}: the run's --api-base {stored_base} had a user:password part; "
+                            f"give it again with that part")
         settings["api_base"] = given.api_base
     elif had_credentials:
         raise UserError(f"--resume {given.resume}: the run's --api-base {stored_base} had a user:password part, "
                         f"which is never stored; give the same --api-base again")
-    return dataclasses.replace(Options(**settings), resume=given.resume, concurrency=given.concurrency, track=True)
+    # What may change on a resume: how fast it runs, and how many failed calls it puts up with.
+    keep = {"concurrency": given.concurrency}
+    if given.max_error_rate != llm_mod.MAX_ERROR_RATE:
+        keep["max_error_rate"] = given.max_error_rate
+    return dataclasses.replace(Options(**settings), resume=given.resume, track=True, **keep)
 
 
 def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Llm, Llm]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 from .llm import Llm
@@ -33,7 +33,14 @@ class Runner:
             self.reporter.advance(phase)
             return out
 
-        results = list(self.pool.map(run, items))
+        futures = [self.pool.submit(run, item) for item in items]
+        done, waiting = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:   # an outage or Ctrl-C: the tasks not started yet are dropped, not run to their own failure
+            for future in waiting:
+                future.cancel()
+            raise failed[0].exception()
+        results = [f.result() for f in futures]
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
         after = self._counts()
         self.calls[phase] = self.calls.get(phase, 0) + after[0] - before[0]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import locks
 from .errors import UserError
+from .http_engine import redact
 
 DEFAULT_DIR = Path("mlruns")
 KIND_TAG = "auto_evol.kind"
@@ -73,7 +74,7 @@ def client(uri: str | None = None, *, create: bool = True):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     db = _sqlite_file(uri)
-    if db is None:
+    if db is None or not create:   # reading commands open an existing store and change nothing in it
         return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     # A fresh SQLite store is created and migrated by the first client that opens it. Two first runs
     # in one folder once raced there and left it half-migrated (every later command failed), so
@@ -96,6 +97,8 @@ def run_lock(run_id: str):
     --resume): a second --resume of the same run refuses at once, naming the holder."""
     from .llm import DEFAULT_CACHE_DIR
 
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+        raise UserError(f"--resume {run_id!r}: not a run id (auto-evol runs lists them)")
     uri = tracking_uri()
     db = _sqlite_file(uri)
     folder = db.parent / "locks" if db is not None else Path(DEFAULT_CACHE_DIR) / "locks" / \
@@ -120,13 +123,6 @@ def experiment_id(mlflow_client, name: str, uri: str) -> str:
         raise
     except Exception as exc:
         raise _unreachable(uri, exc) from None
-
-
-def redact(url: str | None) -> str:
-    """A URL without its user:password part (the rest of it is no secret)."""
-    from .http_engine import split_credentials
-
-    return split_credentials(url)[0] if url else ""
 
 
 def get_run(mlflow_client, run_id: str):

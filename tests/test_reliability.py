@@ -201,7 +201,46 @@ def test_a_password_in_api_base_for_a_provider_model_is_refused_before_any_call(
     assert not (tmp_path / "evolved.jsonl.work").exists()
 
 
+def test_a_password_the_url_parser_cannot_see_is_refused_without_being_printed(tmp_path):
+    seeds(tmp_path / "seeds.jsonl", 3)
+    done = run(["evolve", "--data", "seeds.jsonl", "--evol-model", "openai/fake", "--api-base",
+                "http://alice:2024/Zq9@127.0.0.1:9/v1", "--no-track"], tmp_path, timeout=120)
+    assert done.returncode == 2
+    line = one_error_line(done)
+    assert "percent-encode" in line and "Zq9" not in line
+    assert not (tmp_path / "evolved.jsonl.work").exists()
+
+
+def test_a_resume_without_the_password_is_refused(project):
+    with FakeOpenAI(basic_auth=f"alice:{PASSWORD}") as fake:
+        base = fake.base.replace("http://", f"http://alice:{PASSWORD}@")
+        assert run(optimize_args(base, "--steps", "1"), project).returncode == 0
+        con = sqlite3.connect(project / "mlruns" / "mlflow.db")
+        [(run_id,)] = con.execute("select run_uuid from tags where key='auto_evol.kind' and value='optimize'")
+        bare = run(["optimize", "--resume", run_id, "--api-base", fake.base, "--quiet"], project)
+    assert bare.returncode == 2 and "give it again with that part" in one_error_line(bare)
+
+
 # --- 4. fail fast on an outage, and retry what it failed --------------------------------------------
+
+def test_an_outage_at_the_end_of_a_phase_stops_it_without_waiting_for_the_calls_in_flight(tmp_path):
+    import asyncio
+
+    from auto_evol.evolve import _Budget, _drive
+
+    async def work_on(row, journal):
+        if row == 0:
+            await asyncio.sleep(0.2)
+            raise Outage("down")
+        await asyncio.sleep(20)   # a call hanging on a server that is gone
+        journal.append({"seed_id": str(row)})
+
+    started = time.time()
+    with pytest.raises(Outage):
+        asyncio.run(_drive(iter(range(10)), work_on, tmp_path / "j.jsonl", 64, _Budget(None, []), calls_per_item=1))
+    assert time.time() - started < 5
+    assert (tmp_path / "j.jsonl").read_text() == ""   # nothing half-done was journaled
+
 
 def test_error_window_trips_only_on_a_full_window_above_the_limit():
     window = ErrorWindow(limit=0.5, size=4)
@@ -323,12 +362,16 @@ def test_temporary_files_of_a_killed_assembly_are_cleared_by_the_rerun(tmp_path)
     options = EvolveOptions(data=str(data), out=str(out), rounds=1, cache_dir=None, track=False)
     evolve(options, evol=model, answerer=model)
     # What kill -9 during the final write leaves: the temporary files beside the output.
-    for name in (".out.jsonl.k1ll3d.tmp", ".out.rejects.jsonl.x8.tmp"):
+    for name in (".out.jsonl.k1ll3d_a.tmp", ".out.rejects.jsonl.x8yz1234.tmp"):
         (tmp_path / name).write_text("")
     before = out.read_bytes()
     evolve(options, evol=model, answerer=model)
     assert out.read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
+    other = tmp_path / ".out.jsonl.v2.jsonl.abcd1234.tmp"   # another output's, not this run's to remove
+    other.write_text("")
+    evolve(options, evol=model, answerer=model)
+    assert other.exists()
 
 
 # --- 9 and 10. a resumed optimize: one e*, every call counted ----------------------------------------
