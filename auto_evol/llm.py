@@ -19,10 +19,11 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import dspy_tuning
 from .errors import Outage, UserError
 from .http_engine import (AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine, odd_credentials, openai_body,
                           redact, split_credentials)
@@ -313,15 +314,31 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+@functools.cache
+def _fatal_types() -> tuple[type, ...]:
+    """The error types no other item would escape either (bad key, refused permission, unknown model,
+    no credit, missing configuration): DSPy's own, the lm15 ones it wraps, and the provider SDKs' for
+    errors LiteLLM passes through."""
+    from dspy import lm15
+    from dspy.utils import exceptions as dspy_errors
+
+    found: list[type] = [lm15.AuthError, lm15.BillingError, lm15.UnsupportedModelError, lm15.UnknownModelError,
+                         lm15.NotConfiguredError, dspy_errors.LMAuthError, dspy_errors.LMBillingError,
+                         dspy_errors.LMUnsupportedModelError, dspy_errors.LMNotConfiguredError]
+    for module in ("openai", "anthropic"):
+        try:
+            sdk = importlib.import_module(module)
+        except ImportError:
+            continue
+        found += [getattr(sdk, name) for name in ("AuthenticationError", "PermissionDeniedError", "NotFoundError")
+                  if isinstance(getattr(sdk, name, None), type)]
+    return tuple(found)
+
+
 def _is_fatal(exc: BaseException) -> bool:
-    """Errors that no other item would escape either: bad key, unknown model, no credit."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None:
-        names |= {cls.__name__ for cls in type(cause).__mro__}
-    return bool(names & {"AuthError", "AuthenticationError", "BillingError", "NotFoundError",
-                         "UnknownModelError", "UnsupportedModelError", "MissingCredentialError",
-                         "PermissionDeniedError"})
+    """Whether ``exc`` (or what it wraps) is of a type that fails every call alike: decided by type."""
+    fatal = _fatal_types()
+    return any(isinstance(error, fatal) for error in (exc, exc.__cause__ or exc.__context__) if error is not None)
 
 
 # --- building LMs ---------------------------------------------------------------------------------
@@ -420,7 +437,7 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
         lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=async_engine,
                      cache=cache, num_retries=num_retries)
         return Llm(settings, lm, seeded=True, structured=True, bounded=True)
-    _add_jitter()
+    dspy_tuning.add_jitter()
     if _openai_compatible_server(settings):
         # Our pooled engine, for throughput (DSPy keeps cache and retries).
         sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, concurrency))
@@ -473,32 +490,6 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
 def uses_provider_path(settings: RoleSettings) -> bool:
     """A DSPy/LiteLLM provider model (not a GGUF file, not an OpenAI-compatible server of ours)."""
     return gguf_path(settings.model) is None and not _openai_compatible_server(settings)
-
-
-_jitter_added = False
-
-
-def _add_jitter() -> None:
-    """DSPy's retry backoff (2^attempt s, capped at 60) has no jitter: many calls that failed together
-    would retry together. Spread each wait over half to one and a half times its length; a server's
-    Retry-After is kept as it is."""
-    global _jitter_added
-    from dspy.clients import execution
-
-    if _jitter_added or not hasattr(execution, "_delay"):
-        return
-    plain = execution._delay
-
-    def jittered(exc, attempt):
-        import random
-
-        delay = plain(exc, attempt)
-        if getattr(exc, "retry_after", None) is not None:
-            return delay
-        return delay * random.uniform(0.5, 1.5)
-
-    execution._delay = jittered
-    _jitter_added = True
 
 
 def _provider_key_present(model: str) -> bool:
@@ -576,44 +567,11 @@ def configure_cache(cache_dir: str | os.PathLike | None, *, memory: bool = True)
         directory = Path(cache_dir) / "dspy"
         directory.mkdir(parents=True, exist_ok=True)
         dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=memory, disk_cache_dir=str(directory))
-        _bound_disk_cache_memory(dspy.cache)
-
-
-# SQLite settings of DSPy's disk cache (diskcache: 16 shards, each with its own SQLite connection per
-# thread). Its defaults let every connection keep 32 MB of pages and map 64 MB of the file, so a long
-# evolve run grew by hundreds of MB as the cache filled. Reads go through the OS page cache instead.
-_DISK_CACHE_PAGES = 256          # SQLite pages (4 KiB) kept per connection: 1 MiB
-_DISK_CACHE_MMAP = 0             # bytes of the database file mapped into memory
-
-
-def _bound_disk_cache_memory(cache) -> None:
-    disk = getattr(cache, "disk_cache", None)
-    if hasattr(disk, "reset"):  # a diskcache FanoutCache: the settings reach every shard and connection
-        disk.reset("sqlite_cache_size", _DISK_CACHE_PAGES)
-        disk.reset("sqlite_mmap_size", _DISK_CACHE_MMAP)
-
-
-class _LoopExecutor(ThreadPoolExecutor):
-    """The default executor of auto-evol's event loops. DSPy hands its bookkeeping for every async
-    call (request preparation, cache lookup and store, pricing) to a worker thread, four hops per
-    call; against a fast server those hops cost more CPU than the request itself. DSPy's own
-    functions run at once on the loop's thread here; anything else still goes to a worker."""
-
-    def submit(self, fn, /, *args, **kwargs):
-        # asyncio.to_thread submits functools.partial(context.run, target, ...).
-        target = fn.args[0] if isinstance(fn, functools.partial) and fn.args else fn
-        if not (getattr(target, "__module__", None) or "").startswith("dspy.clients."):
-            return super().submit(fn, *args, **kwargs)
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
+        dspy_tuning.bound_disk_cache_memory(dspy.cache)
 
 
 def run_async(coro):
     """Run ``coro`` to the end on a fresh event loop set up for many LLM calls in flight."""
     with asyncio.Runner() as runner:
-        runner.get_loop().set_default_executor(_LoopExecutor(thread_name_prefix="auto-evol"))
+        runner.get_loop().set_default_executor(dspy_tuning.LoopExecutor(thread_name_prefix="auto-evol"))
         return runner.run(coro)
