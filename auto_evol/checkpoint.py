@@ -20,8 +20,12 @@ from .errors import UserError
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    """``flush=False``: lines reach the operating system when the buffer fills or the journal closes,
+    for a journal whose last lines a kill may cost (a rerun redoes what they said, at a price)."""
+
+    def __init__(self, path: Path, *, flush: bool = True) -> None:
         self.path = path
+        self._flush = flush
         path.parent.mkdir(parents=True, exist_ok=True)
         self._repair()
         self._fh = open(path, "a", encoding="utf-8")
@@ -46,7 +50,8 @@ class Journal:
 
     def append(self, record: dict) -> None:
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._fh.flush()
+        if self._flush:
+            self._fh.flush()
 
     def close(self) -> None:
         if not self._fh.closed:

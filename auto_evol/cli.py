@@ -155,7 +155,9 @@ def evolve(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and tokens it would take; do nothing."),
     restart: bool = typer.Option(False, "--restart", help="Drop OUT.work/ of an earlier run instead of continuing it."),
     on_bad_line: str = typer.Option("skip", help="skip (report file:line and reason) | fail"),
-    cache_dir: Optional[str] = typer.Option(None, help="LLM response cache. [default: ~/.cache/auto-evol]"),
+    cache_dir: Optional[str] = typer.Option(None, help="Also keep every LLM reply in DSPy's disk cache here, to reuse "
+                                                      "across work folders (another --out, --restart). Off by default: "
+                                                      "the work folder already keeps every finished call for a rerun."),
     no_track: bool = typer.Option(False, "--no-track", help="Record nothing in MLflow."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:

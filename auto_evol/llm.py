@@ -462,10 +462,12 @@ def has_credentials(url: str) -> bool:
 
 
 def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int,
-                memory: bool = True, max_error_rate: float = MAX_ERROR_RATE) -> list[Llm]:
+                memory: bool = True, max_error_rate: float = MAX_ERROR_RATE,
+                checks_dir: str | None = None) -> list[Llm]:
     """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
     is built (a bad model or key fails before any work), the cache is set up once, and roles with
-    the same settings share one Llm."""
+    the same settings share one Llm. Provider checks are kept in ``checks_dir`` (``cache_dir`` when
+    None), so a verb that runs without a reply cache still checks each provider once."""
     from . import providers
     from .check import checked
 
@@ -481,7 +483,7 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
             for text in notices:
                 llm.notice(text)
             if uses_provider_path(adapted):
-                llm = checked(llm, flag.lstrip("-").removesuffix("-model"), cache_dir)
+                llm = checked(llm, flag.lstrip("-").removesuffix("-model"), checks_dir or cache_dir)
             llm.errors.limit = max_error_rate
             built[settings] = llm
     return [built[settings] for settings, _ in roles]

@@ -107,6 +107,8 @@ def _as_text(value) -> str:
 
 def _load_object(text: str) -> dict | None:
     text = (text or "").strip()
+    if "{" not in text:   # no object to read or repair (json_repair costs ~100 us a reply to say so)
+        return None
     fence = re.fullmatch(r"```(?:json)?\s*\n(.*?)\n?```", text, re.S)
     if fence:
         text = fence.group(1)

@@ -410,3 +410,33 @@ def test_a_resumed_run_counts_all_its_calls_and_writes_one_e_star(project, monke
     assert sorted(p.name for p in Path("methods").iterdir()) == [resumed.method_path.name]
     row = next(r for r in tracking.optimize_runs() if r["run_id"] == resumed.run_id)
     assert int(row["calls"]) == whole_calls   # the first process's calls and the resumed one's
+
+
+# --- a rerun pays for no finished call, without a reply cache ----------------------------------------
+
+class Stop(BaseException):
+    """Stands in for a kill in the middle of an item (not an Exception: nothing catches it on the way)."""
+
+
+def test_a_rerun_without_a_reply_cache_asks_again_only_what_was_unfinished(tmp_path):
+    data = seeds(tmp_path / "seeds.jsonl", 12, with_output=True)
+    options = EvolveOptions(data=str(data), out=str(tmp_path / "out.jsonl"), rounds=1, cache_dir=None, track=False,
+                            concurrency=1)
+
+    def dies_at_the_answer_of_question_1(prompt):
+        if prompt.startswith("Question number 1?") and "Also explain" in prompt:
+            raise Stop
+        return evolve_world(prompt)
+
+    first, _ = scripted_llm(dies_at_the_answer_of_question_1, name="dies")
+    with pytest.raises(Stop):
+        evolve(options, evol=first, answerer=first)
+    second, engine = scripted_llm(evolve_world, name="lives")
+    result = evolve(options, evol=second, answerer=second)
+    asked = [p for p in engine.prompts if "Question number 1?" in p]
+    # Question 1's evolution and verdict were finished before the stop: only its answer is asked again.
+    assert not [p for p in asked if p.startswith(("You are making", "You are writing", "Compare two"))]
+    assert [p for p in asked if p.startswith("Question number 1? Also explain")]
+    records = read_jsonl(result.out)
+    assert "s1#1" in {r["id"] for r in records}
+    assert not list((tmp_path / "out.jsonl.work").glob("*.partial.jsonl"))   # spent once the round is whole
