@@ -211,6 +211,7 @@ def compare(
     cache_dir: Optional[str] = typer.Option(None),
     no_track: bool = typer.Option(False, "--no-track"),
     structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; print the report's path only."),
 ) -> None:
     """Compare methods side by side: failure rate with intervals, difficulty, diversity, length growth."""
     from .compare import CompareOptions
@@ -229,6 +230,10 @@ def compare(
     summary = run(CompareOptions(methods=list(method), rounds=rounds, baseline=baseline, confidence=confidence,
                                  judge_model=judge_model, embeddings=embeddings, out=out, track=not no_track,
                                  **settings))
+    report = Path(out or Path("reports") / summary["data"]) / "report.md"
+    if quiet:
+        typer.echo(str(report))
+        return
     from rich.console import Console
     from rich.table import Table
 
@@ -243,7 +248,7 @@ def compare(
                       " / ".join(f"{r['length_growth']:.2f}x" for r in s["per_round"]))
     console = Console()
     console.print(table)
-    console.print(f"report: {Path(out or Path('reports') / summary['data']) / 'report.md'}; embeddings: "
+    console.print(f"report: {report}; embeddings: "
                   f"{summary['embeddings']}" + (f"; MLflow run {summary['run_id']}" if summary.get("run_id") else ""))
 
 

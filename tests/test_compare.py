@@ -74,3 +74,23 @@ def test_compare_reports_intervals_difficulty_diversity_and_plots(project):
 def test_bad_input(project, options, message):
     with pytest.raises(UserError, match=re.escape(message)):
         compare(CompareOptions(data="q.jsonl", **options), evol=scripted_llm(scripted_world, name="bad")[0])
+
+
+def test_quiet_compare_prints_the_report_path_only(project, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from fake_openai import FakeOpenAI
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", OPENAI_API_KEY="unused-by-fake")
+    with FakeOpenAI() as fake:
+        done = subprocess.run([sys.executable, "-m", "auto_evol", "compare", "--methods", "level0.md", "level2.md",
+                               "--data", "q.jsonl", "--dev-size", "20", "--rounds", "1", "--evol-model", "openai/fake",
+                               "--api-base", fake.base, "--embeddings", "tfidf", "--out", "rep", "--no-track",
+                               "--cache-dir", str(tmp_path / "cache"), "--quiet"],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "rep/report.md\n"
+    assert (project / "rep" / "report.md").is_file()
