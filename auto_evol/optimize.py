@@ -402,7 +402,9 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
     for c in candidates:
         if c.method.hash != incumbent.hash:
             distinct.setdefault(c.method.hash, c.method)
-    evaluations, finalists = _judge_candidates(list(distinct.values()), split.dev, evol, runner, options.selection)
+    incumbent_flags = state.incumbent_failures if len(state.incumbent_failures) == len(split.dev) else None
+    evaluations, finalists = _judge_candidates(list(distinct.values()), split.dev, evol, runner, options.selection,
+                                               incumbent_flags)
     candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
     calls, cached, seconds = runner.take()
     record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds)
@@ -419,11 +421,12 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
     return dataclasses.replace(record, accepted=chosen)
 
 
-def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runner,
-                      how: str) -> tuple[dict[str, Evaluation], set[str]]:
+def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runner, how: str,
+                      incumbent: list[bool] | None = None) -> tuple[dict[str, Evaluation], set[str]]:
     """Each method's evaluation on the dev set (a prefix for methods that halving or racing dropped),
-    and the hashes of the methods judged on every item."""
-    if how in ("halving", "race") and len(methods) > (2 if how == "halving" else 1):
+    and the hashes of the methods judged on every item. ``incumbent``: its failure flags per dev item,
+    which racing uses to drop candidates that cannot beat it (even a single one)."""
+    if (how == "halving" and len(methods) > 2) or (how == "race" and methods):
         results: list[dict[int, object]] = [{} for _ in methods]
 
         def judge_pairs(pairs):
@@ -432,8 +435,10 @@ def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runne
                 results[c][i] = result
             return [r.failure is not None for r in judged]
 
-        strategy = selection.successive_halving if how == "halving" else selection.race
-        strategy(len(methods), len(dev), judge_pairs)
+        if how == "halving":
+            selection.successive_halving(len(methods), len(dev), judge_pairs)
+        else:
+            selection.race(len(methods), len(dev), judge_pairs, incumbent=incumbent)
         evaluations = {m.hash: Evaluation(m, tuple(results[c][i] for i in sorted(results[c])))
                        for c, m in enumerate(methods)}
     else:

@@ -85,10 +85,15 @@ def clearly_worse(flags: Sequence[bool], leader: Sequence[bool], z: float = RACE
 
 
 def race(n_candidates: int, n_items: int, judge, *, z: float = RACE_Z, first: int = RACE_FIRST,
-         batch: int = RACE_BATCH):
+         batch: int = RACE_BATCH, incumbent: Sequence[bool] | None = None):
     """Judge the candidates still in the race on the next ``batch`` dev items, then drop every one
     that is clearly worse than the leader (fewest failures) on the items both have seen. The last one
     left is judged on the rest of the dev set; if several last to the end, the fewest failures win.
+
+    ``incumbent`` (its failure flag per dev item, known from its own evaluation) races too: a
+    candidate clearly worse than the incumbent on the items it has seen cannot replace it and leaves
+    at once, even as the leader; with none left the race ends (survivor None). The incumbent costs no
+    call: it was judged on the same items when it won.
 
     Unlike halving, the cost adapts: far-apart candidates leave after a few items, close ones are
     followed to the end. ``judge`` and the result are as for ``successive_halving``.
@@ -96,15 +101,18 @@ def race(n_candidates: int, n_items: int, judge, *, z: float = RACE_Z, first: in
     failures: list[list[bool]] = [[] for _ in range(n_candidates)]
     alive = list(range(n_candidates))
     size = min(max(1, first), n_items)
-    while True:
+    while alive:
         pairs = [(c, i) for c in alive for i in range(len(failures[c]), size)]
         for (c, _), failed in zip(pairs, judge(pairs) if pairs else []):
             failures[c].append(bool(failed))
         if len(alive) > 1:
             leader = min(alive, key=lambda c: (sum(failures[c]), c))
             alive = [c for c in alive if not clearly_worse(failures[c], failures[leader], z)]
+        if incumbent is not None:
+            alive = [c for c in alive if not clearly_worse(failures[c], incumbent[:len(failures[c])], z)]
         if size >= n_items:
             break
-        size = n_items if len(alive) == 1 else min(n_items, size + batch)
-    survivor = min(alive, key=lambda c: (sum(failures[c]), c))
+        # The last one left runs to the end at once, unless the incumbent may still stop it on the way.
+        size = n_items if len(alive) == 1 and incumbent is None else min(n_items, size + batch)
+    survivor = min(alive, key=lambda c: (sum(failures[c]), c)) if alive else None
     return survivor, failures

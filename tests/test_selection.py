@@ -88,3 +88,26 @@ def test_race_drops_a_clearly_worse_candidate_early_and_follows_close_ones_to_th
     assert survivor == 0 and seen[1] == 5 and seen[0] == 50    # always failing: out after the first 5
     assert 5 < seen[2] < 50                                      # 10% failing: out once the evidence says so
     assert not clearly_worse([True, False], [False, True]) and clearly_worse([True] * 9, [False] * 9)
+
+
+def test_the_incumbent_races_too_and_costs_no_call():
+    from auto_evol.selection import race
+
+    incumbent = [i % 10 == 0 for i in range(50)]                 # fails 10% of the dev items
+    outcomes = {0: [i % 2 == 0 for i in range(50)], 1: [False] * 50}   # 50%: cannot beat it; 0%: can
+    seen = {c: 0 for c in outcomes}
+
+    def judge(pairs):
+        for c, _ in pairs:
+            seen[c] += 1
+        return [outcomes[c][i] for c, i in pairs]
+
+    # A lone candidate clearly worse than the incumbent leaves early: nothing to race it against but the incumbent.
+    survivor, _ = race(1, 50, judge, incumbent=incumbent)
+    assert survivor is None and seen[0] < 50
+    seen = {c: 0 for c in outcomes}
+    survivor, failures = race(2, 50, judge, incumbent=incumbent)
+    assert survivor == 1 and failures[1] == outcomes[1] and seen[0] < 50
+    # Without the incumbent a lone candidate is judged on every item.
+    seen = {c: 0 for c in outcomes}
+    assert race(1, 50, judge)[0] == 0 and seen[0] == 50
