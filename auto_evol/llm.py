@@ -19,14 +19,12 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dspy_tuning
+from . import dspy_tuning, gguf_engine
 from .errors import Outage, UserError
-from .http_engine import (AsyncOpenAICompatEngine, OpenAICompatEngine, SyncEngine, odd_credentials, openai_body,
-                          redact, split_credentials)
+from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, odd_credentials, redact, split_credentials
 
 EMBEDDED = "embedded"
 GGUF_PREFIX = "gguf:"
@@ -414,10 +412,6 @@ def check(settings: RoleSettings, flag: str) -> None:
         raise UserError(f"{flag} {model}: no API key in the environment (set {' or '.join(missing)})")
 
 
-_engines: dict[tuple[str, int], tuple[_GgufEngine, _AsyncGguf]] = {}   # one per GGUF file and slot count
-_engines_lock = threading.Lock()
-
-
 def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, concurrency: int = 4) -> Llm:
     """An Llm for a role; ``concurrency`` is how many calls the caller keeps in flight (an in-process
     GGUF model decodes at most 8 of them together)."""
@@ -426,13 +420,7 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
     logging.getLogger("dspy").setLevel(logging.ERROR)
     path = gguf_path(settings.model)
     if path is not None:
-        slots = max(1, min(concurrency, 8))
-        key = (str(path.resolve()), slots)
-        with _engines_lock:
-            if key not in _engines:
-                engine = _GgufEngine(path, slots)
-                _engines[key] = engine, _AsyncGguf(engine, slots)
-            engine, async_engine = _engines[key]
+        engine, async_engine = gguf_engine.engines(path, slots=max(1, min(concurrency, 8)))
         # The file's name and size identify the model in the cache.
         lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=async_engine,
                      cache=cache, num_retries=num_retries)
@@ -497,63 +485,6 @@ def uses_provider_path(settings: RoleSettings) -> bool:
 def _provider_key_present(model: str) -> bool:
     provider = model.split("/")[0].upper()
     return bool(os.environ.get(f"{provider}_API_KEY"))
-
-
-class _GgufEngine(SyncEngine):
-    """A DSPy engine over an in-process llama.cpp server (xllamacpp): one per GGUF file per process.
-
-    ``slots`` requests are decoded together (continuous batching); more wait in the server's queue.
-    """
-
-    def __init__(self, path: Path, slots: int) -> None:
-        import xllamacpp
-
-        params = xllamacpp.CommonParams()
-        params.model.path = str(path)
-        params.n_parallel = slots
-        params.n_ctx = 4096 * slots  # per-slot context of 4096 tokens
-        threads = max(1, os.cpu_count() or 1)
-        params.cpuparams.n_threads = threads
-        params.cpuparams_batch.n_threads = threads
-        params.verbosity = -1
-        params.warmup = False
-        try:
-            self._server = xllamacpp.Server(params)
-        except RuntimeError as exc:
-            raise UserError(f"{path}: llama.cpp could not load this GGUF file ({exc})") from None
-
-    def complete(self, request):
-        from dspy import lm15
-
-        body = openai_body(request)
-        body.pop("model")  # the server runs one model
-        out = self._server.handle_chat_completions(body)
-        if "error" in out:
-            error = out["error"]
-            message = error.get("message", str(error))
-            if error.get("type") == "exceed_context_size_error":
-                raise lm15.ContextLengthError(message)
-            raise lm15.InvalidRequestError(message) if error.get("code") == 400 else lm15.ServerError(message)
-        return lm15.response_from_openai_chat(out, model=request.model)
-
-
-class _AsyncGguf:
-    """The GGUF engine for async callers: each completion runs on a worker thread of its own pool,
-    one thread per decoding slot (the loop's default pool may hold fewer threads than slots)."""
-
-    def __init__(self, engine: _GgufEngine, slots: int) -> None:
-        self.engine = engine
-        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="gguf")
-
-    async def complete(self, request):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self.engine.complete, request)
-
-    async def stream(self, request):
-        for event in self.engine.stream(request):
-            yield event
-
-    async def aclose(self) -> None:
-        pass
 
 
 def configure_cache(cache_dir: str | os.PathLike | None, *, memory: bool = True) -> None:

@@ -36,7 +36,9 @@ def main() -> None:
 
     llm.configure_cache(None)
     model = llm.build(llm.RoleSettings(max_tokens=args.max_tokens), concurrency=args.slots, cache=False)
-    server = llm._engines[next(iter(llm._engines))]._server  # the same in-process server
+    from auto_evol import gguf_engine
+
+    server = next(iter(gguf_engine._engines.values()))[0]._server  # the same in-process server
 
     def bare(prompt: str) -> int:
         out = server.handle_chat_completions({"messages": [{"role": "user", "content": prompt}],
