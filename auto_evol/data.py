@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 # Column names tried, in order, when the user names none.
 COMMON_INSTRUCTION_FIELDS = ("instruction", "prompt", "question", "query", "input", "text", "problem")
@@ -205,7 +205,7 @@ def _hub_rows(spec: str):
     except UserError:
         raise
     except Exception as exc:  # offline, unknown name or split, a broken download: one line, never a traceback
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:300]
+        first = first_line(exc)
         at = f" after row {n}" if n else ""
         raise UserError(f"{spec}: could not read this Hugging Face dataset{at} ({first})") from None
 
@@ -269,11 +269,6 @@ def _jsonl_rows(path: Path):
                 continue
             yield where, row if isinstance(row, dict) else BadRow(
                 where, f"expected a JSON object, got {type(row).__name__}{hint}")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _utf8_error(path: Path) -> str:
@@ -403,14 +398,14 @@ def _parquet_rows(path: Path):
         table = pq.ParquetFile(path, page_checksum_verification=True)
         batches = table.iter_batches(batch_size=4096)
     except Exception as exc:
-        raise UserError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise UserError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     n = 0
     while True:
         try:
             batch = next(batches, None)
             rows = [] if batch is None else batch.to_pylist()
         except Exception as exc:
-            raise UserError(f"{path} row {n + 1}: not a readable Parquet file ({_first_line(exc)})") from None
+            raise UserError(f"{path} row {n + 1}: not a readable Parquet file ({first_line(exc)})") from None
         if batch is None:
             return
         for row in rows:

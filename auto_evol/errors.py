@@ -8,3 +8,10 @@ class UserError(Exception):
 class Outage(Exception):
     """Most of a role's recent LLM calls failed after their retries (the provider is down, or refuses
     everything): the run stops with what it finished kept, instead of failing every item."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception in one line for a message: its text's first line (cut at ``limit``), or its type's
+    name when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dspy_tuning, gguf_engine
-from .errors import Outage, UserError
+from .errors import Outage, UserError, first_line
 from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, odd_credentials, redact, split_credentials
 
 EMBEDDED = "embedded"
@@ -211,11 +211,11 @@ class Llm:
     def _failed(self, exc: Exception, started: float) -> Exception:
         self.usage.add(None, time.perf_counter() - started)
         if _is_fatal(exc):
-            return UserError(f"{self.settings.label}: {_first_line(exc)}")
-        self.errors.add(True, _first_line(exc))
+            return UserError(f"{self.settings.label}: {first_line(exc)}")
+        self.errors.add(True, first_line(exc))
         if self.errors.tripped:
             return self._outage()
-        return LLMError(_first_line(exc))
+        return LLMError(first_line(exc))
 
     def _format(self, reply_format):
         return reply_format if self.structured else None
@@ -226,7 +226,7 @@ class Llm:
         if reply_format is None or not refuses_request(exc):
             return False
         if self.settings.structured == "on":
-            raise UserError(f"{self.settings.label}: structured output refused ({_first_line(exc)}); "
+            raise UserError(f"{self.settings.label}: structured output refused ({first_line(exc)}); "
                             f"use --structured auto or off") from None
         return True
 
@@ -237,7 +237,7 @@ class Llm:
             self._bounded = False   # quietly: the schema itself may still be taken
         elif self.structured:
             self.structured = False
-            self.notice(f"structured output refused ({_first_line(exc)}); this role goes on in free text")
+            self.notice(f"structured output refused ({first_line(exc)}); this role goes on in free text")
 
     async def aask(self, prompt: str, *, rollout: int | None = None, reply_format=None,
                    history: tuple[str, ...] = (), temperature: float | None = None) -> Reply:
@@ -305,11 +305,6 @@ def refuses_request(exc: BaseException) -> bool:
         if getattr(error, "status_code", None) == 400:   # LiteLLM's BadRequestError and kin
             return True
     return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
 
 
 @functools.cache

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from . import method as method_mod
-from .errors import UserError
+from .errors import UserError, first_line
 from .method import Method, text_problem
 from .tracking import client, missing_store, redact, tracking_uri
 
@@ -43,7 +43,7 @@ def load(spec: str) -> Method:
     try:
         prompt = mlflow.genai.load_prompt(spec, link_to_model=False)
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc, 200)
         raise UserError(f"{spec}: not found in the prompt registry at {redact(tracking_uri())} ({text})") from None
     if prompt is None:
         raise UserError(f"{spec}: not found in the prompt registry at {redact(tracking_uri())}")
@@ -109,7 +109,7 @@ def listing() -> list[dict]:
                              "aliases": CHAMPION if best is not None and best.version == v.version else "",
                              "failure_rate": f"{float(rate):.1%}" if rate else ""})
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc, 200)
         raise UserError(f"the prompt registry at {redact(tracking_uri())} cannot be read: {text}") from None
     return rows
 

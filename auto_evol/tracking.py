@@ -25,7 +25,7 @@ import urllib.parse
 from pathlib import Path
 
 from . import locks
-from .errors import UserError
+from .errors import UserError, first_line
 from .http_engine import redact
 
 DEFAULT_DIR = Path("mlruns")
@@ -107,7 +107,7 @@ def run_lock(run_id: str):
 
 
 def _unreachable(uri: str, exc: Exception) -> UserError:
-    return UserError(f"tracking store {redact(uri)} cannot be used: {str(exc).strip().splitlines()[0][:200]}")
+    return UserError(f"tracking store {redact(uri)} cannot be used: {first_line(exc, 200)}")
 
 
 def experiment_id(mlflow_client, name: str, uri: str) -> str:
