@@ -24,11 +24,12 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-from . import locks
+from . import locks, process_group
 from .errors import UserError, first_line
 from .http_engine import redact
 
 DEFAULT_DIR = Path("mlruns")
+SQLITE = "sqlite:///"
 KIND_TAG = "auto_evol.kind"
 PARENT_TAG = "mlflow.parentRunId"
 OPTIMIZE_RUN_TAG = "auto_evol.optimize_run"  # on an optimize run, its steps and their candidates: one filter finds all
@@ -39,17 +40,24 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+    return f"{SQLITE}{(DEFAULT_DIR / 'mlflow.db').resolve()}"
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a SQLite store URI, or None for any other store."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Where a SQLite store's artifacts go: ``artifacts/`` beside the database (None: the store decides)."""
+    db = _sqlite_file(uri)
+    return (db.parent / "artifacts").resolve().as_uri() if db is not None else None
 
 
 def missing_store(uri: str | None = None) -> Path | None:
     """The SQLite file of a store that does not exist yet, or None (it exists, or the store is a server)."""
-    uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.exists():
-            return db
-    return None
+    db = _sqlite_file(uri or tracking_uri())
+    return db if db is not None and not db.exists() else None
 
 
 def _quiet() -> None:
@@ -88,10 +96,6 @@ def client(uri: str | None = None, *, create: bool = True):
         return found
 
 
-def _sqlite_file(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-
-
 def run_lock(run_id: str):
     """The lock an optimize run is held under while a process works on it (its first run, or a
     --resume): a second --resume of the same run refuses at once, naming the holder."""
@@ -115,10 +119,7 @@ def experiment_id(mlflow_client, name: str, uri: str) -> str:
         found = mlflow_client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = None
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
-        return mlflow_client.create_experiment(name, artifact_location=location)
+        return mlflow_client.create_experiment(name, artifact_location=_artifact_root(uri))
     except UserError:
         raise
     except Exception as exc:
@@ -519,7 +520,6 @@ def ui_link(base_url: str, run_id: str | None = None) -> tuple[str, str]:
 def serve_ui(port: int, *, open_browser: bool = False, run_id: str | None = None) -> None:
     """Run the MLflow UI (mlflow server) over the project's store, bound to 127.0.0.1; print first the
     address of the latest optimize run's runs (or ``run_id``'s)."""
-    import subprocess
     import sys
 
     uri = tracking_uri()
@@ -531,8 +531,8 @@ def serve_ui(port: int, *, open_browser: bool = False, run_id: str | None = None
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     command = [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "server", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    if uri.startswith("sqlite:///"):
-        command += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()]
+    if _artifact_root(uri):
+        command += ["--default-artifact-root", _artifact_root(uri)]
     print(link, flush=True)
     print(f"  {what}", flush=True)
     print(f"MLflow UI on {base} (store {redact(uri)}), starting; Ctrl-C stops it", flush=True)
@@ -544,77 +544,8 @@ def serve_ui(port: int, *, open_browser: bool = False, run_id: str | None = None
         import webbrowser
 
         webbrowser.open(link)
-    # The server and its workers run in a process group of their own, which is stopped as a whole however
-    # this process ends (Ctrl-C, SIGTERM from a supervisor, SIGHUP from a closed terminal, the server
-    # exiting): a stopped `auto-evol ui` leaves no server behind holding the port. Being in their own
-    # session, they do not see the terminal's Ctrl-C themselves: it reaches them through this stop.
-    import contextlib
-    import signal
-    import threading
-
-    state: dict = {"proc": None, "stop": False, "stopping": False}
-
-    def _group_alive(pgid: int) -> bool:
-        if os.path.isdir("/proc/self"):  # Linux: zombies count as members for kill(), but hold nothing
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        fields = fh.read().rpartition(")")[2].split()
-                except OSError:
-                    continue
-                if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-                    return True
-            return False
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    def _stop_process_group(proc) -> None:
-        """SIGTERM to the server's whole group; whatever is still there after ~5 s gets SIGKILL."""
-        pgid = proc.pid  # start_new_session: the server leads a group (and session) of its own
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=0.1)  # reaps the leader, which would otherwise stay a zombie of the group
-            if proc.returncode is not None and not _group_alive(pgid):
-                return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-
-    def _request_stop(signum, frame):  # a signal becomes a clean stop, once the server is ours to stop
-        state["stop"] = True
-        if state["proc"] is not None and not state["stopping"]:
-            raise KeyboardInterrupt
-
-    handled = [s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
-    previous: dict = {}
-    if threading.current_thread() is threading.main_thread():
-        for s in handled:
-            previous[s] = signal.signal(s, _request_stop)
-    try:
-        try:
-            state["proc"] = subprocess.Popen(command, env=env, start_new_session=True)
-            if not state["stop"]:  # a signal that came while it was starting stops it at once
-                state["proc"].wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            state["stopping"] = True  # a second signal while stopping does not cut the stop short
-            if state["proc"] is not None:
-                _stop_process_group(state["proc"])
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    # Its own process group, stopped as a whole however this process ends: no server is left behind.
+    process_group.run(command, env=env)
 
 
 def log_evolve(options, result, stats: dict) -> str:

@@ -101,17 +101,9 @@ def test_written_datasets_follow_the_umask(tmp_path, fmt, name):
 
 def _proc_table() -> dict[int, tuple[int, str, str]]:
     """pid -> (parent pid, state, start time) of every process, read from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        table[int(entry)] = (int(fields[1]), fields[0], fields[19])
-    return table
+    from auto_evol.process_group import processes
+
+    return {pid: (int(fields[1]), fields[0], fields[19]) for pid, fields in processes().items()}
 
 
 def _descendants(root: int) -> dict[int, str]:
