@@ -270,8 +270,8 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: Path, evol:
         _prepare(work, options, methods)
         seeds_path, bad = _ingest(options, work)
     except BaseException:
-        if fresh:   # nothing was done yet: leave no folder (or manifest) behind
-            _drop_work(work)
+        if fresh:   # nothing was done yet: leave no folder (or manifest) behind; the lock goes with it,
+            shutil.rmtree(work, ignore_errors=True)   # as this process, its holder, is about to let go
         raise
     for stale in work.glob(".*.tmp"):   # a journal rewrite or stats write cut short by a kill
         stale.unlink(missing_ok=True)
@@ -283,7 +283,7 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: Path, evol:
     for round_ in range(1, options.rounds + 1):
         if not complete:
             break
-        pool = seeds_path if round_ == 1 else work / f"round{round_ - 1}.jsonl"
+        pool = seeds_path if round_ == 1 else _journal(work, round_ - 1)
         complete = llm_mod.run_async(_round(round_, pool, options, work, methods, evol, answerer, budget, reporter))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
         "evol_and_answer": evol.usage.snapshot()}
@@ -309,12 +309,6 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: Path, evol:
         result.run_id = log_evolve(options, result, stats)
     reporter.finish(result)
     return result
-
-
-def _drop_work(work: Path) -> None:
-    """Remove a work folder that holds no finished work (the lock file goes with it: its holder is
-    this process, which is about to let go)."""
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def _prepare(work: Path, options: EvolveOptions, methods) -> None:
@@ -392,34 +386,40 @@ def _row_problem(row, field_name, options: EvolveOptions, seen: set[str], n: int
     return row_problem(row, field_name, seen, n, options.max_instruction_chars, "--max-instruction-chars")
 
 
+def _journal(work: Path, round_: int, kind: str = "") -> Path:
+    """Round ``round_``'s journal in the work folder (0: the seeds' answers); ``kind`` "partial": the
+    finished steps of its unfinished items."""
+    return work / f"round{round_}{'.' + kind if kind else ''}.jsonl"
+
+
 def _done_ids(journal: Path) -> set[str]:
     return {row["seed_id"] for row in read(journal)}
 
 
-def _forget_call_errors(journal: Path, settled: set[str] = frozenset()) -> int:
-    """Drop the journal's ``llm_error`` rows so this run tries those items again (a provider that was
-    down says nothing about the items); rows in ``settled`` (already carried into the next round)
-    stay. The journal is rewritten atomically, and only when there is something to drop."""
-    def retried(row: dict) -> bool:
-        return row.get("reason") == Failure.LLM_ERROR.value and row["seed_id"] not in settled
-
-    if not any(retried(row) for row in read(journal)):
-        return 0
-    dropped = 0
-    with atomic_write(journal) as fh:
-        for row in read(journal):
-            if retried(row):
-                dropped += 1
-            else:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return dropped
+def _resume(journal: Path, next_journal: Path | None = None) -> set[str]:
+    """The items ``journal`` holds as done, after dropping its ``llm_error`` rows so this run tries
+    those items again (a provider that was down says nothing about the items); rows already carried
+    into ``next_journal`` (the next round's) stay. One pass over the journal; it is rewritten,
+    atomically, only when there is something to drop."""
+    done, failed = set(), set()
+    for row in read(journal):
+        done.add(row["seed_id"])
+        if row.get("reason") == Failure.LLM_ERROR.value:
+            failed.add(row["seed_id"])
+    if failed and next_journal is not None:
+        failed -= _done_ids(next_journal)
+    if failed:
+        with atomic_write(journal) as fh:
+            for row in read(journal):
+                if not (row["seed_id"] in failed and row.get("reason") == Failure.LLM_ERROR.value):
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return done - failed
 
 
 async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -> bool:
     """Seeds that came without an answer get one, so round 0 of the output is complete."""
-    journal_path = work / "round0.jsonl"
-    _forget_call_errors(journal_path)
-    done = _done_ids(journal_path)
+    journal_path = _journal(work, 0)
+    done = _resume(journal_path)
     unanswered = sum(1 for row in read(seeds_path) if not row["output"])
     if unanswered == len(done):
         return True
@@ -491,16 +491,15 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _B
 
 async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, methods, evol: Llm,
                  answerer: Llm, budget: _Budget, reporter) -> bool:
-    journal_path = work / f"round{round_}.jsonl"
-    _forget_call_errors(journal_path, settled=_done_ids(work / f"round{round_ + 1}.jsonl"))
-    done = _done_ids(journal_path)
+    journal_path = _journal(work, round_)
+    done = _resume(journal_path, _journal(work, round_ + 1))
     total = sum(1 for _ in read(pool))
     reporter.phase(f"round {round_}", total, len(done))
     evol_label, answer_label = evol.settings.label, answerer.settings.label
 
     # Steps an earlier run finished for items it did not finish (the evolution, the judge's verdict):
     # a rerun starts those items after them, so without a reply cache it pays for no finished call.
-    partial_path = work / f"round{round_}.partial.jsonl"
+    partial_path = _journal(work, round_, "partial")
     known = {row["seed_id"]: row for row in read(partial_path) if row["seed_id"] not in done}
     partial = Journal(partial_path, flush=False)   # a kill may cost its last lines: calls paid again, nothing lost
 
@@ -540,7 +539,7 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, me
 def _rollout(seed: int, seed_id: str, round_: int) -> int:
     """A stable id per (seed, item, round): each round's attempt at an item is its own sample and its
     own cache entry, so a failed item tried again next round is drawn anew, while a rerun of the
-    same command still finds every finished call in the cache."""
+    same command with --cache-dir still finds every finished call in the cache."""
     digest = hashlib.sha256(f"{seed}:{seed_id}:{round_}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
@@ -585,7 +584,7 @@ def _round_stats(work: Path, rounds: int) -> list[RoundStats]:
     stats = []
     for round_ in range(1, rounds + 1):
         s = RoundStats(round_)
-        for row in read(work / f"round{round_}.jsonl"):
+        for row in read(_journal(work, round_)):
             if row["status"] == "kept":
                 s.kept += 1
                 s.words_before += _words(row["parent_instruction"])
@@ -607,11 +606,11 @@ def _records(options: EvolveOptions, work: Path, seeds_path: Path):
     for row in read(seeds_path):
         if row["output"]:
             yield seed_record(row)
-    for row in read(work / "round0.jsonl"):
+    for row in read(_journal(work, 0)):
         if row["output"]:
             yield seed_record(row)
     for round_ in range(1, options.rounds + 1):
-        for row in read(work / f"round{round_}.jsonl"):
+        for row in read(_journal(work, round_)):
             if row["status"] == "kept":
                 yield {"id": f"{row['seed_id']}#{round_}", **{k: row.get(k) for k in (
                     "seed_id", "round", "instruction", "input", "output", "method", "method_hash",
@@ -629,12 +628,12 @@ def _assemble(options: EvolveOptions, work: Path, seeds_path: Path, out: Path, f
 
 def _write_rejects(work: Path, rounds: int, path: Path) -> None:
     with atomic_write(path) as fh:
-        for row in read(work / "round0.jsonl"):
+        for row in read(_journal(work, 0)):
             if not row["output"]:
                 fh.write(json.dumps({"id": f"{row['seed_id']}#0", "round": 0, "status": "rejected", **row},
                                     ensure_ascii=False) + "\n")
         for round_ in range(1, rounds + 1):
-            for row in read(work / f"round{round_}.jsonl"):
+            for row in read(_journal(work, round_)):
                 if row["status"] == "rejected":
                     fh.write(json.dumps({"id": f"{row['seed_id']}#{round_}", **row}, ensure_ascii=False) + "\n")
 
