@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,7 +126,7 @@ class ErrorWindow:
 
     def __init__(self, limit: float = MAX_ERROR_RATE, size: int = ERROR_WINDOW) -> None:
         self.limit, self.size = limit, size
-        self._outcomes: list[bool] = []
+        self._outcomes: deque[bool] = deque(maxlen=size)
         self._lock = threading.Lock()
         self.tripped: str | None = None    # the line that says why, once tripped
         self.last_error = ""
@@ -134,10 +135,11 @@ class ErrorWindow:
         with self._lock:
             if failed:
                 self.last_error = error
-            self._outcomes = (self._outcomes + [failed])[-self.size:]
-            share = sum(self._outcomes) / len(self._outcomes)
-            if self.tripped is None and len(self._outcomes) == self.size and share > self.limit and self.limit < 1:
-                self.tripped = (f"{sum(self._outcomes)} of the last {self.size} calls failed after their retries "
+            self._outcomes.append(failed)
+            failures = sum(self._outcomes)
+            if (self.tripped is None and self.limit < 1 and len(self._outcomes) == self.size
+                    and failures > self.limit * self.size):
+                self.tripped = (f"{failures} of the last {self.size} calls failed after their retries "
                                 f"(--max-error-rate {self.limit:g}); the last error: {self.last_error}")
 
 
@@ -217,47 +219,46 @@ class Llm:
             return self._outage()
         return LLMError(first_line(exc))
 
-    def _format(self, reply_format):
-        return reply_format if self.structured else None
+    def _prepare(self, prompt: str, rollout: int | None, reply_format, history: tuple[str, ...],
+                 temperature: float | None):
+        """What ``ask`` and ``aask`` send: (the format asked for, whether bounded, request, kwargs);
+        a role stopped by an outage asks nothing more."""
+        if self.errors.tripped:
+            raise self._outage()
+        fmt = reply_format if self.structured else None
+        return (fmt, self._bounded, *self._request(prompt, rollout, fmt, history, temperature))
 
-    def _schema_refused(self, exc: Exception, reply_format) -> bool:
-        """Whether a call that carried a schema failed because of it; True means: ask again with
-        less (see ``_step_down``). Under --structured on, the refusal ends the run instead."""
-        if reply_format is None or not refuses_request(exc):
-            return False
-        if self.settings.structured == "on":
-            raise UserError(f"{self.settings.label}: structured output refused ({first_line(exc)}); "
-                            f"use --structured auto or off") from None
-        return True
-
-    def _step_down(self, exc: Exception, sent_bounded: bool) -> None:
-        """After a refused schema: first drop the string bounds (hosted strict modes may not take
-        maxLength), then the schema itself. Calls refused together step down once."""
-        if sent_bounded:
-            self._bounded = False   # quietly: the schema itself may still be taken
-        elif self.structured:
-            self.structured = False
-            self.notice(f"structured output refused ({first_line(exc)}); this role goes on in free text")
+    def _after_failure(self, exc: Exception, fmt, bounded: bool, started: float) -> None:
+        """Return when the call should be asked again with less (a refused schema: first the string
+        bounds go, quietly, since hosted strict modes may not take maxLength; then the schema itself,
+        with a notice; calls refused together step down once); raise the call's failure otherwise.
+        Under --structured on a refused schema ends the run."""
+        if fmt is not None and refuses_request(exc):
+            if self.settings.structured == "on":
+                raise UserError(f"{self.settings.label}: structured output refused ({first_line(exc)}); "
+                                f"use --structured auto or off") from None
+            if bounded:
+                self._bounded = False
+            elif self.structured:
+                self.structured = False
+                self.notice(f"structured output refused ({first_line(exc)}); this role goes on in free text")
+            return
+        raise self._failed(exc, started) from None
 
     async def aask(self, prompt: str, *, rollout: int | None = None, reply_format=None,
                    history: tuple[str, ...] = (), temperature: float | None = None) -> Reply:
         """``ask`` for asyncio code: many calls in flight on one thread."""
         import dspy
 
-        if self.errors.tripped:
-            raise self._outage()
-        fmt, bounded = self._format(reply_format), self._bounded
-        request, kwargs = self._request(prompt, rollout, fmt, history, temperature)
+        fmt, bounded, request, kwargs = self._prepare(prompt, rollout, reply_format, history, temperature)
         started = time.perf_counter()
         try:
             with dspy.track_usage() as tracker:
                 response = await self._lm.acall(request, **kwargs)
         except Exception as exc:
-            if self._schema_refused(exc, fmt):
-                self._step_down(exc, bounded)
-                return await self.aask(prompt, rollout=rollout, reply_format=reply_format, history=history,
-                                       temperature=temperature)
-            raise self._failed(exc, started) from None
+            self._after_failure(exc, fmt, bounded, started)
+            return await self.aask(prompt, rollout=rollout, reply_format=reply_format, history=history,
+                                   temperature=temperature)
         return self._reply(response, tracker, started, fmt)
 
     async def aclose(self) -> None:
@@ -274,21 +275,16 @@ class Llm:
         ``prompt`` continues; ``temperature`` overrides the role's for this call."""
         import dspy
 
-        if self.errors.tripped:
-            raise self._outage()
-        fmt, bounded = self._format(reply_format), self._bounded
-        request, kwargs = self._request(prompt, rollout, fmt, history, temperature)
+        fmt, bounded, request, kwargs = self._prepare(prompt, rollout, reply_format, history, temperature)
         started = time.perf_counter()
         try:
             # DSPy's usage tracker records nothing for a cache hit: that is how a hit is told apart.
             with dspy.track_usage() as tracker:
                 response = self._lm(request, **kwargs)
         except Exception as exc:
-            if self._schema_refused(exc, fmt):
-                self._step_down(exc, bounded)
-                return self.ask(prompt, rollout=rollout, reply_format=reply_format, history=history,
-                                temperature=temperature)
-            raise self._failed(exc, started) from None
+            self._after_failure(exc, fmt, bounded, started)
+            return self.ask(prompt, rollout=rollout, reply_format=reply_format, history=history,
+                            temperature=temperature)
         return self._reply(response, tracker, started, fmt)
 
 
