@@ -1,6 +1,7 @@
 """Shared test helpers: a scripted LM that runs behind DSPy exactly like a real engine."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 
@@ -74,3 +75,13 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def project(workdir):
+    """A folder for optimize runs: 40 questions (``prompt`` column) and ``init.md``; a test module may
+    define its own ``project`` instead."""
+    (workdir / "questions.jsonl").write_text(
+        "\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(40)))
+    (workdir / "init.md").write_text("Rewrite (level 0) this: {instruction}\n")   # fake_openai's world
+    return workdir

@@ -23,7 +23,6 @@ from auto_evol.optimize import optimize
 from conftest import scripted_llm
 from fake_openai import FakeOpenAI, evolve_world
 
-INIT = "Rewrite (level 0) this: {instruction}\n"
 PASSWORD = "s3cret-pw-7d1e"
 
 
@@ -58,14 +57,6 @@ def one_error_line(proc) -> str:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     return lines[0]
-
-
-@pytest.fixture
-def project(workdir):
-    (workdir / "questions.jsonl").write_text(
-        "\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(40)))
-    (workdir / "init.md").write_text(INIT)
-    return workdir
 
 
 def optimize_args(base: str, *extra: str) -> list[str]:

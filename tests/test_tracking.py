@@ -16,16 +16,7 @@ from auto_evol import method, optimize, registry
 from auto_evol.errors import UserError
 from fake_openai import FakeOpenAI
 
-INIT = "Rewrite (level 0) this: {instruction}\n"
 FAKE_KEY = "sk-fake-9f8e7d6c5b4a-do-not-log"
-
-
-@pytest.fixture
-def project(workdir):
-    (workdir / "questions.jsonl").write_text(
-        "\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(40)))
-    (workdir / "init.md").write_text(INIT)
-    return workdir
 
 
 def settings(fake, **extra):
