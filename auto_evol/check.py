@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backends import build
 from .errors import UserError
-from .llm import LLMError, Llm, RoleSettings, build
+from .llm import LLMError, Llm, RoleSettings
 from .replies import Field, ReplyFormat
 
 PROBE = "Reply with the single word: ready"

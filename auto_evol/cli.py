@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
+from . import selection as selection_mod
 from .errors import Outage, UserError
+from .output import format_help
 
 OUTAGE_EXIT = 4   # 2: bad input or setup; 3: evolve stopped at --max-calls; 4: stopped by an LLM outage
 
@@ -55,8 +57,49 @@ MAX_ERROR_RATE_HELP = ("Stop (exit 4, finished work kept) when more than this sh
                        "failed after their retries; 1 never stops. [default: 0.5]")
 
 
+# Parameters that say how a verb runs or prints, not what it does: never an option of its dataclass.
+NOT_OPTIONS = frozenset({"config", "quiet", "dry_run"})
+# Flags that set an option of another name: the option and the value a typed flag gives it.
+SWITCHES = {"no_track": ("track", False), "no_cache": ("cache_dir", None)}
+RENAMED = {"method": "methods"}   # --method / --methods, repeated: the list of methods
+
+
+def _typed_flags(ctx: typer.Context, skip: tuple[str, ...] = ()) -> dict:
+    """The flags the user typed, as option names and values. Click knows which parameters were left at
+    their default; those are left out, so a preset or the dataclass decides them and `--steps 10` typed
+    over a preset's `steps = 2` still wins, though 10 is the default."""
+    flags = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if name in NOT_OPTIONS or name in skip or source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        if name in SWITCHES:
+            if value:
+                option, value = SWITCHES[name]
+                flags[option] = value
+            continue
+        flags[RENAMED.get(name, name)] = list(value) if isinstance(value, tuple) else value
+    return flags
+
+
+def _options(ctx: typer.Context, options_type, config: Path | None = None, *, from_preset=None,
+             skip: tuple[str, ...] = ()):
+    """The verb's options dataclass, the same way for every verb: typed flag > --config preset > the
+    dataclass's default (see config.build_options). A preset holds optimize's options; ``from_preset``
+    names those this verb takes."""
+    from .config import build_options, load_preset
+
+    preset = {}
+    if config is not None:
+        from .optimize import Options
+
+        preset = load_preset(config, Options)
+    return build_options(options_type, _typed_flags(ctx, skip), preset, from_preset=from_preset)
+
+
 @app.command()
 def optimize(
+    ctx: typer.Context,
     data: Optional[str] = typer.Option(None, help="Registered data set (dev_sets/) or a JSONL/JSON/CSV/Parquet file. [default: gsm8k_seed]"),
     config: Optional[Path] = typer.Option(None, help="TOML preset; flags override it."),
     instruction_field: Optional[str] = typer.Option(None, help="Column holding the instruction (guessed when omitted)."),
@@ -86,8 +129,7 @@ def optimize(
     experiment: Optional[str] = typer.Option(None, help="MLflow experiment. [default: the data set's name]"),
     trace: bool = typer.Option(False, "--trace", help="Record every LLM call as an MLflow trace."),
     resume: Optional[str] = typer.Option(None, help="Go on with an interrupted run (its run id); its own settings apply."),
-    selection: Optional[str] = typer.Option(None, help="full | halving (successive halving over the dev set) | race (drop a candidate once it is "
-                                                             "clearly worse than the leader on the same items). [default: full]"),
+    selection: Optional[str] = typer.Option(None, help=selection_mod.help_text()),
     accept: Optional[str] = typer.Option(None, help="lower | paired (a paired test on the same dev items must agree). [default: lower]"),
     confidence: Optional[float] = typer.Option(None, help="Confidence of --accept paired. [default: 0.95]"),
     max_error_rate: Optional[float] = typer.Option(None, help=MAX_ERROR_RATE_HELP),
@@ -95,41 +137,33 @@ def optimize(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print e*'s path only."),
 ) -> None:
     """Optimize an evolving method on a data set, from e0 (or --init-method) to e*."""
-    from .config import load_preset
     from .optimize import Options
     from .optimize import optimize as run
 
-    given = {k: v for k, v in locals().items()
-             if k not in ("config", "no_cache", "no_track", "trace", "quiet", "load_preset", "Options", "run")
-             and v is not None}
-    settings = load_preset(config, Options) if config else {}
-    settings.update(given)
-    if no_cache:
-        settings["cache_dir"] = None
-    if no_track:
-        settings["track"] = False
-    if trace:
-        settings["trace"] = True
-    reporter = None
-    if not quiet:
-        from .console import RichReporter
+    options = _options(ctx, Options, config)
+    from .tracking import OptimizeLogger
 
-        reporter = RichReporter()
-    result = run(Options(**settings), reporter=reporter)
+    observers = [OptimizeLogger()]     # the run in MLflow (inert under --no-track)
+    if not quiet:
+        from .console import OptimizeConsole
+
+        observers.insert(0, OptimizeConsole())
+    result = run(options, observers=observers)
     if quiet:
         typer.echo(str(result.method_path))
 
 
 @app.command()
 def evolve(
+    ctx: typer.Context,
     data: str = typer.Option(..., help="Seeds: a JSONL/JSON/CSV/Parquet file, or a Hugging Face dataset as "
                                        "hf:NAME[:SPLIT] or hf:NAME:CONFIG:SPLIT (needs auto-evol[hf]; streamed)."),
     method: list[str] = typer.Option(["evol-instruct"], "--method",
                                      help="Method(s): evol-instruct (the six classic operators), a name in methods/, a file, "
                                           "or prompts:/...; NAME=WEIGHT to weigh several. Repeatable."),
     rounds: int = typer.Option(4, help="Evolution rounds M."),
-    out: Path = typer.Option(Path("evolved.jsonl"), help="Output file; its work folder is OUT.work/."),
-    format: Optional[str] = typer.Option(None, help="jsonl | alpaca | sharegpt | openai | parquet [default: from --out]"),
+    out: str = typer.Option("evolved.jsonl", help="Output file; its work folder is OUT.work/."),
+    format: Optional[str] = typer.Option(None, help=format_help()),
     sample: Optional[int] = typer.Option(None, help="Draw this many records from seeds + all rounds."),
     seed: int = typer.Option(0, help="Seed for method choice, shuffle and sample."),
     instruction_field: Optional[str] = typer.Option(None, help="Instruction column (guessed when omitted)."),
@@ -159,7 +193,8 @@ def evolve(
                                                       "across work folders (another --out, --restart). Off by default: "
                                                       "the work folder already keeps every finished call for a rerun."),
     no_track: bool = typer.Option(False, "--no-track", help="Record nothing in MLflow."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print the output's path "
+                                                            "only (incomplete when it stopped early)."),
 ) -> None:
     """Evolve a dataset with e* or the classic Evol-Instruct operators; rerunning continues where it stopped."""
     import json as _json
@@ -167,30 +202,33 @@ def evolve(
     from .evolve import EvolveOptions
     from .evolve import evolve as run
 
-    options = EvolveOptions(
-        data=data, out=str(out), methods=list(method), rounds=rounds, sample=sample, format=format, seed=seed,
-        instruction_field=instruction_field, input_field=input_field, output_field=output_field,
-        evol_model=evol_model, answer_model=answer_model, api_base=api_base, answer_temperature=answer_temperature,
-        answer_top_p=answer_top_p, answer_max_tokens=answer_max_tokens, evol_max_tokens=evol_max_tokens,
-        evol_temperature=evol_temperature, retry_temperature=retry_temperature, structured=structured, judge=judge, concurrency=concurrency, timeout=timeout, max_calls=max_calls, max_error_rate=max_error_rate, on_bad_line=on_bad_line, restart=restart,
-        track=not no_track, **({"cache_dir": cache_dir} if cache_dir else {}))
+    options = _options(ctx, EvolveOptions)
     if dry_run:
         typer.echo(_json.dumps(run(options, dry_run=True), indent=2))
         return
-    reporter = None
+    from .tracking import EvolveLogger
+
+    observers = [EvolveLogger()]       # the finished run in MLflow (inert under --no-track)
     if not quiet:
         from .console import EvolveConsole
 
-        reporter = EvolveConsole()
-    result = run(options, reporter=reporter)
+        observers.insert(0, EvolveConsole())
+    result = run(options, observers=observers)
     if quiet:
         typer.echo(str(result.out) if result.complete else "incomplete")
     if not result.complete:
         raise typer.Exit(3)
 
 
+# The preset settings compare takes: a preset holds optimize's options, and compare's rounds (per dev item),
+# batch size and confidence (of its intervals) mean something else than optimize's.
+COMPARE_FROM_PRESET = ("data", "instruction_field", "dev_size", "seed", "evol_model", "api_base", "evol_max_tokens",
+                       "concurrency", "cache_dir", "structured")
+
+
 @app.command()
 def compare(
+    ctx: typer.Context,
     method: list[str] = typer.Option(..., "--methods", "--method",
                                      help="Methods to compare: `--methods e0 weak evol-instruct methods/x.md` (names, files, "
                                           "prompts:/ URIs; evol-instruct is the six classic operators)."),
@@ -216,72 +254,77 @@ def compare(
     """Compare methods side by side: failure rate with intervals, difficulty, diversity, length growth."""
     from .compare import CompareOptions
     from .compare import compare as run
-    from .config import load_preset
-    from .optimize import Options
 
-    preset = load_preset(config, Options) if config else {}
-    shared = ("data", "instruction_field", "dev_size", "seed", "evol_model", "api_base", "evol_max_tokens",
-              "concurrency", "cache_dir", "structured")
-    settings = {k: v for k, v in preset.items() if k in shared}
-    given = {"data": data, "dev_size": dev_size, "seed": seed, "evol_model": evol_model, "api_base": api_base,
-             "evol_max_tokens": evol_max_tokens, "concurrency": concurrency, "cache_dir": cache_dir,
-             "structured": structured}
-    settings.update({k: v for k, v in given.items() if v is not None})
-    summary = run(CompareOptions(methods=list(method), rounds=rounds, baseline=baseline, confidence=confidence,
-                                 judge_model=judge_model, embeddings=embeddings, out=out, track=not no_track,
-                                 **settings))
-    report = Path(out or Path("reports") / summary["data"]) / "report.md"
+    from .tracking import CompareLogger
+
+    options = _options(ctx, CompareOptions, config, from_preset=COMPARE_FROM_PRESET)
+    observers = [CompareLogger()]      # the comparison in MLflow (inert under --no-track)
+    if not quiet:
+        from .console import CompareConsole
+
+        observers.insert(0, CompareConsole())
+    summary = run(options, observers=observers)
+    report = Path(options.out or Path("reports") / summary.data) / "report.md"
     if quiet:
         typer.echo(str(report))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['data']}: {summary['dev_items']} dev items, baseline {summary['baseline']}")
+    table = Table(title=f"{summary.data}: {summary.dev_items} dev items, baseline {summary.baseline}")
     for column in ("method", "failure rate [interval]", "vs baseline", "difficulty by round", "length growth"):
         table.add_column(column, overflow="fold")
-    for name, s in summary["methods"].items():
-        fr, d = s["failure_rate"], s["difference_to_baseline"]
-        table.add_row(name, f"{fr['estimate']:.1%} [{fr['low']:.1%}, {fr['high']:.1%}]",
-                      f"{d['estimate']:+.1%} [{d['low']:+.1%}, {d['high']:+.1%}]",
-                      " / ".join("-" if r["difficulty"] is None else f"{r['difficulty']:.1f}" for r in s["per_round"]),
-                      " / ".join(f"{r['length_growth']:.2f}x" for r in s["per_round"]))
+    for name, s in summary.methods.items():
+        fr, d = s.failure_rate, s.difference_to_baseline
+        table.add_row(name, f"{fr.estimate:.1%} [{fr.low:.1%}, {fr.high:.1%}]",
+                      f"{d.estimate:+.1%} [{d.low:+.1%}, {d.high:+.1%}]",
+                      " / ".join("-" if r.difficulty is None else f"{r.difficulty:.1f}" for r in s.per_round),
+                      " / ".join(f"{r.length_growth:.2f}x" for r in s.per_round))
     console = Console()
     console.print(table)
     console.print(f"report: {report}; embeddings: "
-                  f"{summary['embeddings']}" + (f"; MLflow run {summary['run_id']}" if summary.get("run_id") else ""))
+                  f"{summary.embeddings}" + (f"; MLflow run {summary.run_id}" if summary.run_id else ""))
 
 
 @app.command()
 def check(
+    ctx: typer.Context,
     evol_model: Optional[str] = typer.Option(None, help="Evol LLM. [default: embedded]"),
     optimizer_model: Optional[str] = typer.Option(None, help="Optimizer LLM. [default: embedded]"),
     answer_model: Optional[str] = typer.Option(None, help="Answer LLM of evolve, when it differs."),
     api_base: Optional[str] = typer.Option(None, help="OpenAI-compatible server for provider models."),
     structured: str = typer.Option("auto", help=STRUCTURED_HELP),
+    config: Optional[Path] = typer.Option(None, help="TOML preset: check its models with its sampling settings; "
+                                                      "flags override it."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the roles that cannot work (and nothing "
+                                                            "when all can); the exit code says the rest."),
 ) -> None:
     """One tiny call per role: reachable, key accepted, structured output, sampling parameters (the
     paper's defaults per role, adapted to known provider rules)."""
+    from . import backends
     from . import llm as llm_mod
     from . import providers
     from .check import probe
     from .optimize import Options
 
-    llm_mod.check_structured(structured)
-    base = Options(evol_model=evol_model, optimizer_model=optimizer_model, api_base=api_base, structured=structured)
+    base = _options(ctx, Options, config, skip=("answer_model",))   # evolve's answer role is no optimize option
+    llm_mod.check_structured(base.structured)
     roles = [("evol", base.evol_settings()), ("optimizer", base.optimizer_settings())]
     if answer_model:
-        roles.append(("answer", llm_mod.RoleSettings(answer_model, api_base, 1.0, 0.9, 2048, structured=structured)))
+        roles.append(("answer", llm_mod.RoleSettings(answer_model, base.api_base, 1.0, 0.9, 2048,
+                                                     structured=base.structured)))
     for settings, flag in [(s, f"--{r}-model") for r, s in roles]:
-        llm_mod.check(settings, flag)
-    llm_mod.configure_cache(None)
+        backends.check(settings, flag)
+    backends.configure_cache(None)
     usable = True
     for role, settings in roles:
         adapted, notices = providers.adapt(settings)
-        for text in notices:
-            typer.echo(f"{role} {settings.label}: {text}")
+        if not quiet:
+            for text in notices:
+                typer.echo(f"{role} {settings.label}: {text}")
         verdict = probe(adapted, role)
-        typer.echo(verdict.line())
+        if not quiet or not verdict.ok:
+            typer.echo(verdict.line())
         usable &= verdict.ok
     if not usable:
         raise typer.Exit(2)
@@ -311,20 +354,26 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
     """Serve the MLflow UI over the project's store, on 127.0.0.1 only; first prints the address of the latest
     optimize run's steps and candidates with their failure rates."""
-    from .tracking import serve_ui
+    from .ui import serve_ui
 
     serve_ui(port, open_browser=open_browser, run_id=run)
 
 
 @app.command()
-def runs(limit: int = typer.Option(50, help="At most this many runs, newest first.")) -> None:
+def runs(limit: int = typer.Option(50, help="At most this many runs, newest first."),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; print the run ids only, one a line "
+                                                                 "(for --resume, ui --run, methods export).")) -> None:
     """Past optimize runs: data, models, failure rate e0 -> e*, steps, calls, date, run id."""
     from rich.console import Console
     from rich.table import Table
 
-    from .tracking import optimize_runs
+    from .store import optimize_runs
 
     rows = optimize_runs(limit)
+    if quiet:
+        for r in rows:
+            typer.echo(r["run_id"])
+        return
     table = Table(title=f"{len(rows)} optimize runs")
     for column in ("data", "evol / optimizer", "failure rate e0 -> e*", "steps", "calls", "date", "status", "run id"):
         table.add_column(column, overflow="fold")
@@ -339,7 +388,9 @@ app.add_typer(methods_app, name="methods")
 
 
 @methods_app.command("list")
-def methods_list() -> None:
+def methods_list(quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or notes; print each method's "
+                                                                          "name or prompts:/ URI only, one a line.")
+                 ) -> None:
     """Every method: files in methods/, the shipped ones, and prompt versions in the registry (no store needed)."""
     from rich.console import Console
     from rich.table import Table
@@ -351,6 +402,12 @@ def methods_list() -> None:
         prompts, problem = registry.listing(), None
     except UserError as exc:  # the local methods are still worth showing
         prompts, problem = [], exc
+    if quiet:   # what --method, --methods and methods show take, for a script to loop over
+        for name in [f["name"] for f in files] + [row["uri"] for row in prompts]:
+            typer.echo(name)
+        if problem is not None:
+            raise problem
+        return
     classic = sum(f["name"].startswith("evol-instruct-") for f in files)
     table = Table(title="methods", caption=f"evol-instruct (evolve, compare): the {classic} evol-instruct-* methods, "
                                            "one drawn at random per instruction" if classic else None)

@@ -9,37 +9,26 @@ t-SNE map). A report (Markdown + PNG plots) is written and logged to MLflow.
 """
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import backends
 from . import llm as llm_mod
 from . import stats
 from .devset import load_split
 from .errors import UserError
-from .evolve import pick, resolve_methods
-from .failure import Failure, answer_failure
+from .failure import Failure
+from .judge import DIFFICULTY_PROMPT, difficulty_score
 from .llm import Llm, RoleSettings
+from .method import pick
+from .observer import Observer, Observers
+from .registry import resolve_methods
 from .runner import Runner
-from .trajectory import answer, evolve_once, stage0
-
-DIFFICULTY_PROMPT = """\
-Rate how difficult and complex the instruction below is to carry out, on a scale from 1 (trivial) to
-10 (very hard). Reply with the number only.
-
-Instruction:
-{instruction}
-"""
-_SCORE = re.compile(r"^\s*(10|[1-9])(?:\.0+)?\s*\.?\s*$")
-
-
-def difficulty_score(reply: str) -> int | None:
-    """The judge's score, or None when the reply is not a bare score (counted, never guessed)."""
-    match = _SCORE.match(reply.strip().strip("*"))
-    return int(match.group(1)) if match else None
+from .trajectory import evolve_and_answer, stage0
 
 
 @dataclass
@@ -60,7 +49,7 @@ class CompareOptions:
     embeddings: str = "auto"          # auto | tfidf | sentence
     out: str | None = None            # report folder; reports/<data> when None
     concurrency: int = 4
-    cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
+    cache_dir: str | None = backends.DEFAULT_CACHE_DIR
     track: bool = True
     structured: str = "auto"          # JSON-schema replies from the evolver: auto | on | off
 
@@ -83,15 +72,112 @@ class MethodReport:
         return [self.stages[i][round_ - 1].failure is not None for i in items]
 
 
-class CompareReporter:
-    def phase(self, name: str, total: int) -> None: ...
-    def advance(self, name: str) -> None: ...
+# The summary: typed, so the report, the terminal table and a caller of compare() read fields a type
+# checker knows rather than string keys; frozen, as it is the record of a finished comparison.
+# to_dict() is summary.json's content, key for key, and what tracking.log_compare reads.
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    failure_rate: float               # of all dev items after this round (a round that failed counts)
+    difficulty: float | None          # the judge's mean over the instructions this round changed; None: none scored
+    unscored: int                     # judge replies that were not a score
+    length_growth: float              # mean words of the instruction over words of its seed
+
+    def to_dict(self) -> dict:
+        return {"round": self.round, "failure_rate": self.failure_rate, "difficulty": self.difficulty,
+                "unscored": self.unscored, "length_growth": self.length_growth}
+
+
+def _interval(i: stats.Interval) -> dict:
+    return {"estimate": i.estimate, "low": i.low, "high": i.high}
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    failure_rate: stats.Interval              # round 1, with its bootstrap interval
+    difference_to_baseline: stats.Interval    # paired, on the same dev items; negative: fails less
+    failures: dict[str, int]                  # round-1 failures by type
+    per_round: tuple[RoundSummary, ...]
+    evolved_instructions: int
+
+    def to_dict(self) -> dict:
+        return {"failure_rate": _interval(self.failure_rate),
+                "difference_to_baseline": _interval(self.difference_to_baseline),
+                "failures": dict(self.failures), "per_round": [r.to_dict() for r in self.per_round],
+                "evolved_instructions": self.evolved_instructions}
+
+
+@dataclass(frozen=True)
+class GroupDiversity:
+    count: int
+    mean_pairwise_distance: float | None      # cosine; None for a group of one
+    silhouette: float
+    clusters: int                             # k-means clusters the group's instructions fall in
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "mean_pairwise_distance": self.mean_pairwise_distance,
+                "silhouette": self.silhouette, "clusters": self.clusters}
+
+
+@dataclass(frozen=True)
+class TsneMap:
+    """The 2-D points of the scatter plot, one per instruction, and whose each is."""
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    owner: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Diversity:
+    k: int
+    groups: dict[str, GroupDiversity]         # "seeds", then each method
+    tsne: TsneMap
+
+    def to_dict(self) -> dict:
+        """Without the t-SNE points: they are the plot's data, one pair per instruction, not a result."""
+        return {"k": self.k, "groups": {owner: g.to_dict() for owner, g in self.groups.items()}}
+
+
+@dataclass(frozen=True)
+class CompareSummary:
+    data: str
+    dev_items: int
+    rounds: int
+    baseline: str
+    confidence: float
+    embeddings: str                           # which embedding the diversity numbers come from
+    methods: dict[str, MethodSummary]         # in --methods order
+    seed_difficulty: float | None
+    unscored_difficulty: int                  # seed judge replies that were not a score
+    diversity: Diversity
+    calls: dict[str, dict] = field(default_factory=dict)   # LLM usage per role (evol, judge)
+    seconds: float = 0.0
+    run_id: str | None = None                 # the MLflow run, once logged
+
+    def to_dict(self) -> dict:
+        """summary.json's content; the run id only once there is one (summary.json is written before)."""
+        out = {"data": self.data, "dev_items": self.dev_items, "rounds": self.rounds, "baseline": self.baseline,
+               "confidence": self.confidence, "embeddings": self.embeddings,
+               "methods": {name: m.to_dict() for name, m in self.methods.items()},
+               "seed_difficulty": self.seed_difficulty, "unscored_difficulty": self.unscored_difficulty,
+               "calls": {role: dict(usage) for role, usage in self.calls.items()}, "seconds": self.seconds,
+               "diversity": self.diversity.to_dict()}
+        if self.run_id is not None:
+            out["run_id"] = self.run_id
+        return out
 
 
 def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | None = None,
-            reporter: CompareReporter | None = None) -> dict:
-    """Run the comparison; returns the summary that the report shows (also written as summary.json)."""
-    reporter = reporter or CompareReporter()
+            observers: Iterable[Observer] | None = None) -> CompareSummary:
+    """Run the comparison; returns the summary that the report shows (its to_dict() is summary.json).
+    ``observers`` hear the run's events (observer.py); by default the MLflow logger, which records
+    the comparison when ``track`` is on."""
+    if observers is None:
+        from .tracking import CompareLogger
+
+        observers = [CompareLogger()]
     if len(options.methods) < 1:
         raise UserError("name at least one method with --methods")
     if options.dev_size < stats.MIN_ITEMS:
@@ -115,14 +201,24 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
         evol_settings = RoleSettings(options.evol_model, options.api_base, 0.0, None, options.evol_max_tokens,
                                      structured=options.structured)
         judge_settings = RoleSettings(options.judge_model or options.evol_model, options.api_base, 0.0, None, 16)
-        evol, judge = llm_mod.build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
+        evol, judge = backends.build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
                                           cache_dir=options.cache_dir, concurrency=options.concurrency)
     judge = judge or evol
+    with Observers(observers) as heard:
+        heard.start(options, split=split, methods=list(options.methods), out=out)
+        summary = _run(options, split, families, baseline, embed, out, evol, judge, heard)
+        heard.finish(summary)
+    return replace(summary, run_id=heard.run_id)
+
+
+def _run(options: CompareOptions, split, families: dict, baseline: str, embed, out: Path, evol: Llm, judge: Llm,
+         heard: Observers) -> CompareSummary:
+    """The comparison itself: the rounds, the difficulty scores, the summary and the report files."""
     started = time.perf_counter()
     dev_ids = [item.id for item in split.dev]
     reports = {spec: MethodReport(spec) for spec in options.methods}
     with ThreadPoolExecutor(options.concurrency) as pool:
-        runner = Runner(pool, reporter, (evol, judge) if judge is not evol else (evol,))
+        runner = Runner(pool, heard, (evol, judge) if judge is not evol else (evol,))
         current = {(spec, item.id): stage0(item) for spec in options.methods for item in split.dev}
         for round_ in range(1, options.rounds + 1):
             tasks = [(spec, item) for spec in options.methods for item in split.dev]
@@ -131,11 +227,8 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
                 spec, item = task
                 method = pick(families[spec], options.seed, item.id, round_)
                 before = current[(spec, item.id)]
-                evolved, _, failure = evolve_once(evol, method, before)
-                if failure is None:
-                    text, failure = answer(evol, evolved)
-                    failure = failure or answer_failure(text)
-                return Stage(round_, evolved or before, evolved is not None, failure)
+                outcome = evolve_and_answer(evol, method, before)
+                return Stage(round_, outcome.evolved or before, outcome.evolved is not None, outcome.failure)
 
             for (spec, item), stage in zip(tasks, runner.map(f"round {round_}", run_one, tasks)):
                 reports[spec].stages.setdefault(item.id, []).append(stage)
@@ -153,16 +246,13 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
             for s in ss:
                 if s.evolved:
                     s.difficulty = next(stage_scores)
-    summary = _summarise(options, split, reports, baseline, seed_scores, embed, dev_ids)
-    summary["calls"] = {"evol": evol.usage.snapshot(), **({"judge": judge.usage.snapshot()} if judge is not evol else {})}
-    summary["seconds"] = round(time.perf_counter() - started, 2)
+    summary = replace(_summarise(options, split, reports, baseline, seed_scores, embed, dev_ids),
+                      calls={"evol": evol.usage.snapshot(),
+                             **({"judge": judge.usage.snapshot()} if judge is not evol else {})},
+                      seconds=round(time.perf_counter() - started, 2))
     from .report import write_report
 
     write_report(summary, reports, split, out)
-    if options.track:
-        from .tracking import log_compare
-
-        summary["run_id"] = log_compare(options, summary, out)
     return summary
 
 
@@ -196,16 +286,13 @@ def embedder(kind: str):
     return tfidf, "TF-IDF" + (" (fallback: no sentence-embedding model installed)" if kind == "auto" else "")
 
 
-def _summarise(options, split, reports, baseline, seed_scores, embed, dev_ids) -> dict:
+def _summarise(options, split, reports, baseline, seed_scores, embed, dev_ids) -> CompareSummary:
     import numpy as np
 
     embed_fn, embed_name = embed
     seeds = {item.id: item.instruction for item in split.dev}
     seed_diff = [v for v in seed_scores.values() if v is not None]
-    summary: dict = {"data": split.name, "dev_items": len(dev_ids), "rounds": options.rounds, "baseline": baseline,
-                     "confidence": options.confidence, "embeddings": embed_name, "methods": {},
-                     "seed_difficulty": float(np.mean(seed_diff)) if seed_diff else None,
-                     "unscored_difficulty": sum(v is None for v in seed_scores.values())}
+    methods: dict[str, MethodSummary] = {}
     base_flags = reports[baseline].flags(1, dev_ids)
     texts, owners = [seeds[i] for i in dev_ids], ["seeds"] * len(dev_ids)
     for spec, r in reports.items():
@@ -218,22 +305,23 @@ def _summarise(options, split, reports, baseline, seed_scores, embed, dev_ids) -
             stage = [r.stages[i][k - 1] for i in dev_ids]
             scored = [s.difficulty for s in stage if s.evolved and s.difficulty is not None]
             growth = [len(s.instruction.split()) / max(1, len(seeds[i].split())) for i, s in zip(dev_ids, stage)]
-            per_round.append({"round": k, "failure_rate": sum(s.failure is not None for s in stage) / len(stage),
-                              "difficulty": float(np.mean(scored)) if scored else None,
-                              "unscored": sum(s.evolved and s.difficulty is None for s in stage),
-                              "length_growth": float(np.mean(growth))})
+            per_round.append(RoundSummary(round=k, failure_rate=sum(s.failure is not None for s in stage) / len(stage),
+                                          difficulty=float(np.mean(scored)) if scored else None,
+                                          unscored=sum(s.evolved and s.difficulty is None for s in stage),
+                                          length_growth=float(np.mean(growth))))
         evolved = [s.instruction for i in dev_ids for s in r.stages[i] if s.evolved]
         texts += evolved
         owners += [spec] * len(evolved)
-        summary["methods"][spec] = {
-            "failure_rate": {"estimate": rate.estimate, "low": rate.low, "high": rate.high},
-            "difference_to_baseline": {"estimate": diff.estimate, "low": diff.low, "high": diff.high},
-            "failures": dict(counts), "per_round": per_round, "evolved_instructions": len(evolved)}
-    summary["diversity"] = _diversity(texts, owners, embed_fn, options.seed)
-    return summary
+        methods[spec] = MethodSummary(failure_rate=rate, difference_to_baseline=diff, failures=dict(counts),
+                                      per_round=tuple(per_round), evolved_instructions=len(evolved))
+    return CompareSummary(data=split.name, dev_items=len(dev_ids), rounds=options.rounds, baseline=baseline,
+                          confidence=options.confidence, embeddings=embed_name, methods=methods,
+                          seed_difficulty=float(np.mean(seed_diff)) if seed_diff else None,
+                          unscored_difficulty=sum(v is None for v in seed_scores.values()),
+                          diversity=_diversity(texts, owners, embed_fn, options.seed))
 
 
-def _diversity(texts: list[str], owners: list[str], embed_fn, seed: int) -> dict:
+def _diversity(texts: list[str], owners: list[str], embed_fn, seed: int) -> Diversity:
     """k-means over seeds and evolved instructions together; per group, mean pairwise cosine distance,
     mean silhouette and clusters covered; a 2-D t-SNE map for the scatter plot."""
     import numpy as np
@@ -253,9 +341,10 @@ def _diversity(texts: list[str], owners: list[str], embed_fn, seed: int) -> dict
         idx = np.flatnonzero(owners_arr == owner)
         sub = distances[np.ix_(idx, idx)]
         pairwise = float(sub[np.triu_indices(len(idx), 1)].mean()) if len(idx) > 1 else None
-        groups[owner] = {"count": int(len(idx)), "mean_pairwise_distance": pairwise,
-                         "silhouette": float(silhouettes[idx].mean()), "clusters": int(len(set(labels[idx])))}
+        groups[owner] = GroupDiversity(count=int(len(idx)), mean_pairwise_distance=pairwise,
+                                       silhouette=float(silhouettes[idx].mean()),
+                                       clusters=int(len(set(labels[idx]))))
     perplexity = max(2.0, min(30.0, (n - 1) / 3))
     points = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="random").fit_transform(vectors)
-    return {"k": k, "groups": groups, "tsne": {"x": points[:, 0].tolist(), "y": points[:, 1].tolist(),
-                                               "owner": owners}}
+    return Diversity(k=k, groups=groups, tsne=TsneMap(x=tuple(points[:, 0].tolist()), y=tuple(points[:, 1].tolist()),
+                                                      owner=tuple(owners)))

@@ -1,6 +1,10 @@
-"""Presets: a TOML file whose keys are optimize's options (``steps = 2``, ``evol-max-tokens = 384``).
+"""Presets, and the one way every verb turns what the user asked for into its options.
 
-Flags given on the command line override the preset; the preset overrides the defaults.
+A preset is a TOML file whose keys are optimize's options (``steps = 2``, ``evol-max-tokens = 384``).
+Every verb builds its options dataclass with :func:`build_options`, so the precedence is the same
+everywhere: a flag typed on the command line beats the preset, and the preset beats the dataclass's
+default. The defaults live in the dataclasses only: a flag left out is not passed at all, so a
+default shown by ``--help`` can never quietly differ from the one a run uses.
 """
 from __future__ import annotations
 
@@ -42,3 +46,14 @@ def load_preset(path: Path, options_type) -> dict:
                             f"got {type(value).__name__}")
         settings[name] = value
     return settings
+
+
+def build_options(options_type, flags: dict, preset: dict | None = None, *, from_preset=None):
+    """``options_type`` built from the flags the user typed (``flags``: option names and values, none
+    left at a default) over ``preset``; whatever neither names keeps the dataclass's default.
+    ``from_preset`` names the preset settings this verb takes (all when None): a preset holds
+    optimize's options, and one of the same name can mean something else elsewhere (compare's
+    ``rounds`` are rounds per dev item, optimize's the rounds of one trajectory)."""
+    settings = {k: v for k, v in (preset or {}).items() if from_preset is None or k in from_preset}
+    settings.update(flags)
+    return options_type(**settings)

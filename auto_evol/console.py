@@ -1,27 +1,61 @@
-"""What a person sees while optimize runs: rich progress bars per phase, a table per step."""
+"""What a person sees while a run goes: rich progress bars per phase, a table per step or round.
+
+The consoles are observers of the run (observer.py), like the MLflow loggers beside them."""
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .optimize import OptimizeResult, Reporter, StepRecord
+from .observer import Observer
+from .optimize import PAPER_CALLS, OptimizeResult, StepRecord
 
 
 def _pct(rate: float) -> str:
     return f"{rate:.1%}"
 
 
-class RichReporter(Reporter):
+class PhaseProgress(Observer):
+    """One transient progress bar for the phase under way (a resumed phase starts at what it had
+    done); stopped at ``close`` whatever ended the run, so the terminal gets its cursor back."""
+
+    width = 16   # the description column
+
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.progress = Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn(f"{{task.description:<{self.width}}}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                  console=self.console, transient=True)
-        self.tasks: dict[str, int] = {}
+        self.current: tuple[str, int] | None = None
+
+    def describe(self, name: str) -> str:
+        """The bar's label for phase ``name``."""
+        return name
+
+    def phase(self, name: str, total: int, done: int = 0) -> None:
+        if self.current is not None:
+            self.progress.remove_task(self.current[1])
+        self.current = (name, self.progress.add_task(self.describe(name), total=total, completed=done))
+
+    def advance(self, name: str) -> None:
+        if self.current is not None and self.current[0] == name:
+            self.progress.advance(self.current[1])
+
+    def close(self, error: BaseException | None) -> None:
+        self.progress.stop()
+
+
+class OptimizeConsole(PhaseProgress):
+    """Progress and the per-step tables of `auto-evol optimize`."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        super().__init__(console)
         self.label = "baseline"
 
-    def start(self, options, split, init) -> None:
+    def describe(self, name: str) -> str:
+        return f"{self.label}: {name}"
+
+    def start(self, options, *, split, init, **_) -> None:
         evol, opt = options.evol_settings(), options.optimizer_settings()
         self.console.print(
             f"[bold]auto-evol optimize[/] {split.name}: {len(split.train)} training, {len(split.dev)} dev | "
@@ -31,16 +65,6 @@ class RichReporter(Reporter):
         if options.resume:
             self.console.print(f"resuming MLflow run {options.resume} after its last finished step")
         self.progress.start()
-
-    def phase(self, name: str, total: int) -> None:
-        for task in self.tasks.values():
-            self.progress.remove_task(task)
-        self.tasks = {name: self.progress.add_task(f"{self.label}: {name}", total=total)}
-
-    def advance(self, name: str) -> None:
-        task = self.tasks.get(name)
-        if task is not None:
-            self.progress.advance(task)
 
     def baseline(self, evaluation) -> None:
         counts = ", ".join(f"{k} {v}" for k, v in evaluation.counts().most_common()) or "none"
@@ -60,7 +84,8 @@ class RichReporter(Reporter):
         calls = {role: u["calls"] for role, u in result.usage.items()}
         tokens = sum(u["output_tokens"] for u in result.usage.values())
         self.console.print(f"{sum(calls.values())} LLM calls ({calls['evol']} evol, {calls['optimizer']} "
-                           f"optimizer; {sum(u['cached'] for u in result.usage.values())} from the cache), "
+                           f"optimizer; {sum(u['cached'] for u in result.usage.values())} from the cache; "
+                           f"{result.paper_share:.0%} of the paper's ~{PAPER_CALLS:,} for an optimization), "
                            f"{tokens} tokens written, in {result.seconds:.0f} s"
                            + (f"; MLflow run {result.run_id}" if result.run_id else ""))
 
@@ -87,31 +112,17 @@ def step_table(record: StepRecord) -> Table:
     return table
 
 
-class EvolveConsole:
+class EvolveConsole(PhaseProgress):
     """Progress and the closing stats table of `auto-evol evolve`."""
 
-    def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
-        self.progress = Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=self.console, transient=True)
-        self.task = None
+    width = 14
 
-    def start(self, options, seeds: int, methods) -> None:
+    def start(self, options, *, seeds: int, methods, **_) -> None:
         names = ", ".join(f"{m.name} ({w:.2g})" for m, w in methods)
         self.console.print(f"[bold]auto-evol evolve[/] {options.data}: {seeds} seeds, {options.rounds} rounds, "
                            f"methods {names}; evol {options.evol_settings().label}, "
                            f"answers {options.answer_settings().label}")
         self.progress.start()
-
-    def phase(self, name: str, total: int, done: int) -> None:
-        if self.task is not None:
-            self.progress.remove_task(self.task)
-        self.task = self.progress.add_task(name, total=total, completed=done)
-
-    def advance(self) -> None:
-        if self.task is not None:
-            self.progress.advance(self.task)
 
     def finish(self, result) -> None:
         self.progress.stop()
@@ -135,3 +146,12 @@ class EvolveConsole:
                                f"{result.seconds:.0f} s")
         else:
             self.console.print(f"stopped at --max-calls ({calls}); rerun the same command to go on")
+
+
+class CompareConsole(PhaseProgress):
+    """Progress of `auto-evol compare` (its table is printed by the command, from the summary)."""
+
+    def start(self, options, *, split, methods, **_) -> None:
+        self.console.print(f"[bold]auto-evol compare[/] {split.name}: {len(split.dev)} dev items, {options.rounds} "
+                           f"rounds, methods {', '.join(methods)}")
+        self.progress.start()

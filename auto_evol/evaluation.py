@@ -12,10 +12,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .data import Item
-from .failure import Failure, answer_failure
+from .failure import Failure
 from .llm import Llm
 from .method import Method
-from .trajectory import answer, evolve_once, stage0
+from .trajectory import evolve_and_answer, stage0
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,5 @@ def _failed(result: DevResult) -> bool:
 
 def judge(llm: Llm, method: Method, item: Item) -> DevResult:
     """Evolve one dev item with ``method`` and judge the evol LLM's answer to it (two calls at most)."""
-    evolved, reply, failure = evolve_once(llm, method, stage0(item))
-    if failure is not None:
-        return DevResult(item, None, None, failure, reply)
-    text, failure = answer(llm, evolved)
-    return DevResult(item, evolved, text, failure or answer_failure(text), reply)
+    outcome = evolve_and_answer(llm, method, stage0(item))
+    return DevResult(item, outcome.evolved, outcome.answer_text, outcome.failure, outcome.reply)

@@ -6,9 +6,11 @@ ones, has the evolved instruction judged for information gain and answered, and 
 tried again next round. The output merges the seeds and every round's kept records in a seeded
 random order, optionally sampled to ``sample`` records.
 
-All state lives in ``<out>.work/``: the seeds as read, one journal per round. A rerun of the same
-command skips whatever a journal already holds, so a crash, kill -9, rate limit or --max-calls stop
-never costs finished work and never duplicates a record.
+All state lives in ``<out>.work/``, whose layout workfolder.py owns: the seeds as read, one journal
+per round. A rerun of the same command skips whatever a journal already holds, so a crash, kill -9,
+rate limit or --max-calls stop never costs finished work and never duplicates a record. Evolving one
+item is trajectory.evolution_steps, the same steps optimize and compare take, driven here with async
+calls under Evol-Instruct's elimination rules.
 """
 from __future__ import annotations
 
@@ -17,43 +19,25 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
-import random
-import shutil
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import backends
 from . import llm as llm_mod
 from . import locks, output
 from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
 from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows, with_input
 from .errors import UserError
-from .failure import Failure, elimination_failure, instruction_failure
-from .judge import Verdict, read_verdict
+from .failure import Failure, Rules
 from .llm import LLMError, Llm, RoleSettings
-from .method import Method
-from .replies import evolution_format
-from .trajectory import judge_evolution
-
-CLASSIC = "evol-instruct"
-CLASSIC_OPERATORS = ("evol-instruct-constraints", "evol-instruct-deepening", "evol-instruct-concretizing",
-                     "evol-instruct-reasoning", "evol-instruct-complicate-input", "evol-instruct-breadth")
-
-JUDGE_PROMPT = """\
-Compare two instructions.
-
-First instruction:
-{first}
-
-Second instruction:
-{second}
-
-Do they set the same constraints and requirements, and ask with the same depth and breadth? Reply
-with exactly one of two phrases: 'equal' if they do, 'not equal' if the second asks for more or
-for something different.
-"""
+from .method import CLASSIC, Method, pick
+from .observer import Observer, Observers
+from .registry import resolve_methods
+from .trajectory import arun_steps, evolution_steps
+from .workfolder import WorkFolder
 
 
 @dataclass
@@ -118,6 +102,7 @@ class EvolveOptions:
 
 @dataclass
 class RoundStats:
+    """Kept and eliminated (by reason) items of one round, with the words before and after of the kept."""
     round: int
     kept: int = 0
     eliminated: Counter = field(default_factory=Counter)
@@ -128,6 +113,30 @@ class RoundStats:
         return {"round": self.round, "kept": self.kept, "eliminated": dict(self.eliminated),
                 "mean_words_before": round(self.words_before / self.kept, 2) if self.kept else None,
                 "mean_words_after": round(self.words_after / self.kept, 2) if self.kept else None}
+
+
+@dataclass(frozen=True)
+class EvolveStats:
+    """What a run did, as written to ``OUT.work/stats.json`` and logged to MLflow: typed here, so the
+    file's shape is stated once; ``to_dict`` gives the JSON (its keys in this order)."""
+    records: int
+    complete: bool
+    rounds: tuple[RoundStats, ...]
+    bad_lines: int
+    calls: dict                       # usage per role, as Usage.snapshot() gives it
+    seconds: float
+    notices: tuple[str, ...] = ()     # the roles' adaptations and fallbacks, each once
+
+    @classmethod
+    def of(cls, result: "EvolveResult", notices: list[str]) -> "EvolveStats":
+        return cls(records=result.records, complete=result.complete, rounds=tuple(result.rounds),
+                   bad_lines=len(result.bad_lines), calls=result.calls, seconds=result.seconds,
+                   notices=tuple(dict.fromkeys(notices)))
+
+    def to_dict(self) -> dict:
+        return {"records": self.records, "complete": self.complete, "rounds": [s.to_dict() for s in self.rounds],
+                "bad_lines": self.bad_lines, "calls": self.calls, "seconds": self.seconds,
+                "notices": list(self.notices)}
 
 
 @dataclass
@@ -141,43 +150,7 @@ class EvolveResult:
     seconds: float
     complete: bool                  # False when --max-calls stopped it: rerun to go on
     run_id: str | None = None
-
-
-class EvolveReporter:
-    def start(self, options: EvolveOptions, seeds: int, methods: list[tuple[Method, float]]) -> None: ...
-    def phase(self, name: str, total: int, done: int) -> None: ...
-    def advance(self) -> None: ...
-    def finish(self, result: EvolveResult) -> None: ...
-
-
-def resolve_methods(specs: list[str]) -> list[tuple[Method, float]]:
-    """``NAME[=WEIGHT]`` specs as (method, weight); 'evol-instruct' is its six operators sharing a weight."""
-    from .registry import resolve
-
-    chosen: list[tuple[Method, float]] = []
-    for spec in specs:
-        name, weight = spec, 1.0
-        head, sep, tail = spec.rpartition("=")
-        if sep:
-            try:
-                name, weight = head, float(tail)
-            except ValueError:
-                pass
-        if weight <= 0:
-            raise UserError(f"--method {spec}: the weight must be above 0")
-        if name == CLASSIC:
-            chosen += [(resolve(op), weight / len(CLASSIC_OPERATORS)) for op in CLASSIC_OPERATORS]
-        else:
-            chosen.append((resolve(name), weight))
-    if not chosen:
-        raise UserError("no --method given")
-    return chosen
-
-
-def pick(methods: list[tuple[Method, float]], seed: int, seed_id: str, round_: int) -> Method:
-    """The method for one instruction in one round: uniform by weight, the same on every rerun."""
-    rng = random.Random(f"{seed}:{seed_id}:{round_}")
-    return rng.choices([m for m, _ in methods], weights=[w for _, w in methods])[0]
+    stats: EvolveStats | None = None  # as written to stats.json
 
 
 def _words(text: str) -> int:
@@ -201,7 +174,7 @@ class _Budget:
         return self.limit is None or self.used() - self.start + more <= self.limit
 
 
-def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, evol: Llm | None = None,
+def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = None, evol: Llm | None = None,
            answerer: Llm | None = None, dry_run: bool = False) -> EvolveResult | dict:
     """Evolve ``options.data``; with ``dry_run`` only count the calls and tokens it would take.
 
@@ -209,27 +182,30 @@ def evolve(options: EvolveOptions, *, reporter: EvolveReporter | None = None, ev
     folder's lock; read the input into the work folder; answer the seeds that have no answer; run the
     rounds; assemble the output and the rejects; record the run. Everything up to the first LLM call
     that can be wrong with the input is found before it, and an error there leaves nothing behind.
+    ``observers`` hear the run's events (observer.py); by default the MLflow logger, which records a
+    finished run when ``track`` is on.
     """
-    reporter = reporter or EvolveReporter()
+    if observers is None:
+        from .tracking import EvolveLogger
+
+        observers = [EvolveLogger()]
     _validate(options)
     out = Path(options.out)
     fmt = output.format_for(out, options.format)
     methods = resolve_methods(options.methods)
-    work = Path(str(out) + ".work")
+    work = WorkFolder(out)
     _check_out(out, work)
     if dry_run:
         return _estimate(options, methods)
     if evol is None or answerer is None:
-        built_evol, built_answerer = llm_mod.build_roles(
+        built_evol, built_answerer = backends.build_roles(
             (options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model"),
             cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False,
-            max_error_rate=options.max_error_rate, checks_dir=options.cache_dir or llm_mod.DEFAULT_CACHE_DIR)
+            max_error_rate=options.max_error_rate, checks_dir=options.cache_dir or backends.DEFAULT_CACHE_DIR)
         evol, answerer = evol or built_evol, answerer or built_answerer
-    with locks.hold(work / LOCK, f"{work} (the work folder of --out {out})", note=evol.notice):
-        return _run(options, out, fmt, methods, work, evol, answerer, reporter)
-
-
-LOCK = "lock"   # in the work folder: held by the one process working there
+    with locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
+            Observers(observers) as heard:
+        return _run(options, out, fmt, methods, work, evol, answerer, heard)
 
 
 def _validate(options: EvolveOptions) -> None:
@@ -253,81 +229,55 @@ def _validate(options: EvolveOptions) -> None:
     llm_mod.check_structured(options.structured)
 
 
-def _check_out(out: Path, work: Path) -> None:
+def _check_out(out: Path, work: WorkFolder) -> None:
     """The output and its work folder can be written where --out says, before any work is done."""
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; name a file such as {out / 'evolved.jsonl'}")
     check_writable(out.parent, f"--out {out}")
-    if work.exists() and (not work.is_dir() or not os.access(work, os.W_OK | os.X_OK)):
-        raise UserError(f"--out {out}: its work folder {work} cannot be written")
+    work.check()
 
 
-def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: Path, evol: Llm, answerer: Llm,
-         reporter: EvolveReporter) -> EvolveResult:
-    """The run itself, under the work folder's lock."""
-    fresh = not (work / "seeds.done").exists() or options.restart
+def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder, evol: Llm, answerer: Llm,
+         heard: Observers) -> EvolveResult:
+    """The run itself, under the work folder's lock; every event goes to ``heard``."""
+    fresh = not work.ingested or options.restart
     try:
-        _prepare(work, options, methods)
+        work.claim(options.fingerprint(methods), restart=options.restart)
         seeds_path, bad = _ingest(options, work)
     except BaseException:
         if fresh:   # nothing was done yet: leave no folder (or manifest) behind; the lock goes with it,
-            shutil.rmtree(work, ignore_errors=True)   # as this process, its holder, is about to let go
+            work.remove()   # as this process, its holder, is about to let go
         raise
-    for stale in work.glob(".*.tmp"):   # a journal rewrite or stats write cut short by a kill
-        stale.unlink(missing_ok=True)
+    work.drop_stale_temps()
     started = time.perf_counter()
     seeds = sum(1 for _ in read(seeds_path))
-    reporter.start(options, seeds, methods)
+    heard.start(options, seeds=seeds, methods=methods)
     budget = _Budget(options.max_calls, [evol, answerer])
-    complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, reporter))
+    complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, heard))
     for round_ in range(1, options.rounds + 1):
         if not complete:
             break
-        pool = seeds_path if round_ == 1 else _journal(work, round_ - 1)
-        complete = llm_mod.run_async(_round(round_, pool, options, work, methods, evol, answerer, budget, reporter))
+        pool = seeds_path if round_ == 1 else work.journal(round_ - 1)
+        complete = llm_mod.run_async(_round(round_, pool, options, work, methods, evol, answerer, budget, heard))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
         "evol_and_answer": evol.usage.snapshot()}
-    result = EvolveResult(out=out, records=0, rejects=out.with_name(out.stem + ".rejects.jsonl"),
+    result = EvolveResult(out=out, records=0, rejects=work.rejects,
                           rounds=_round_stats(work, options.rounds),
                           bad_lines=bad, calls=usage, seconds=0.0, complete=complete)
     if complete:
         # Temporary files of an assembly that was killed: this process holds the lock, so they are no
         # one else's.
-        remove_leftovers(out, result.rejects, out.with_name(out.stem + ".provenance.jsonl"))
+        remove_leftovers(*work.outputs())
         # At most every seed plus every kept evolution (seeds that got no answer drop out).
         bound = seeds + sum(s.kept for s in result.rounds)
         result.records = _assemble(options, work, seeds_path, out, fmt, bound)
         _write_rejects(work, options.rounds, result.rejects)
     result.seconds = round(time.perf_counter() - started, 2)
-    stats = _stats_dict(result)
-    stats["notices"] = list(dict.fromkeys(evol.notices + answerer.notices))  # adaptations and fallbacks
-    with atomic_write(work / "stats.json") as fh:
-        json.dump(stats, fh, indent=2)
-    if options.track and complete:
-        from .tracking import log_evolve
-
-        result.run_id = log_evolve(options, result, stats)
-    reporter.finish(result)
+    result.stats = EvolveStats.of(result, evol.notices + answerer.notices)
+    work.write_stats(result.stats.to_dict())
+    heard.finish(result)
+    result.run_id = heard.run_id
     return result
-
-
-def _prepare(work: Path, options: EvolveOptions, methods) -> None:
-    manifest = work / "manifest.json"
-    wanted = options.fingerprint(methods)
-    if options.restart and work.exists():
-        for entry in work.iterdir():   # all but the lock this process holds
-            if entry.name != LOCK:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    if manifest.exists() and not (work / "seeds.done").exists():
-        manifest.unlink()  # an earlier run stopped before reading its input: no work to keep
-    if manifest.exists():
-        if json.loads(manifest.read_text()) != wanted:
-            raise UserError(f"{work} holds a run with other settings; rerun that command to finish it, "
-                            f"or add --restart to drop it, or choose another --out")
-        return
-    work.mkdir(parents=True, exist_ok=True)
-    with atomic_write(manifest) as fh:
-        json.dump(wanted, fh, indent=2)
 
 
 def _seed_rows(options: EvolveOptions):
@@ -353,9 +303,9 @@ def _seed_rows(options: EvolveOptions):
                       "output": str(row.get(output_name) or "") if output_name else ""}, None
 
 
-def _ingest(options: EvolveOptions, work: Path) -> tuple[Path, list[BadRow]]:
+def _ingest(options: EvolveOptions, work: WorkFolder) -> tuple[Path, list[BadRow]]:
     """Read the input once into ``seeds.jsonl``, reporting bad rows (or stopping at the first)."""
-    seeds, done, bad_file = work / "seeds.jsonl", work / "seeds.done", work / "bad_lines.jsonl"
+    seeds, done, bad_file = work.seeds, work.seeds_done, work.bad_lines
     if done.exists():
         return seeds, [BadRow(**row) for row in read(bad_file)]
     bad: list[BadRow] = []
@@ -386,44 +336,14 @@ def _row_problem(row, field_name, options: EvolveOptions, seen: set[str], n: int
     return row_problem(row, field_name, seen, n, options.max_instruction_chars, "--max-instruction-chars")
 
 
-def _journal(work: Path, round_: int, kind: str = "") -> Path:
-    """Round ``round_``'s journal in the work folder (0: the seeds' answers); ``kind`` "partial": the
-    finished steps of its unfinished items."""
-    return work / f"round{round_}{'.' + kind if kind else ''}.jsonl"
-
-
-def _done_ids(journal: Path) -> set[str]:
-    return {row["seed_id"] for row in read(journal)}
-
-
-def _resume(journal: Path, next_journal: Path | None = None) -> set[str]:
-    """The items ``journal`` holds as done, after dropping its ``llm_error`` rows so this run tries
-    those items again (a provider that was down says nothing about the items); rows already carried
-    into ``next_journal`` (the next round's) stay. One pass over the journal; it is rewritten,
-    atomically, only when there is something to drop."""
-    done, failed = set(), set()
-    for row in read(journal):
-        done.add(row["seed_id"])
-        if row.get("reason") == Failure.LLM_ERROR.value:
-            failed.add(row["seed_id"])
-    if failed and next_journal is not None:
-        failed -= _done_ids(next_journal)
-    if failed:
-        with atomic_write(journal) as fh:
-            for row in read(journal):
-                if not (row["seed_id"] in failed and row.get("reason") == Failure.LLM_ERROR.value):
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return done - failed
-
-
-async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -> bool:
+async def _answer_seeds(options, work: WorkFolder, seeds_path, answerer, budget, heard: Observers) -> bool:
     """Seeds that came without an answer get one, so round 0 of the output is complete."""
-    journal_path = _journal(work, 0)
-    done = _resume(journal_path)
+    journal_path = work.answers
+    done = work.resume(0)
     unanswered = sum(1 for row in read(seeds_path) if not row["output"])
     if unanswered == len(done):
         return True
-    reporter.phase("answer seeds", unanswered, len(done))
+    heard.phase("answer seeds", unanswered, len(done))
     todo = (row for row in read(seeds_path) if not row["output"] and row["seed_id"] not in done)
 
     async def work_on(row, journal):
@@ -435,7 +355,7 @@ async def _answer_seeds(options, work, seeds_path, answerer, budget, reporter) -
             reason = Failure.LLM_ERROR
         # A failed call or an empty reply fails this seed only: it goes to the rejects.
         journal.append({**entry, "output": text} if reason is None else {**entry, "output": "", "reason": reason.value})
-        reporter.advance()
+        heard.advance("answer seeds")
 
     return await _drive(todo, work_on, journal_path, options.concurrency, budget, calls_per_item=1)
 
@@ -489,17 +409,17 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _B
     return not stopped
 
 
-async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, methods, evol: Llm,
-                 answerer: Llm, budget: _Budget, reporter) -> bool:
-    journal_path = _journal(work, round_)
-    done = _resume(journal_path, _journal(work, round_ + 1))
+async def _round(round_: int, pool: Path, options: EvolveOptions, work: WorkFolder, methods, evol: Llm,
+                 answerer: Llm, budget: _Budget, heard: Observers) -> bool:
+    journal_path = work.journal(round_)
+    done = work.resume(round_)
     total = sum(1 for _ in read(pool))
-    reporter.phase(f"round {round_}", total, len(done))
+    heard.phase(f"round {round_}", total, len(done))
     evol_label, answer_label = evol.settings.label, answerer.settings.label
 
     # Steps an earlier run finished for items it did not finish (the evolution, the judge's verdict):
     # a rerun starts those items after them, so without a reply cache it pays for no finished call.
-    partial_path = _journal(work, round_, "partial")
+    partial_path = work.journal(round_, partial=True)
     known = {row["seed_id"]: row for row in read(partial_path) if row["seed_id"] not in done}
     partial = Journal(partial_path, flush=False)   # a kill may cost its last lines: calls paid again, nothing lost
 
@@ -525,7 +445,7 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: Path, me
             record.update(status="rejected", instruction=instruction, rejected_instruction=evolved or "",
                           rejected_output=answer or "", reason=failure.value)
         journal.append(record)
-        reporter.advance()
+        heard.advance(f"round {round_}")
 
     rows = (row for row in read(pool) if row["seed_id"] not in done)
     calls = 3 if options.judge else 2
@@ -548,43 +468,21 @@ async def _evolve_one(text: str, method: Method, evol: Llm, answerer: Llm, judge
                       temperature: float | None, known: dict | None = None,
                       keep=None) -> tuple[Failure | None, str | None, str | None]:
     """(failure or None, evolved instruction, answer) for one instruction (with its input below it)
-    in one round; ``temperature`` overrides the evol role's for a retry. ``known`` holds the steps an
-    earlier run finished ({"evolved", "judged"}), which are not asked again; ``keep`` is told of each
-    step finished here."""
-    known = known or {}
-    evolved = known.get("evolved")
-    if evolved is None:
-        try:
-            reply = await evol.aask(method.render(text), reply_format=evolution_format(method.text),
-                                    rollout=rollout, temperature=temperature)
-        except LLMError:
-            return Failure.LLM_ERROR, None, None
-        evolved, _, failure = judge_evolution(reply.text, reply.fields, method, text)
-        if failure is not None:
-            return failure, evolved, None
-        failure = instruction_failure(evolved)
-        if failure is not None:
-            return failure, evolved, None
-        if keep:
-            keep({"evolved": evolved})
-    try:
-        if judge and not known.get("judged"):
-            verdict = read_verdict((await evol.aask(JUDGE_PROMPT.format(first=text, second=evolved))).text)
-            if verdict is Verdict.EQUAL:   # an unreadable verdict is no evidence of no gain: not eliminated
-                return Failure.NO_INFORMATION_GAIN, evolved, None
-            if keep:
-                keep({"evolved": evolved, "judged": True})
-        answer = (await answerer.aask(evolved, rollout=rollout)).text
-    except LLMError:
-        return Failure.LLM_ERROR, evolved, None
-    return elimination_failure(answer), evolved, answer
+    in one round: trajectory.evolution_steps under the elimination rules, driven with async calls.
+    ``temperature`` overrides the evol role's for a retry. ``known`` holds the steps an earlier run
+    finished ({"evolved", "judged"}), which are not asked again; ``keep`` is told of each step
+    finished here."""
+    steps = evolution_steps(method, text, rules=Rules.ELIMINATION, answer=True, gain_judge=judge, rollout=rollout,
+                            temperature=temperature, known=known, keep=keep)
+    outcome = await arun_steps(steps, evol, answerer)
+    return outcome.failure, outcome.rewrite, outcome.answer
 
 
-def _round_stats(work: Path, rounds: int) -> list[RoundStats]:
+def _round_stats(work: WorkFolder, rounds: int) -> list[RoundStats]:
     stats = []
     for round_ in range(1, rounds + 1):
         s = RoundStats(round_)
-        for row in read(_journal(work, round_)):
+        for row in read(work.journal(round_)):
             if row["status"] == "kept":
                 s.kept += 1
                 s.words_before += _words(row["parent_instruction"])
@@ -595,7 +493,7 @@ def _round_stats(work: Path, rounds: int) -> list[RoundStats]:
     return stats
 
 
-def _records(options: EvolveOptions, work: Path, seeds_path: Path):
+def _records(options: EvolveOptions, work: WorkFolder, seeds_path: Path):
     """Every output record: the seeds (round 0; answered here when they came without) and each
     round's kept evolutions."""
     def seed_record(row: dict) -> dict:
@@ -606,41 +504,36 @@ def _records(options: EvolveOptions, work: Path, seeds_path: Path):
     for row in read(seeds_path):
         if row["output"]:
             yield seed_record(row)
-    for row in read(_journal(work, 0)):
+    for row in read(work.answers):
         if row["output"]:
             yield seed_record(row)
     for round_ in range(1, options.rounds + 1):
-        for row in read(_journal(work, round_)):
+        for row in read(work.journal(round_)):
             if row["status"] == "kept":
                 yield {"id": f"{row['seed_id']}#{round_}", **{k: row.get(k) for k in (
                     "seed_id", "round", "instruction", "input", "output", "method", "method_hash",
                     "parent_instruction", "evol_model", "answer_model")}}
 
 
-def _assemble(options: EvolveOptions, work: Path, seeds_path: Path, out: Path, fmt: str, bound: int) -> int:
+def _assemble(options: EvolveOptions, work: WorkFolder, seeds_path: Path, out: Path, fmt: str, bound: int) -> int:
     """Write the output; ``bound`` (at least the number of records) only sizes the shuffle's buckets,
     so the journals are read once here, not counted first."""
-    ordered = output.shuffled(_records(options, work, seeds_path), seed=options.seed, count=bound, workdir=work)
+    ordered = output.shuffled(_records(options, work, seeds_path), seed=options.seed, count=bound, workdir=work.path)
     if options.sample is not None:
         ordered = itertools.islice(ordered, options.sample)
     return output.write(ordered, out, fmt)
 
 
-def _write_rejects(work: Path, rounds: int, path: Path) -> None:
+def _write_rejects(work: WorkFolder, rounds: int, path: Path) -> None:
     with atomic_write(path) as fh:
-        for row in read(_journal(work, 0)):
+        for row in read(work.answers):
             if not row["output"]:
                 fh.write(json.dumps({"id": f"{row['seed_id']}#0", "round": 0, "status": "rejected", **row},
                                     ensure_ascii=False) + "\n")
         for round_ in range(1, rounds + 1):
-            for row in read(_journal(work, round_)):
+            for row in read(work.journal(round_)):
                 if row["status"] == "rejected":
                     fh.write(json.dumps({"id": f"{row['seed_id']}#{round_}", **row}, ensure_ascii=False) + "\n")
-
-
-def _stats_dict(result: EvolveResult) -> dict:
-    return {"records": result.records, "complete": result.complete, "rounds": [s.to_dict() for s in result.rounds],
-            "bad_lines": len(result.bad_lines), "calls": result.calls, "seconds": result.seconds}
 
 
 def _estimate(options: EvolveOptions, methods) -> dict:

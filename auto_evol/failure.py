@@ -104,6 +104,39 @@ def instruction_failure(evolved: str) -> Failure | None:
     return None
 
 
+class Rules(str, Enum):
+    """Which rules judge an evolution. Optimize and compare measure a method by the paper's F(r) on the
+    answer alone; evolve builds a dataset and eliminates with Evol-Instruct's rules as well (prompt
+    words copied, no information gain, a short 'sorry', an answer of stop words), then F(r)."""
+    F_R = "f_r"
+    ELIMINATION = "elimination"
+
+
+def failure_of(rules: Rules, *, rewrite: str | None, unchanged: bool = False, equal: bool = False,
+               answer: str | None = None) -> Failure | None:
+    """The first rule an evolution breaks, from what is known of it so far: the one place the rules
+    are combined, so that optimize's dev evaluation, compare and evolve judge an evolution alike.
+
+    ``rewrite`` is the instruction read from the evolver's reply (None: none could be read);
+    ``unchanged`` says it equals the original; ``equal`` is the information-gain judge's 'equal'
+    verdict; ``answer`` is the answer to the rewrite, once there is one. A caller asks again after
+    each call it makes, with what that call added, and stops at the first failure. A failed call
+    (``llm_error``) is no rule on text and stays with the caller that made it.
+    """
+    if rewrite is None:
+        return Failure.UNREADABLE_EVOLUTION
+    if unchanged:
+        return Failure.UNCHANGED
+    eliminate = rules is Rules.ELIMINATION
+    if eliminate and instruction_failure(rewrite) is not None:
+        return Failure.COPIES_PROMPT_WORDS
+    if equal:
+        return Failure.NO_INFORMATION_GAIN
+    if answer is not None:
+        return elimination_failure(answer) if eliminate else answer_failure(answer)
+    return None
+
+
 def elimination_failure(answer: str) -> Failure | None:
     """Elimination rules 2 and 3 on the answer, then F(r)."""
     words = re.findall(r"[\w']+", answer.casefold())

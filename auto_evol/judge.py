@@ -1,4 +1,11 @@
-"""Reading the information-gain judge's verdict: 'equal', 'not equal', or nothing usable.
+"""The LLM judges, in one place: what each is asked, and how its reply is read.
+
+Two judges: evolve's information-gain judge (``INFORMATION_GAIN_PROMPT``, read by ``read_verdict``)
+and compare's difficulty judge (``DIFFICULTY_PROMPT``, read by ``difficulty_score``). Both are text
+only, so a judge's prompt and its reader change together and every verb that asks a judge asks it
+the same way.
+
+The information-gain verdict: 'equal', 'not equal', or nothing usable.
 
 Evol-Instruct drops an evolution that brings no information gain: an LLM is shown the original and
 the evolved instruction and asked whether the two are equal (same constraints and requirements, same
@@ -28,6 +35,41 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+
+
+INFORMATION_GAIN_PROMPT = """\
+Compare two instructions.
+
+First instruction:
+{first}
+
+Second instruction:
+{second}
+
+Do they set the same constraints and requirements, and ask with the same depth and breadth? Reply
+with exactly one of two phrases: 'equal' if they do, 'not equal' if the second asks for more or
+for something different.
+"""
+
+DIFFICULTY_PROMPT = """\
+Rate how difficult and complex the instruction below is to carry out, on a scale from 1 (trivial) to
+10 (very hard). Reply with the number only.
+
+Instruction:
+{instruction}
+"""
+_SCORE = re.compile(r"^\s*(10|[1-9])(?:\.0+)?\s*\.?\s*$")
+
+
+def gain_prompt(original: str, evolved: str) -> str:
+    """What the information-gain judge is asked about one evolution (the original comes first)."""
+    return INFORMATION_GAIN_PROMPT.format(first=original, second=evolved)
+
+
+def difficulty_score(reply: str) -> int | None:
+    """The difficulty judge's score, or None when the reply is not a bare score (counted, never guessed)."""
+    match = _SCORE.match(reply.strip().strip("*"))
+    return int(match.group(1)) if match else None
 
 
 class Verdict(str, Enum):

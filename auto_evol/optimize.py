@@ -14,10 +14,12 @@ import datetime as _dt
 import hashlib
 import math
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import backends
 from . import llm as llm_mod
 from . import method as method_mod
 from . import selection, stats
@@ -29,6 +31,7 @@ from .evaluation import Evaluation, judge
 from .feedback import Feedback, analyse
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
+from .observer import Observer, Observers
 from .runner import Runner
 from .trajectory import Trajectory, evolve
 
@@ -57,12 +60,12 @@ class Options:
     concurrency: int = 4
     name: str | None = None
     methods_dir: str = "methods"
-    cache_dir: str | None = llm_mod.DEFAULT_CACHE_DIR
+    cache_dir: str | None = backends.DEFAULT_CACHE_DIR
     track: bool = True
     experiment: str | None = None   # MLflow experiment; the data set's name when None
     trace: bool = False             # record every LLM call as an MLflow trace
     resume: str | None = None       # run id of an interrupted run to go on with
-    selection: str = "full"         # full: every candidate on every dev item; halving; race (see selection.py)
+    selection: str = selection.DEFAULT   # a name in selection.STRATEGIES
     accept: str = "lower"           # lower: a lower failure rate wins; paired: only a paired test's verdict
     confidence: float = 0.95        # for --accept paired
     max_error_rate: float = llm_mod.MAX_ERROR_RATE   # stop when this share of a role's recent calls failed
@@ -81,8 +84,8 @@ class Options:
                      "evol_max_tokens", "optimizer_max_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.selection not in ("full", "halving", "race"):
-            raise UserError(f"--selection must be full, halving or race, got {self.selection!r}")
+        if self.selection not in selection.STRATEGIES:
+            raise UserError(f"--selection must be {selection.names()}, got {self.selection!r}")
         if self.accept not in ("lower", "paired"):
             raise UserError(f"--accept must be lower or paired, got {self.accept!r}")
         llm_mod.check_structured(self.structured)
@@ -163,6 +166,11 @@ class LoopState:
                    registered=tuple(data["registered"]) if data.get("registered") else None)
 
 
+# What the optimization itself cost in the paper (Table 11: ~6,120 calls at T = 10, m = 5, |D| = 50,
+# mini-batch 10); a run reports its own calls as a share of it.
+PAPER_CALLS = 6120
+
+
 @dataclass
 class OptimizeResult:
     best: Method                              # e*
@@ -179,16 +187,15 @@ class OptimizeResult:
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)   # provider adaptations and fallbacks, one line each
 
+    @property
+    def calls(self) -> int:
+        """LLM calls the run made (cache hits included), over all its processes."""
+        return int(sum(u.get("calls", 0) for u in self.usage.values()))
 
-class Reporter:
-    """What the loop tells the outside world; the default says nothing."""
-
-    def start(self, options: Options, split: Split, init: Method) -> None: ...
-    def phase(self, name: str, total: int) -> None: ...
-    def advance(self, name: str) -> None: ...
-    def baseline(self, evaluation: Evaluation) -> None: ...
-    def step(self, record: StepRecord) -> None: ...
-    def finish(self, result: OptimizeResult) -> None: ...
+    @property
+    def paper_share(self) -> float:
+        """This run's calls as a share of the paper's optimization budget (PAPER_CALLS)."""
+        return self.calls / PAPER_CALLS
 
 
 def _rollout(seed: int, step: int, index: int) -> int:
@@ -201,23 +208,29 @@ def evaluate(method: Method, dev: list, evol: Llm, runner: Runner) -> Evaluation
     return Evaluation(method, tuple(runner.map("dev evaluation", lambda item: judge(evol, method, item), dev)))
 
 
-def optimize(options: Options | None = None, *, reporter: Reporter | None = None,
+def optimize(options: Options | None = None, *, observers: Iterable[Observer] | None = None,
              evol: Llm | None = None, optimizer: Llm | None = None, **overrides) -> OptimizeResult:
     """Run Auto Evol-Instruct and return e* with the method history and failure rates.
 
     ``optimize(data="gsm8k_seed", steps=2)`` takes the same options as the command line;
     ``evol``/``optimizer`` may be given ready-made (a scripted LM in tests). ``resume=RUN_ID`` goes on
-    from the last finished step of an interrupted run, with that run's own settings.
+    from the last finished step of an interrupted run, with that run's own settings. ``observers``
+    hear the run's events (observer.py); by default the MLflow logger, which records the run when
+    ``track`` is on (the CLI adds the terminal's progress bars and tables in front of it).
+
+    The steps: read back a resumed run's settings and state under its lock; check every setting;
+    load the method and the data split; build the roles; run the loop with the observers around it.
     """
-    from . import registry, tracking  # MLflow is imported only when a run starts
+    from . import registry, store, tracking  # MLflow is imported only when a run starts
 
     options = dataclasses.replace(options or Options(), **overrides)
-    reporter = reporter or Reporter()
+    if observers is None:
+        observers = [tracking.OptimizeLogger()]
     with contextlib.ExitStack() as held:
         state: LoopState | None = None
         if options.resume:
-            held.enter_context(tracking.run_lock(options.resume))   # one process per run
-            stored, saved = tracking.load_resume(options.resume)
+            held.enter_context(store.run_lock(options.resume))   # one process per run
+            stored, saved = store.load_resume(options.resume)
             state = LoopState.from_dict(saved) if saved else None
             options = _resumed_options(stored, options)
         options.validate()
@@ -227,38 +240,33 @@ def optimize(options: Options | None = None, *, reporter: Reporter | None = None
                            seed=options.seed, instruction_field=options.instruction_field)
         check_writable(Path(options.methods_dir), f"--methods-dir {options.methods_dir}")
         evol, optimizer = _llms(options, evol, optimizer)
-        if not options.track:
-            tracker = tracking.NullTracker()
-        elif options.resume:
-            tracker = tracking.OptimizeTracker.reopen(options.resume, state.next_step if state else 1)
-        else:
-            tracker = tracking.OptimizeTracker(options, split, init)
-        if options.trace:
-            tracking.trace_llm_calls(tracker)
+        heard = Observers(observers)
         try:
-            result = _run(options, state, split, init, evol, optimizer, tracker, reporter)
+            with heard:
+                heard.start(options, split=split, init=init, next_step=state.next_step if state else 1)
+                result = _run(options, state, split, init, evol, optimizer, heard)
+                result.run_id = heard.run_id
+                heard.finish(result)
         except Outage as exc:
-            if tracker.run_id is None:
+            if heard.run_id is None:
                 raise
-            raise Outage(f"{exc}. The finished steps are kept: go on with --resume {tracker.run_id}") from None
-    reporter.finish(result)
+            raise Outage(f"{exc}. The finished steps are kept: go on with --resume {heard.run_id}") from None
     return result
 
 
 def _run(options: Options, state: LoopState | None, split: Split, init: Method, evol: Llm, optimizer: Llm,
-         tracker, reporter: Reporter) -> OptimizeResult:
-    """The loop itself, tracked: e0 on the dev set (unless resumed past it), the steps until a stop
-    rule holds, then e* saved, registered and recorded."""
+         heard: Observers) -> OptimizeResult:
+    """The loop itself: e0 on the dev set (unless resumed past it), the steps until a stop rule holds,
+    then e* saved and registered. Every event goes to ``heard``."""
     started = time.perf_counter()
-    reporter.start(options, split, init)
     spent_before = dict(state.spent) if state else {}
 
     def checkpoint() -> None:
         state.spent = _usage(spent_before, evol, optimizer)
-        tracker.checkpoint(state.to_dict())
+        heard.checkpoint(state.to_dict())
 
-    with ThreadPoolExecutor(options.concurrency) as pool, tracker:
-        runner = Runner(pool, reporter, (evol, optimizer))
+    with ThreadPoolExecutor(options.concurrency) as pool:
+        runner = Runner(pool, heard, (evol, optimizer))
         initial = None
         if state is None:
             initial = evaluate(init, split.dev, evol, runner)
@@ -266,8 +274,7 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
             if initial.errors == len(initial.results):
                 raise Outage(f"every call for {init.name} on the dev set failed after its retries "
                              f"(the last error: {evol.last_error or 'unknown'}); nothing can be judged")
-            reporter.baseline(initial)
-            tracker.baseline(initial)
+            heard.baseline(initial)
             state = LoopState(init, init, initial.rate, [initial.rate], lineage=[init.name],
                               incumbent_failures=initial.flags())
             checkpoint()
@@ -276,8 +283,7 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
             record = _step(state.next_step, state, split, options, evol, optimizer, runner)
             history.append(record)
             state.advance(record)
-            reporter.step(record)
-            tracker.step(record)
+            heard.step(record)
             checkpoint()
         best = _final_method(state, split.name, options)
         if state.e_star_name != best.name:
@@ -295,8 +301,6 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
         result.usage = _usage(spent_before, evol, optimizer)
         result.notices = list(dict.fromkeys(evol.notices + optimizer.notices))
         result.seconds = round(time.perf_counter() - started, 2)
-        tracker.finish(result)
-        result.run_id = tracker.run_id
     return result
 
 
@@ -338,7 +342,7 @@ def _resumed_options(stored: dict, given: Options) -> Options:
 def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Llm, Llm]:
     if evol is not None and optimizer is not None:
         return evol, optimizer
-    built_evol, built_optimizer = llm_mod.build_roles(
+    built_evol, built_optimizer = backends.build_roles(
         (options.evol_settings(), "--evol-model"), (options.optimizer_settings(), "--optimizer-model"),
         cache_dir=options.cache_dir, concurrency=options.concurrency, max_error_rate=options.max_error_rate)
     return evol or built_evol, optimizer or built_optimizer
@@ -423,30 +427,21 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
 
 def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runner, how: str,
                       incumbent: list[bool] | None = None) -> tuple[dict[str, Evaluation], set[str]]:
-    """Each method's evaluation on the dev set (a prefix for methods that halving or racing dropped),
-    and the hashes of the methods judged on every item. ``incumbent``: its failure flags per dev item,
-    which racing uses to drop candidates that cannot beat it (even a single one)."""
-    if (how == "halving" and len(methods) > 2) or (how == "race" and methods):
-        results: list[dict[int, object]] = [{} for _ in methods]
+    """Each method's evaluation on the dev set by the selection strategy ``how`` (a prefix for methods
+    that halving or racing dropped), and the hashes of the methods judged on every item.
+    ``incumbent``: its failure flags per dev item, which racing uses to drop candidates that cannot
+    beat it (even a single one). Every (method, item) pair a strategy asks for at once shares the pool."""
+    results: list[dict[int, object]] = [{} for _ in methods]
 
-        def judge_pairs(pairs):
-            judged = runner.map("dev evaluation", lambda p: judge(evol, methods[p[0]], dev[p[1]]), pairs)
-            for (c, i), result in zip(pairs, judged):
-                results[c][i] = result
-            return [r.failure is not None for r in judged]
+    def judge_pairs(pairs):
+        judged = runner.map("dev evaluation", lambda p: judge(evol, methods[p[0]], dev[p[1]]), pairs)
+        for (c, i), result in zip(pairs, judged):
+            results[c][i] = result
+        return [r.failure is not None for r in judged]
 
-        if how == "halving":
-            selection.successive_halving(len(methods), len(dev), judge_pairs)
-        else:
-            selection.race(len(methods), len(dev), judge_pairs, incumbent=incumbent)
-        evaluations = {m.hash: Evaluation(m, tuple(results[c][i] for i in sorted(results[c])))
-                       for c, m in enumerate(methods)}
-    else:
-        # Every (method, dev item) pair is one task, so all judgements share the pool.
-        pairs = [(m, item) for m in methods for item in dev]
-        judged = runner.map("dev evaluation", lambda pair: judge(evol, pair[0], pair[1]), pairs)
-        n = len(dev)
-        evaluations = {m.hash: Evaluation(m, tuple(judged[i * n:(i + 1) * n])) for i, m in enumerate(methods)}
+    selection.STRATEGIES[how].run(len(methods), len(dev), judge_pairs, incumbent=incumbent)
+    evaluations = {m.hash: Evaluation(m, tuple(results[c][i] for i in sorted(results[c])))
+                   for c, m in enumerate(methods)}
     return evaluations, {h for h, e in evaluations.items() if len(e.results) == len(dev)}
 
 

@@ -5,23 +5,133 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import atomic_write
 from .data import with_input
 from .errors import UserError
 
-FORMATS = ("jsonl", "alpaca", "sharegpt", "openai", "parquet")
 PROVENANCE = ("id", "seed_id", "round", "method", "method_hash", "parent_instruction", "evol_model", "answer_model")
 
 
+@dataclass(frozen=True)
+class Format:
+    """One output format, registered once in FORMATS: --format's validation, the writer and the
+    CLI's help all read the table, so a new format is one entry here and nothing else.
+
+    ``row`` gives a record's shape on one line (or one array element); a columnar format has none and
+    its own ``write``. ``array``: the rows form one JSON array (Alpaca), not JSON Lines. ``sidecar``:
+    the format allows nothing beside its fields, so provenance goes to OUT-stem.provenance.jsonl.
+    ``suffix``: an --out with this suffix picks the format when --format is not given."""
+    name: str
+    description: str
+    row: Callable[[dict], dict] | None = None
+    write: Callable[[Iterable[dict], Path, "Format"], int] | None = None
+    array: bool = False
+    sidecar: bool = False
+    suffix: str = ""
+
+
+def provenance(record: dict) -> dict:
+    return {k: record.get(k) for k in PROVENANCE}
+
+
+def provenance_path(path: Path) -> Path:
+    """Where a sidecar format puts its provenance: beside the output, as OUT-stem.provenance.jsonl."""
+    return path.with_name(path.stem + ".provenance.jsonl")
+
+
+def _base(record: dict) -> dict:
+    return {"instruction": record["instruction"], "input": record.get("input", ""), "output": record.get("output", "")}
+
+
+def _jsonl_row(record: dict) -> dict:
+    return {**_base(record), **provenance(record)}
+
+
+def _alpaca_row(record: dict) -> dict:
+    return {**_base(record), "provenance": provenance(record)}
+
+
+def _sharegpt_row(record: dict) -> dict:
+    return {"id": record["id"], "conversations": [
+        {"from": "human", "value": with_input(record["instruction"], record.get("input"))},
+        {"from": "gpt", "value": record.get("output", "")}], "provenance": provenance(record)}
+
+
+def _openai_row(record: dict) -> dict:
+    return {"messages": [{"role": "user", "content": with_input(record["instruction"], record.get("input"))},
+                         {"role": "assistant", "content": record.get("output", "")}]}
+
+
+def _write_text(records: Iterable[dict], path: Path, fmt: Format) -> int:
+    """JSON Lines, or one JSON array (``fmt.array``), a row per record; the sidecar gets a line per row."""
+    count = 0
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(atomic_write(path))
+        side = stack.enter_context(atomic_write(provenance_path(path))) if fmt.sidecar else None
+        if fmt.array:
+            fh.write("[\n")
+        for record in records:
+            text = json.dumps(fmt.row(record), ensure_ascii=False)
+            if side is not None:
+                side.write(json.dumps({"line": count + 1, **provenance(record)}, ensure_ascii=False) + "\n")
+            fh.write(((",\n" if count else "") + text) if fmt.array else text + "\n")
+            count += 1
+        if fmt.array:
+            fh.write("\n]\n")
+    return count
+
+
+def _write_parquet(records: Iterable[dict], path: Path, fmt: Format) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    count = 0
+    columns = ("instruction", "input", "output", *PROVENANCE)
+    schema = pa.schema([(c, pa.int64() if c == "round" else pa.string()) for c in columns])
+    with atomic_write(path, mode=None) as tmp:
+        writer = pq.ParquetWriter(tmp, schema)
+        batch: list[dict] = []
+        for record in records:
+            batch.append({c: record.get(c) if c != "input" else record.get("input", "") for c in columns})
+            count += 1
+            if len(batch) >= 2048:
+                writer.write_table(pa.Table.from_pylist(batch, schema))
+                batch = []
+        if batch:
+            writer.write_table(pa.Table.from_pylist(batch, schema))
+        writer.close()
+    return count
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("jsonl", "instruction, input, output and provenance, one JSON object a line", _jsonl_row),
+    Format("alpaca", "one JSON array of {instruction, input, output, provenance}", _alpaca_row, array=True),
+    Format("sharegpt", "JSON Lines of {id, conversations (human, gpt), provenance}", _sharegpt_row),
+    Format("openai", "chat JSON Lines of {messages}; provenance in OUT-stem.provenance.jsonl", _openai_row,
+           sidecar=True),
+    Format("parquet", "columns instruction, input, output and provenance", write=_write_parquet, suffix=".parquet"),
+)}
+DEFAULT_FORMAT = "jsonl"
+
+
+def format_help() -> str:
+    """--format's help line, from the table."""
+    return " | ".join(FORMATS) + " [default: from --out]"
+
+
 def format_for(path: Path, wanted: str | None) -> str:
+    """The format to write ``path`` in: --format when given (checked against the table), else the
+    one whose suffix ``path`` has, else jsonl."""
     if wanted:
         if wanted not in FORMATS:
             raise UserError(f"unknown --format {wanted!r} (known: {', '.join(FORMATS)})")
         return wanted
-    return "parquet" if path.suffix.lower() == ".parquet" else "jsonl"
+    suffix = path.suffix.lower()
+    return next((f.name for f in FORMATS.values() if f.suffix and f.suffix == suffix), DEFAULT_FORMAT)
 
 
 def shuffle_key(seed: int, record_id: str) -> int:
@@ -56,57 +166,7 @@ def shuffled(records: Iterable[dict], *, seed: int, count: int, workdir: Path) -
             yield record
 
 
-def provenance(record: dict) -> dict:
-    return {k: record.get(k) for k in PROVENANCE}
-
-
 def write(records: Iterable[dict], path: Path, fmt: str) -> int:
-    """Write ``records`` to ``path`` in ``fmt`` atomically; returns how many were written."""
-    count = 0
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        columns = ("instruction", "input", "output", *PROVENANCE)
-        schema = pa.schema([(c, pa.int64() if c == "round" else pa.string()) for c in columns])
-        with atomic_write(path, mode=None) as tmp:
-            writer = pq.ParquetWriter(tmp, schema)
-            batch: list[dict] = []
-            for record in records:
-                batch.append({c: record.get(c) if c != "input" else record.get("input", "") for c in columns})
-                count += 1
-                if len(batch) >= 2048:
-                    writer.write_table(pa.Table.from_pylist(batch, schema))
-                    batch = []
-            if batch:
-                writer.write_table(pa.Table.from_pylist(batch, schema))
-            writer.close()
-        return count
-    with contextlib.ExitStack() as stack:
-        fh = stack.enter_context(atomic_write(path))
-        # OpenAI's chat format allows only 'messages' per line: provenance goes to a sidecar file.
-        side = stack.enter_context(atomic_write(path.with_name(path.stem + ".provenance.jsonl"))) \
-            if fmt == "openai" else None
-        if fmt == "alpaca":
-            fh.write("[\n")
-        for record in records:
-            base = {"instruction": record["instruction"], "input": record.get("input", ""),
-                    "output": record.get("output", "")}
-            if fmt == "jsonl":
-                row = {**base, **provenance(record)}
-            elif fmt == "alpaca":
-                row = {**base, "provenance": provenance(record)}
-            elif fmt == "sharegpt":
-                row = {"id": record["id"], "conversations": [{"from": "human", "value": with_input(record["instruction"], record.get("input"))},
-                                                             {"from": "gpt", "value": base["output"]}],
-                       "provenance": provenance(record)}
-            else:
-                row = {"messages": [{"role": "user", "content": with_input(record["instruction"], record.get("input"))},
-                                    {"role": "assistant", "content": base["output"]}]}
-                side.write(json.dumps({"line": count + 1, **provenance(record)}, ensure_ascii=False) + "\n")
-            text = json.dumps(row, ensure_ascii=False)
-            fh.write((",\n" if count else "") + text if fmt == "alpaca" else text + "\n")
-            count += 1
-        if fmt == "alpaca":
-            fh.write("\n]\n")
-    return count
+    """Write ``records`` to ``path`` in the format named ``fmt`` atomically; returns how many were written."""
+    entry = FORMATS[fmt]
+    return (entry.write or _write_text)(records, path, entry)

@@ -12,7 +12,8 @@ from pathlib import Path
 from . import method as method_mod
 from .errors import UserError, first_line
 from .method import Method, text_problem
-from .tracking import client, missing_store, redact, tracking_uri
+from .http_engine import redact
+from .store import client, missing_store, tracking_uri
 
 PREFIX = "prompts:/"
 CHAMPION = "champion"
@@ -58,6 +59,11 @@ def load(spec: str) -> Method:
 def resolve(spec: str) -> Method:
     """Any method spec: a registry URI, a name in methods/, or a file path."""
     return load(spec) if is_uri(spec) else method_mod.load(spec)
+
+
+def resolve_methods(specs: list[str]) -> list[tuple[Method, float]]:
+    """evolve's and compare's ``--method NAME[=WEIGHT]`` mix (method.mix), any spec resolved as above."""
+    return method_mod.mix(specs, resolve)
 
 
 def champion(data: str):
@@ -141,7 +147,7 @@ def empty_note() -> str:
 
 def from_run(run_id: str) -> Method:
     """The e* an optimize run wrote."""
-    from .tracking import get_run
+    from .store import get_run
 
     c = client(create=False)
     run = get_run(c, run_id)

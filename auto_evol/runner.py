@@ -1,6 +1,6 @@
 """Running one phase's independent LLM tasks on a thread pool, counting calls, cache hits and seconds.
 
-The reporter gets ``phase(name, total)`` and ``advance(name)``: progress bars live outside."""
+The run's observers hear ``phase(name, total)`` and ``advance(name)``: progress bars live outside."""
 from __future__ import annotations
 
 import time
@@ -17,8 +17,8 @@ R = TypeVar("R")
 class Runner:
     """Runs one phase's independent LLM tasks concurrently and counts its calls and seconds."""
 
-    def __init__(self, pool: ThreadPoolExecutor, reporter, llms: Iterable[Llm]) -> None:
-        self.pool, self.reporter, self.llms = pool, reporter, list(llms)
+    def __init__(self, pool: ThreadPoolExecutor, observers, llms: Iterable[Llm]) -> None:
+        self.pool, self.observers, self.llms = pool, observers, list(llms)
         self.calls: dict[str, int] = {}
         self.cached: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
@@ -26,11 +26,11 @@ class Runner:
     def map(self, phase: str, fn: Callable[[T], R], items: list[T]) -> list[R]:
         before = self._counts()
         started = time.perf_counter()
-        self.reporter.phase(phase, len(items))
+        self.observers.phase(phase, len(items))
 
         def run(item: T) -> R:
             out = fn(item)
-            self.reporter.advance(phase)
+            self.observers.advance(phase)
             return out
 
         futures = [self.pool.submit(run, item) for item in items]

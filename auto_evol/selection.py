@@ -7,7 +7,8 @@ time, a candidate dropped once it is clearly worse than the leader on the same i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 
 def winner(incumbent_rate: float, candidate_rates: Sequence[float]) -> int | None:
@@ -50,24 +51,37 @@ def halving_rungs(n_items: int, n_candidates: int, *, min_slice: int = 4, finali
     return sizes + [n_items]
 
 
-def successive_halving(n_candidates: int, n_items: int, judge, *, min_slice: int = 4, finalists: int = 2):
+def every_item(n_candidates: int, n_items: int, judge, *, incumbent: Sequence[bool] | None = None):
+    """Judge every candidate on every item, all pairs in one call of ``judge`` (so they share the
+    pool). The result is as for ``successive_halving``; ``incumbent`` plays no part."""
+    pairs = [(c, i) for c in range(n_candidates) for i in range(n_items)]
+    flags = [bool(f) for f in judge(pairs)] if pairs else []
+    failures = [flags[c * n_items:(c + 1) * n_items] for c in range(n_candidates)]
+    survivor = min(range(n_candidates), key=lambda c: (sum(failures[c]), c)) if n_candidates else None
+    return survivor, failures
+
+
+def successive_halving(n_candidates: int, n_items: int, judge, *, min_slice: int = 4, finalists: int = 2,
+                       incumbent: Sequence[bool] | None = None):
     """Score candidates on growing prefixes of the dev set, dropping the worse half at each rung.
 
     ``judge(pairs)`` gets a list of (candidate, item) pairs and returns one failure flag per pair, in
     order (so a caller can run a rung's pairs concurrently). Returns (survivor, failures per
     candidate): the finalists have been judged on every item, dropped candidates on a prefix. Ties
-    keep the lower index, so the result does not depend on timing.
+    keep the lower index, so the result does not depend on timing. ``incumbent`` plays no part:
+    halving compares the candidates among themselves. With at most ``finalists`` candidates there is
+    nothing to halve and every candidate is judged on every item.
     """
     failures: list[list[bool]] = [[] for _ in range(n_candidates)]
     alive = list(range(n_candidates))
     for size in halving_rungs(n_items, n_candidates, min_slice=min_slice, finalists=finalists):
         pairs = [(c, i) for c in alive for i in range(len(failures[c]), size)]
-        for (c, _), failed in zip(pairs, judge(pairs)):
+        for (c, _), failed in zip(pairs, judge(pairs) if pairs else []):
             failures[c].append(bool(failed))
         if size < n_items:
             alive.sort(key=lambda c: (sum(failures[c][:size]) / size, c))
             alive = sorted(alive[: -(-len(alive) // 2)])
-    survivor = min(alive, key=lambda c: (sum(failures[c]) / n_items, c))
+    survivor = min(alive, key=lambda c: (sum(failures[c]) / n_items, c)) if alive else None
     return survivor, failures
 
 
@@ -116,3 +130,36 @@ def race(n_candidates: int, n_items: int, judge, *, z: float = RACE_Z, first: in
         size = n_items if len(alive) == 1 and incumbent is None else min(n_items, size + batch)
     survivor = min(alive, key=lambda c: (sum(failures[c]), c)) if alive else None
     return survivor, failures
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way to spend the dev set on the candidates. ``run(n_candidates, n_items, judge, *, incumbent)``
+    returns (survivor or None, failure flags per candidate); a candidate with fewer flags than items
+    was dropped on the way and cannot replace the incumbent."""
+
+    name: str
+    run: Callable
+    help: str
+
+
+# The one table of selection strategies: --selection's check, the loop's dispatch and the CLI help
+# all read it. A new strategy is one function above and one line here.
+STRATEGIES: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("full", every_item, "every candidate on every dev item"),
+    Strategy("halving", successive_halving, "successive halving over the dev set"),
+    Strategy("race", race, "drop a candidate once it is clearly worse than the leader, or than the incumbent, "
+                           "on the same items"),
+)}
+DEFAULT = "full"
+
+
+def names() -> str:
+    """The strategies' names as a sentence: "full, halving or race"."""
+    keys = list(STRATEGIES)
+    return keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} or {keys[-1]}"
+
+
+def help_text() -> str:
+    """The --selection help, one clause per strategy, from the table."""
+    return " | ".join(f"{s.name} ({s.help})" for s in STRATEGIES.values()) + f". [default: {DEFAULT}]"

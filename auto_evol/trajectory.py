@@ -1,4 +1,9 @@
-"""Applying a method to instructions: evolution trajectories and the evol LLM's answers.
+"""Applying a method to instructions: evolving one instruction once, and evolution trajectories.
+
+Evolving one instruction once (the evolver's prompt, reading its reply, the information-gain judge,
+the answer, the failure rules) is written once, in ``evolution_steps``, for every verb: optimize's
+trajectories and dev evaluation, compare, and evolve, which differ only in the rules they judge by
+and in calling the LLM from threads or from an event loop.
 
 A trajectory records, per instruction, stage 0 (the original) and each successful evolution after it.
 An evolution that cannot be read, or that changed nothing, ends that instruction's trajectory and
@@ -6,11 +11,13 @@ says why; so does an LLM call that failed after its retries.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from . import parsing
 from .data import Item, with_input
-from .failure import Failure
+from .failure import Failure, Rules, failure_of
+from .judge import Verdict, gain_prompt, read_verdict
 from .llm import LLMError, Llm
 from .method import Method
 from .replies import evolution_format
@@ -24,31 +31,144 @@ class Evolution:
     stopped: Failure | None = None   # why the last round tried produced no new stage
 
 
-def evolve_once(llm: Llm, method: Method, instruction: str, *, rollout: int | None = None,
-                temperature: float | None = None) -> tuple[str | None, str, Failure | None]:
-    """(new instruction or None, raw reply, failure or None) for one round of evolution.
+# --- evolving one instruction once: one implementation, a sync and an async driver -----------------
+#
+# Optimize (trajectories, dev evaluation) and compare call the LLM from worker threads; evolve calls it
+# from an event loop, many items in flight. The steps of one item (the evolver's prompt, reading its
+# reply, the information-gain judge, the answer, the failure rules after each) are written once, as a
+# generator that yields the calls it needs and is sent their replies; ``run_steps`` and ``arun_steps``
+# make those calls with Llm.ask and Llm.aask. So both paths send the same prompts with the same
+# settings and judge the replies alike.
+
+EVOL, ANSWER = "evol", "answer"   # the role a call goes to
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One call an item's evolution needs: the role that answers it, the prompt, and its settings."""
+    role: str
+    prompt: str
+    reply_format: object = None
+    rollout: int | None = None
+    temperature: float | None = None
+
+    def options(self) -> dict:
+        return {"reply_format": self.reply_format, "rollout": self.rollout, "temperature": self.temperature}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one instruction evolved once, as far as it went."""
+    rewrite: str | None              # the instruction read from the evolver's reply, kept even when it then
+                                     # failed (the rejected text); None when none could be read or asked for
+    reply: str                       # the evolver's raw reply; "(call failed: ...)" when that call failed;
+                                     # "" when an earlier run's evolution was taken up
+    failure: Failure | None = None
+    answer: str | None = None        # the answer to the rewrite, when one was asked for and given
+    evolution_failed: bool = False   # the failure came from the evolution itself, before any judge or answer
+    error: str = ""                  # the message of a call that failed after its retries
+
+    @property
+    def evolved(self) -> str | None:
+        """The new instruction, when the evolution itself succeeded."""
+        return None if self.evolution_failed else self.rewrite
+
+    @property
+    def answer_text(self) -> str | None:
+        """The answer as optimize and compare record it: a failed answer call says so."""
+        if self.answer is None and self.error and not self.evolution_failed:
+            return f"(call failed: {self.error})"
+        return self.answer
+
+
+Steps = Generator[Ask, object, Outcome]
+
+
+def evolution_steps(method: Method, instruction: str, *, rules: Rules = Rules.F_R, answer: bool = False,
+                    gain_judge: bool = False, rollout: int | None = None, temperature: float | None = None,
+                    known: dict | None = None, keep: Callable[[dict], None] | None = None) -> Steps:
+    """The steps of evolving ``instruction`` once with ``method``, as a generator of calls (see above).
 
     The reply is asked for in the method's own fields where the backend takes a schema (replies.py);
-    either way the same instruction is read from it."""
+    either way the same instruction is read from it. Then, under ``rules``, each step is judged by
+    failure.failure_of: the rewrite, the information-gain judge's verdict (``gain_judge``) and the
+    answer (``answer``). ``rollout`` and ``temperature`` go to the evolution call (``rollout`` to the
+    answer too). ``known`` holds the steps an earlier run finished ({"evolved", "judged"}), which are
+    not asked again; ``keep`` is told of each step finished here. A failed call ends the item with
+    ``llm_error``."""
+    known = known or {}
+    rewrite, reply = known.get("evolved"), ""
+    if rewrite is None:
+        try:
+            got = yield Ask(EVOL, method.render(instruction), evolution_format(method.text), rollout, temperature)
+        except LLMError as exc:
+            return Outcome(None, f"(call failed: {exc})", Failure.LLM_ERROR, evolution_failed=True, error=str(exc))
+        reply = got.text
+        rewrite = parsing.read_evolution(got.text, got.fields, method.text)
+        unchanged = rewrite is not None and parsing.same_instruction(rewrite, instruction)
+        failure = failure_of(rules, rewrite=rewrite, unchanged=unchanged)
+        if failure is not None:
+            return Outcome(rewrite, reply, failure, evolution_failed=True)
+        if keep:
+            keep({"evolved": rewrite})
+    if not answer:
+        return Outcome(rewrite, reply)
     try:
-        reply = llm.ask(method.render(instruction), rollout=rollout, temperature=temperature,
-                        reply_format=evolution_format(method.text))
+        if gain_judge and not known.get("judged"):
+            verdict = read_verdict((yield Ask(EVOL, gain_prompt(instruction, rewrite))).text)
+            # An unreadable verdict is no evidence of no gain: only 'equal' eliminates.
+            failure = failure_of(rules, rewrite=rewrite, equal=verdict is Verdict.EQUAL)
+            if failure is not None:
+                return Outcome(rewrite, reply, failure)
+            if keep:
+                keep({"evolved": rewrite, "judged": True})
+        text = (yield Ask(ANSWER, rewrite, rollout=rollout)).text
     except LLMError as exc:
-        return None, f"(call failed: {exc})", Failure.LLM_ERROR
-    evolved, text, failure = judge_evolution(reply.text, reply.fields, method, instruction)
-    return (None if failure else evolved), text, failure
+        return Outcome(rewrite, reply, Failure.LLM_ERROR, error=str(exc))
+    return Outcome(rewrite, reply, failure_of(rules, rewrite=rewrite, answer=text), answer=text)
 
 
-def judge_evolution(text: str, fields: dict | None, method: Method,
-                    instruction: str) -> tuple[str | None, str, Failure | None]:
-    """What became of one evolution, from the evolver's reply: the part every caller shares. An
-    unchanged rewrite is returned with its failure, so a caller can keep it as the rejected text."""
-    evolved = parsing.read_evolution(text, fields, method.text)
-    if evolved is None:
-        return None, text, Failure.UNREADABLE_EVOLUTION
-    if parsing.same_instruction(evolved, instruction):
-        return evolved, text, Failure.UNCHANGED
-    return evolved, text, None
+def run_steps(steps: Steps, evol: Llm, answerer: Llm | None = None) -> Outcome:
+    """Drive ``steps`` with blocking calls (optimize's and compare's worker threads)."""
+    roles = {EVOL: evol, ANSWER: answerer or evol}
+    resume, value = steps.send, None
+    try:
+        while True:
+            ask = resume(value)
+            try:
+                value, resume = roles[ask.role].ask(ask.prompt, **ask.options()), steps.send
+            except LLMError as exc:
+                value, resume = exc, steps.throw
+    except StopIteration as done:
+        return done.value
+
+
+async def arun_steps(steps: Steps, evol: Llm, answerer: Llm | None = None) -> Outcome:
+    """Drive ``steps`` with async calls (evolve's event loop, many items in flight)."""
+    roles = {EVOL: evol, ANSWER: answerer or evol}
+    resume, value = steps.send, None
+    try:
+        while True:
+            ask = resume(value)
+            try:
+                value, resume = await roles[ask.role].aask(ask.prompt, **ask.options()), steps.send
+            except LLMError as exc:
+                value, resume = exc, steps.throw
+    except StopIteration as done:
+        return done.value
+
+
+def evolve_once(llm: Llm, method: Method, instruction: str, *, rollout: int | None = None,
+                temperature: float | None = None) -> tuple[str | None, str, Failure | None]:
+    """(new instruction or None, raw reply, failure or None) for one round of evolution."""
+    outcome = run_steps(evolution_steps(method, instruction, rollout=rollout, temperature=temperature), llm)
+    return outcome.evolved, outcome.reply, outcome.failure
+
+
+def evolve_and_answer(llm: Llm, method: Method, instruction: str) -> Outcome:
+    """One round of evolution, answered and judged by F(r): what optimize's dev evaluation and compare
+    measure a method by (two calls at most)."""
+    return run_steps(evolution_steps(method, instruction, answer=True), llm)
 
 
 def stage0(item: Item) -> str:
@@ -89,11 +209,3 @@ class Trajectory:
                     lines.append(f"Stage {k}: (no rewritten instruction could be read; the reply began: {reply})")
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
-
-
-def answer(llm: Llm, instruction: str) -> tuple[str, Failure | None]:
-    """The evol LLM's answer to an instruction, or a failure when the call itself failed."""
-    try:
-        return llm.ask(instruction).text, None
-    except LLMError as exc:
-        return f"(call failed: {exc})", Failure.LLM_ERROR

@@ -12,7 +12,7 @@ import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from auto_evol import llm
+from auto_evol import backends, llm
 
 
 def prompts(tag: str, n: int) -> list[str]:
@@ -34,8 +34,8 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=4)
     args = parser.parse_args()
 
-    llm.configure_cache(None)
-    model = llm.build(llm.RoleSettings(max_tokens=args.max_tokens), concurrency=args.slots, cache=False)
+    backends.configure_cache(None)
+    model = backends.build(llm.RoleSettings(max_tokens=args.max_tokens), concurrency=args.slots, cache=False)
     from auto_evol import gguf_engine
 
     server = next(iter(gguf_engine._engines.values()))[0]._server  # the same in-process server

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from auto_evol.observer import Observer  # noqa: E402 - a pure leaf: imports nothing heavy before the clocks
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
@@ -80,22 +82,18 @@ async def bare_client(base: str, calls: int, concurrency: int) -> float:
         return time.perf_counter() - started
 
 
-class PhaseClock:
-    """An evolve reporter that notes when the calls of each phase started and when the last one ended."""
+class PhaseClock(Observer):
+    """An observer of the evolve run that notes when the calls of each phase started and when the
+    last one ended."""
 
     def __init__(self) -> None:
         self.phases: dict[str, list[float]] = {}
-        self.current = ""
 
-    def start(self, *args) -> None: ...
-    def finish(self, result) -> None: ...
-
-    def phase(self, name: str, total: int, done: int) -> None:
-        self.current = name
+    def phase(self, name: str, total: int, done: int = 0) -> None:
         self.phases[name] = [time.perf_counter()] * 2
 
-    def advance(self) -> None:
-        self.phases[self.current][1] = time.perf_counter()
+    def advance(self, name: str) -> None:
+        self.phases[name][1] = time.perf_counter()
 
     def seconds(self) -> float:
         return sum(end - start for start, end in self.phases.values())
@@ -113,7 +111,7 @@ def run_evolve(base: str, work: Path, seeds: int, *, judge: bool, timeout: float
                             evol_model="openai/fake", api_base=base, judge=judge, concurrency=concurrency,
                             timeout=timeout, cache_dir=str(work / "cache") if cache else None, track=False)
     started = time.perf_counter()
-    result = evolve(options, reporter=clock)
+    result = evolve(options, observers=[clock] if clock else [])
     return result, time.perf_counter() - started
 
 

@@ -40,7 +40,7 @@ PROFILES = {"spread": (0.20, 0.35, 0.50, 0.60, 0.70),   # the issue's example: o
 def main() -> None:
     from conftest import scripted_llm
 
-    from auto_evol import llm, selection
+    from auto_evol import backends, selection
     from auto_evol.data import Item
     from auto_evol.evaluation import judge
     from auto_evol.method import Method
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--rates", help="one profile's true failure rates, comma-separated (default: three profiles)")
     parser.add_argument("--direct", type=int, default=0, help="seeds for the selection-only run (0: skip it)")
     args = parser.parse_args()
-    llm.configure_cache(None, memory=False)
+    backends.configure_cache(None, memory=False)
     state = {"seed": 0}
 
     def script(prompt: str) -> str:

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from auto_evol import llm, method
+from auto_evol import backends, llm, method
 
 pytestmark = pytest.mark.embedded
 
 
 def test_the_embedded_model_answers():
-    llm.configure_cache(None)
-    model = llm.build(llm.RoleSettings(max_tokens=24), concurrency=1)
+    backends.configure_cache(None)
+    model = backends.build(llm.RoleSettings(max_tokens=24), concurrency=1)
     reply = model.ask("Say hello.")
     assert reply.text.strip() and reply.output_tokens > 0
     assert model.usage.snapshot()["calls"] == 1
@@ -53,7 +53,7 @@ def test_optimize_through_an_openai_compatible_server_on_loopback(tmp_path, monk
     from auto_evol import optimize
 
     params = xllamacpp.CommonParams()
-    params.model.path = str(llm.embedded_model_path())
+    params.model.path = str(backends.embedded_model_path())
     params.n_ctx = 4096
     params.verbosity = -1
     server = xllamacpp.Server(params)

@@ -16,7 +16,9 @@ import pytest
 
 from auto_evol import output
 from auto_evol.errors import UserError
-from auto_evol.evolve import CLASSIC_OPERATORS, EvolveOptions, evolve, pick, resolve_methods
+from auto_evol.evolve import EvolveOptions, evolve
+from auto_evol.method import CLASSIC_OPERATORS, pick
+from auto_evol.registry import resolve_methods
 from conftest import scripted_llm
 from fake_openai import FakeOpenAI, evolve_world
 
@@ -31,12 +33,12 @@ def seeds(path: Path, n: int, with_output: bool = False) -> Path:
     return path
 
 
-def run(tmp_path, n=30, rounds=2, **extra):
+def run(tmp_path, n=30, rounds=2, observers=None, **extra):
     data = seeds(tmp_path / "seeds.jsonl", n)
     model, engine = scripted_llm(evolve_world, name="evolve-world")
     options = EvolveOptions(data=str(data), out=str(tmp_path / "out.jsonl"), rounds=rounds, cache_dir=None,
                             track=False, concurrency=8, **extra)
-    return evolve(options, evol=model, answerer=model), engine
+    return evolve(options, evol=model, answerer=model, observers=observers), engine
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -280,3 +282,35 @@ def test_a_hugging_face_dataset_is_streamed_in_through_the_datasets_library(tmp_
                           ("hf:a:b:c:d", r"write a Hugging Face dataset as hf:NAME")]:
         with pytest.raises(UserError, match=message):
             run_on(spec, "bad.jsonl")
+
+
+def test_evolve_tells_its_observers_each_phase_and_the_result(tmp_path):
+    from auto_evol.observer import Observer
+
+    class Recorder(Observer):
+        def __init__(self):
+            self.events = []
+
+        def start(self, options, **context):
+            self.events.append(("start", context["seeds"], [m.name for m, _ in context["methods"]]))
+
+        def phase(self, name, total, done=0):
+            self.events.append(("phase", name, total, done))
+
+        def advance(self, name):
+            self.events.append(("advance", name))
+
+        def finish(self, result):
+            self.events.append(("finish", result.records))
+
+        def close(self, error):
+            self.events.append(("close", error))
+
+    heard = Recorder()
+    result, _ = run(tmp_path, n=12, rounds=2, observers=[heard])
+    assert heard.events[0][:2] == ("start", 12) and heard.events[-2:] == [("finish", result.records), ("close", None)]
+    phases = [e for e in heard.events if e[0] == "phase"]
+    assert [p[1] for p in phases] == ["answer seeds", "round 1", "round 2"] and phases[1][2] == 12
+    for _, name, total, _ in phases:
+        assert sum(e == ("advance", name) for e in heard.events) == total
+    assert result.stats.to_dict() == json.loads((tmp_path / "out.jsonl.work" / "stats.json").read_text())

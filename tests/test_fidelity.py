@@ -17,7 +17,7 @@ from auto_evol import candidate as candidate_mod
 from auto_evol import evolve as evolve_mod
 from auto_evol import feedback as feedback_mod
 from auto_evol import llm as llm_mod
-from auto_evol import selection, trajectory
+from auto_evol import backends, selection, trajectory
 from auto_evol.data import Item
 from auto_evol.evaluation import DevResult, Evaluation
 from auto_evol.evolve import EvolveOptions
@@ -212,7 +212,7 @@ def test_a_trajectory_of_three_rounds_has_stages_0_to_3():
 def evolve_with_cache(tmp_path, *, evol_temperature: float = 0.0):
     """Two rounds over six seeds with DSPy's cache on (memory and disk) and one method, so a retried
     seed's round-2 prompt text is exactly its round-1 prompt text."""
-    llm_mod.configure_cache(str(tmp_path / "cache"))
+    backends.configure_cache(str(tmp_path / "cache"))
     data = tmp_path / "seeds.jsonl"
     data.write_text("\n".join(json.dumps({"id": f"s{i}", "instruction": f"Question number {i}?", "output": "4"})
                               for i in range(6)) + "\n")
@@ -357,7 +357,7 @@ def test_each_role_samples_as_its_paper_says_and_the_optimizer_request_carries_i
     assert evolve_options.evol_settings().temperature == 0.0
     # What the optimizer role really sends, with the defaults' settings (DSPy's cache on: the m sampled
     # analyses of one trajectory are m requests, told apart by their rollout ids, not one cache entry).
-    llm_mod.configure_cache(None)
+    backends.configure_cache(None)
     optimizer, opt_engine = recording_llm(optimizer_script, options.optimizer_settings(), name="opt-defaults",
                                           cache=True)
     evol, evol_engine = recording_llm(world, options.evol_settings(), name="evol-defaults")

@@ -62,9 +62,9 @@ def test_commands_that_need_the_store_ask_for_one_in_one_line(empty, args):
 
 
 def test_a_store_without_prompts_is_an_empty_registry_too(workdir):
-    from auto_evol import tracking
+    from auto_evol import store
 
-    tracking.client()  # a store, as an evolve or compare run leaves one, with no optimize run in it
+    store.client()  # a store, as an evolve or compare run leaves one, with no optimize run in it
     out = auto_evol(["methods", "list"], workdir)
     assert out.returncode == 0, out.stderr
     assert "e0" in out.stdout and "prompt registry at sqlite:///" in out.stdout and ": empty" in out.stdout

@@ -1,13 +1,13 @@
 import pytest
 
-from auto_evol import llm
+from auto_evol import backends, llm
 from auto_evol.errors import UserError
 from conftest import scripted_llm
 
 
 @pytest.fixture(autouse=True)
 def memory_cache():
-    llm.configure_cache(None)
+    backends.configure_cache(None)
 
 
 def test_cache_hits_are_counted_apart_from_paid_calls():
@@ -43,13 +43,13 @@ def test_fatal_and_transient_errors():
 def test_checks_before_any_work(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(UserError, match="no API key"):
-        llm.check(llm.RoleSettings(model="openai/gpt-4o-mini"), "--evol-model")
-    llm.check(llm.RoleSettings(model="openai/local", api_base="http://127.0.0.1:9/v1"), "--evol-model")
+        backends.check(llm.RoleSettings(model="openai/gpt-4o-mini"), "--evol-model")
+    backends.check(llm.RoleSettings(model="openai/local", api_base="http://127.0.0.1:9/v1"), "--evol-model")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    llm.check(llm.RoleSettings(model="openai/gpt-4o-mini"), "--evol-model")
+    backends.check(llm.RoleSettings(model="openai/gpt-4o-mini"), "--evol-model")
     with pytest.raises(UserError, match="unknown provider"):
-        llm.check(llm.RoleSettings(model="nosuch/model"), "--optimizer-model")
-    llm.check(llm.RoleSettings(model=None), "--evol-model")  # the embedded model needs nothing
+        backends.check(llm.RoleSettings(model="nosuch/model"), "--optimizer-model")
+    backends.check(llm.RoleSettings(model=None), "--evol-model")  # the embedded model needs nothing
 
 
 def test_async_calls_count_cache_hits_per_call():
@@ -94,7 +94,7 @@ def test_the_disk_cache_keeps_little_of_its_sqlite_files_in_memory(tmp_path):
     long evolve run's memory grow with the cache; auto-evol bounds both, on every shard."""
     import dspy
 
-    llm.configure_cache(tmp_path)
+    backends.configure_cache(tmp_path)
     try:
         shards = dspy.cache.disk_cache._shards
         assert shards and all(s.sqlite_cache_size == 256 and s.sqlite_mmap_size == 0 for s in shards)
@@ -102,4 +102,4 @@ def test_the_disk_cache_keeps_little_of_its_sqlite_files_in_memory(tmp_path):
         assert con.execute("PRAGMA cache_size").fetchone()[0] == 256
         assert con.execute("PRAGMA mmap_size").fetchone()[0] == 0
     finally:
-        llm.configure_cache(None)
+        backends.configure_cache(None)

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from auto_evol import method
-from auto_evol.evolve import CLASSIC_OPERATORS
+from auto_evol.method import CLASSIC_OPERATORS
 
 
 def _flat(text: str) -> str:

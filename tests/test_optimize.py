@@ -10,6 +10,7 @@ import pytest
 from auto_evol import method, optimize
 from auto_evol.errors import UserError
 from auto_evol.failure import Failure
+from auto_evol.observer import Observer, Observers
 from conftest import scripted_llm
 from fake_openai import world
 
@@ -97,6 +98,8 @@ def test_each_step_accepts_the_better_candidate_and_e_star_is_saved_and_recorded
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dataset.parent / 'mlruns' / 'mlflow.db'}")
     run_info = client.get_run(result.run_id)
     assert run_info.data.params["candidates"] == "2" and run_info.info.status == "FINISHED"
+    assert result.calls == sum(u["calls"] for u in result.usage.values()) > 0
+    assert run_info.data.metrics["paper_budget_share"] == pytest.approx(result.calls / 6120)
     history = client.get_metric_history(result.run_id, "failure_rate")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == result.rates
     artifact = client.download_artifacts(result.run_id, f"e_star/{saved.name}.md", str(dataset.parent))
@@ -191,3 +194,84 @@ def test_halving_and_racing_reach_the_full_evaluations_best_rate_with_fewer_dev_
 def test_paired_acceptance_needs_enough_dev_items(dataset):
     with pytest.raises(UserError, match="--accept paired needs --dev-size of at least 10"):
         run(dataset, World(), accept="paired", dev_size=8, track=False)
+
+
+class Recorder(Observer):
+    """Keeps the events it hears, in order; ``fail_on``: the event at which it raises."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.events: list[tuple] = []
+        self.fail_on = fail_on
+
+    def _hear(self, *event) -> None:
+        self.events.append(event)
+        if event[0] == self.fail_on:
+            raise RuntimeError(f"the recorder fails at {self.fail_on}")
+
+    def start(self, options, **context):
+        self._hear("start", sorted(context))
+
+    def phase(self, name, total, done=0):
+        self._hear("phase", name, total)
+
+    def advance(self, name):
+        self._hear("advance", name)
+
+    def baseline(self, evaluation):
+        self._hear("baseline", evaluation.rate)
+
+    def step(self, record):
+        self._hear("step", record.step)
+
+    def checkpoint(self, state):
+        self._hear("checkpoint", len(state["rates"]))
+
+    def finish(self, result):
+        self._hear("finish", result.rates[-1])
+
+    def close(self, error):
+        self._hear("close", type(error).__name__ if error else None)
+
+
+def test_every_event_reaches_each_observer_in_order_and_nothing_else_records(dataset):
+    first, second = Recorder(), Recorder()
+    result, _ = run(dataset, World(), track=False, steps=2, observers=[first, second])
+    assert first.events == second.events
+    kinds = [e[0] for e in first.events if e[0] not in ("phase", "advance")]
+    assert kinds == ["start", "baseline", "checkpoint", "step", "checkpoint", "step", "checkpoint", "checkpoint",
+                     "finish", "close"]
+    assert first.events[0] == ("start", ["init", "next_step", "split"])
+    assert first.events[-1] == ("close", None) and first.events[-2] == ("finish", result.rates[-1])
+    phases = [e[1] for e in first.events if e[0] == "phase"]
+    assert phases[:4] == ["dev evaluation", "trajectory", "analysis", "optimization"]
+    assert sum(e[0] == "advance" for e in first.events) == sum(e[2] for e in first.events if e[0] == "phase")
+    # Tracking is an observer too: with none given and tracking off, no store is made.
+    assert not (dataset.parent / "mlruns").exists() and result.run_id is None
+
+
+def test_a_failing_observer_fails_the_run_and_every_observer_hears_close(dataset):
+    import mlflow
+
+    from auto_evol.tracking import OptimizeLogger
+
+    recorder, logger, after = Recorder(fail_on="step"), OptimizeLogger(), Recorder()
+    with pytest.raises(RuntimeError, match="fails at step"):
+        run(dataset, World(), steps=2, observers=[recorder, logger, after])
+    assert recorder.events[-1] == ("close", "RuntimeError") and after.events[-1] == ("close", "RuntimeError")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{dataset.parent / 'mlruns' / 'mlflow.db'}")
+    assert client.get_run(logger.run_id).info.status == "FAILED"
+
+
+def test_observers_close_all_even_when_one_fails_to():
+    class Broken(Observer):
+        def close(self, error):
+            raise OSError("cannot close")
+
+    closed = Recorder()
+    heard = Observers([Broken(), None, closed])
+    with pytest.raises(OSError):
+        heard.close(None)
+    assert closed.events == [("close", None)]
+    # After a failed run, the run's own error is the one that counts: a close failure is not raised over it.
+    heard.close(KeyError("x"))
+    assert closed.events[-1] == ("close", "KeyError")

@@ -119,9 +119,9 @@ def test_a_held_lock_refuses_and_a_released_one_is_free(tmp_path):
 # --- 2. one store, made once -----------------------------------------------------------------------
 
 def test_two_first_tracked_runs_in_a_fresh_folder_both_succeed(workdir):
-    script = ("from auto_evol import tracking\n"
-              "c = tracking.client()\n"
-              "e = tracking.experiment_id(c, 'race', tracking.tracking_uri())\n"
+    script = ("from auto_evol import store\n"
+              "c = store.client()\n"
+              "e = store.experiment_id(c, 'race', store.tracking_uri())\n"
               "c.set_terminated(c.create_run(e).info.run_id)\n")
     procs = [subprocess.Popen([sys.executable, "-c", script], cwd=workdir, env=env(), stderr=subprocess.PIPE,
                               text=True) for _ in range(4)]
@@ -370,7 +370,7 @@ def test_temporary_files_of_a_killed_assembly_are_cleared_by_the_rerun(tmp_path)
 def test_a_resumed_run_counts_all_its_calls_and_writes_one_e_star(project, monkeypatch):
     import importlib
 
-    from auto_evol import tracking
+    from auto_evol import store
 
     optimize_mod = importlib.import_module("auto_evol.optimize")
 
@@ -392,14 +392,14 @@ def test_a_resumed_run_counts_all_its_calls_and_writes_one_e_star(project, monke
         with pytest.raises(KeyboardInterrupt):
             optimize(**base, api_base=fake.base, experiment="split")
         monkeypatch.setattr(optimize_mod, "_step", real_step)
-        [killed] = [r for r in tracking.optimize_runs() if r["status"] == "KILLED"]
+        [killed] = [r for r in store.optimize_runs() if r["status"] == "KILLED"]
         resumed = optimize(resume=killed["run_id"], api_base=fake.base)
         # Finishing again (as after a kill while finishing) rewrites the same e* file.
-        tracking.client().update_run(resumed.run_id, status="RUNNING")
+        store.client().update_run(resumed.run_id, status="RUNNING")
         again = optimize(resume=resumed.run_id, api_base=fake.base)
     assert again.method_path == resumed.method_path
     assert sorted(p.name for p in Path("methods").iterdir()) == [resumed.method_path.name]
-    row = next(r for r in tracking.optimize_runs() if r["run_id"] == resumed.run_id)
+    row = next(r for r in store.optimize_runs() if r["run_id"] == resumed.run_id)
     assert int(row["calls"]) == whole_calls   # the first process's calls and the resumed one's
 
 

@@ -149,7 +149,7 @@ def _env(tmp_path: Path) -> dict:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ui_stopped_by_a_signal_leaves_nothing_running(tmp_path, sig):
     env = _env(tmp_path)
-    subprocess.run([sys.executable, "-c", "from auto_evol.tracking import client; client().search_experiments()"],
+    subprocess.run([sys.executable, "-c", "from auto_evol.store import client; client().search_experiments()"],
                    cwd=tmp_path, env=env, check=True, timeout=120, capture_output=True)
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
     port = _free_port()

@@ -1,3 +1,5 @@
+import pytest
+
 from auto_evol.selection import should_stop, winner
 
 
@@ -111,3 +113,67 @@ def test_the_incumbent_races_too_and_costs_no_call():
     # Without the incumbent a lone candidate is judged on every item.
     seen = {c: 0 for c in outcomes}
     assert race(1, 50, judge)[0] == 0 and seen[0] == 50
+
+
+def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypatch):
+    """A strategy added to the table alone is accepted, run and listed."""
+    from auto_evol import selection
+    from auto_evol.errors import UserError
+    from auto_evol.optimize import Options
+
+    assert "full (" in selection.help_text() and "race (" in selection.help_text()
+    with pytest.raises(UserError, match="full, halving or race"):
+        Options(selection="sometimes").validate()
+    called = []
+
+    def first_only(n_candidates, n_items, judge, *, incumbent=None):
+        called.append((n_candidates, n_items))
+        return selection.every_item(1, n_items, judge) if n_candidates else (None, [])
+
+    monkeypatch.setitem(selection.STRATEGIES, "first", selection.Strategy("first", first_only, "the first one"))
+    Options(selection="first").validate()
+    assert "first (the first one)" in selection.help_text() and selection.names().endswith("or first")
+
+    # The loop's dispatch runs it: only the first candidate is judged, so only it may win.
+    from types import SimpleNamespace
+
+    import importlib
+
+    from auto_evol.method import Method
+
+    optimize_mod = importlib.import_module("auto_evol.optimize")
+
+    class Inline:
+        def map(self, phase, fn, items):
+            return [fn(item) for item in items]
+
+    monkeypatch.setattr(optimize_mod, "judge", lambda evol, method, item: SimpleNamespace(failure=None))
+    a, b = Method(name="a", text="A {instruction}"), Method(name="b", text="B {instruction}")
+    evaluations, finalists = optimize_mod._judge_candidates([a, b], [1, 2, 3], None, Inline(), "first")
+    assert called == [(2, 3)] and finalists == {a.hash} and len(evaluations[b.hash].results) == 0
+
+
+def test_every_item_judges_all_pairs_in_one_call():
+    from auto_evol.selection import every_item
+
+    calls = []
+
+    def judge(pairs):
+        calls.append(list(pairs))
+        return [c == 1 for c, _ in pairs]
+
+    survivor, failures = every_item(3, 4, judge)
+    assert len(calls) == 1 and len(calls[0]) == 12
+    assert survivor == 0 and failures[1] == [True] * 4 and failures[0] == [False] * 4
+    assert every_item(0, 4, judge) == (None, [])
+
+
+@pytest.mark.parametrize("name", ["full", "halving", "race"])
+def test_a_step_with_no_candidate_to_judge_judges_nothing(name):
+    """Every optimizer reply unreadable: no distinct candidate, no call, no winner."""
+    from auto_evol.selection import STRATEGIES
+
+    def judge(pairs):
+        raise AssertionError("nothing to judge")
+
+    assert STRATEGIES[name].run(0, 50, judge, incumbent=[False] * 50) == (None, [])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from auto_evol import llm, providers
+from auto_evol import backends, llm, providers
 from auto_evol.errors import UserError
 from auto_evol.method import Method, load
 from auto_evol.replies import ANALYSIS, OPTIMIZATION, evolution_format
@@ -96,7 +96,7 @@ def test_structured_and_free_text_replies_give_the_same_evolution():
 def test_the_reply_format_reaches_the_server_and_is_read_back():
     """Through the pooled OpenAI-compatible engine (the --api-base path, also the GGUF engine's body)."""
     with FakeOpenAI(schemas=True) as fake:
-        role = llm.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 512), cache=False)
+        role = backends.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 512), cache=False)
         method = Method("m", "Rewrite (level 1) this: {instruction}\n#Finally Rewritten Instruction#:\n")
         reply = role.ask(method.render("Question number 5?"), reply_format=evolution_format(method.text))
         body = fake.bodies[-1]
@@ -110,7 +110,7 @@ def test_the_reply_format_reaches_the_server_and_is_read_back():
 
 def test_a_refused_schema_falls_back_to_free_text_once_with_one_notice(capsys):
     with FakeOpenAI(refuse_schemas=True) as fake:
-        role = llm.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 256), cache=False)
+        role = backends.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 256), cache=False)
         fmt = evolution_format("Rewrite (level 1) this: {instruction}")
         first = role.ask("Rewrite (level 1) this: Question number 5?", reply_format=fmt)
         second = role.ask("Rewrite (level 1) this: Question number 4?", reply_format=fmt)
@@ -124,14 +124,14 @@ def test_a_refused_schema_falls_back_to_free_text_once_with_one_notice(capsys):
     assert len(err) == 1 and "structured output refused" in err[0] and "free text" in err[0]
     assert role.notices == [err[0].removeprefix("note: ")]
     with FakeOpenAI(refuse_schemas=True) as fake:
-        strict = llm.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 256, structured="on"), cache=False)
+        strict = backends.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 256, structured="on"), cache=False)
         with pytest.raises(UserError, match="structured output refused"):
             strict.ask("Rewrite (level 1) this: Question number 5?", reply_format=fmt)
 
 
 def test_off_sends_no_schema():
     with FakeOpenAI(schemas=True) as fake:
-        role = llm.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 256, structured="off"), cache=False)
+        role = backends.build(llm.RoleSettings("openai/m", fake.base, 0.0, None, 256, structured="off"), cache=False)
         role.ask("Rewrite (level 1) this: Question number 5?", reply_format=ANALYSIS)
         assert "response_format" not in fake.bodies[-1]
 
@@ -165,10 +165,10 @@ def test_reasoning_models_take_temperature_one_and_a_large_budget(model, reasoni
 
 def test_a_reasoning_model_behind_a_server_that_enforces_the_rule_works_with_the_adapted_settings(capsys):
     with FakeOpenAI() as fake:
-        raw = llm.build(llm.RoleSettings("openai/o3-mini", fake.base, 0.6, 0.95, 2048), cache=False, num_retries=0)
+        raw = backends.build(llm.RoleSettings("openai/o3-mini", fake.base, 0.6, 0.95, 2048), cache=False, num_retries=0)
         with pytest.raises(llm.LLMError, match="temperature"):
             raw.ask("Rewrite (level 1) this: Question number 5?")
-        (role,) = llm.build_roles((llm.RoleSettings("openai/o3-mini", fake.base, 0.6, 0.95, 2048),
+        (role,) = backends.build_roles((llm.RoleSettings("openai/o3-mini", fake.base, 0.6, 0.95, 2048),
                                    "--optimizer-model"), cache_dir=None, concurrency=1)
         role.ask("Rewrite (level 1) this: Question number 5?")
         body = fake.bodies[-1]
@@ -232,10 +232,10 @@ def anthropic(monkeypatch):
 
 def test_the_dspy_provider_path_meets_the_anthropic_rule_and_adapts(anthropic, capsys, tmp_path):
     settings = llm.RoleSettings("anthropic/claude-sonnet-4-5", anthropic.base, 0.6, 0.95, 256)
-    raw = llm.build(settings, cache=False, num_retries=0)
+    raw = backends.build(settings, cache=False, num_retries=0)
     with pytest.raises(llm.LLMError, match="cannot both be specified"):
         raw.ask("hello")
-    (role,) = llm.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
+    (role,) = backends.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
     reply = role.ask("Name the failed cases.", reply_format=ANALYSIS)
     sent = anthropic.bodies[-1]
     assert sent["temperature"] == 0.6 and "top_p" not in sent
@@ -244,7 +244,7 @@ def test_the_dspy_provider_path_meets_the_anthropic_rule_and_adapts(anthropic, c
     assert "kept temperature 0.6, dropped top_p" in capsys.readouterr().err
     # The start-of-run check is kept per model: a second build makes no probe call.
     calls = len(anthropic.bodies)
-    llm.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
+    backends.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
     assert len(anthropic.bodies) == calls and (tmp_path / "checks.json").is_file()
 
 
