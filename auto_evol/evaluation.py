@@ -68,7 +68,7 @@ def _failed(result: DevResult) -> bool:
     return result.failure is not None and result.failure is not Failure.LLM_ERROR
 
 
-def judge(llm: Llm, method: Method, item: Item) -> DevResult:
+def judge_item(llm: Llm, method: Method, item: Item) -> DevResult:
     """Evolve one dev item with ``method`` and judge the evol LLM's answer to it (two calls at most)."""
     outcome = evolve_and_answer(llm, method, stage0(item))
     return DevResult(item, outcome.evolved, outcome.answer_text, outcome.failure, outcome.reply)

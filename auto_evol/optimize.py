@@ -27,13 +27,13 @@ from .candidate import Candidate, propose
 from .checkpoint import check_writable
 from .devset import Split, batch, dev_fingerprint, load_split
 from .errors import Outage, UserError
-from .evaluation import Evaluation, judge
+from .evaluation import Evaluation, judge_item
 from .feedback import Feedback, analyse
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
 from .observer import Observer, Observers
 from .runner import Runner
-from .trajectory import Trajectory, evolve
+from .trajectory import Trajectory, evolve_rounds
 
 @dataclass
 class Options:
@@ -205,7 +205,7 @@ def _rollout(seed: int, step: int, index: int) -> int:
 
 
 def evaluate(method: Method, dev: list, evol: Llm, runner: Runner) -> Evaluation:
-    return Evaluation(method, tuple(runner.map("dev evaluation", lambda item: judge(evol, method, item), dev)))
+    return Evaluation(method, tuple(runner.map("dev evaluation", lambda item: judge_item(evol, method, item), dev)))
 
 
 def optimize(options: Options | None = None, *, observers: Iterable[Observer] | None = None,
@@ -378,7 +378,7 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
           runner: Runner) -> StepRecord:
     incumbent, incumbent_rate = state.incumbent, state.incumbent_rate
     mini_batch = batch(split.train, options.batch_size, options.seed, step)
-    evolutions = runner.map("trajectory", lambda item: evolve(evol, incumbent, item, options.rounds), mini_batch)
+    evolutions = runner.map("trajectory", lambda item: evolve_rounds(evol, incumbent, item, options.rounds), mini_batch)
     trajectory = Trajectory(incumbent, tuple(evolutions))
 
     def feedback(index: int) -> Feedback | None:
@@ -434,7 +434,7 @@ def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runne
     results: list[dict[int, object]] = [{} for _ in methods]
 
     def judge_pairs(pairs):
-        judged = runner.map("dev evaluation", lambda p: judge(evol, methods[p[0]], dev[p[1]]), pairs)
+        judged = runner.map("dev evaluation", lambda p: judge_item(evol, methods[p[0]], dev[p[1]]), pairs)
         for (c, i), result in zip(pairs, judged):
             results[c][i] = result
         return [r.failure is not None for r in judged]

@@ -177,7 +177,7 @@ def stage0(item: Item) -> str:
     return with_input(item.instruction, str(item.extra.get("input") or ""))
 
 
-def evolve(llm: Llm, method: Method, item: Item, rounds: int) -> Evolution:
+def evolve_rounds(llm: Llm, method: Method, item: Item, rounds: int) -> Evolution:
     stages = [stage0(item)]
     replies = []
     for _ in range(rounds):

@@ -42,7 +42,7 @@ def main() -> None:
 
     from auto_evol import backends, selection
     from auto_evol.data import Item
-    from auto_evol.evaluation import judge
+    from auto_evol.evaluation import judge_item
     from auto_evol.method import Method
 
     parser = argparse.ArgumentParser()
@@ -78,7 +78,7 @@ def main() -> None:
             best = rates.index(min(rates))
 
             def judge_pairs(pairs):
-                return [judge(evol, methods[c], dev[i]).failure is not None for c, i in pairs]
+                return [judge_item(evol, methods[c], dev[i]).failure is not None for c, i in pairs]
 
             before = evol.usage.calls
             full = [sum(judge_pairs([(c, i) for i in range(args.dev)])) for c in range(len(methods))]

@@ -195,7 +195,7 @@ def test_a_trajectory_of_three_rounds_has_stages_0_to_3():
 
     model, engine = scripted_llm(grows, name="grows")
     method = Method(name="grow", text="Make harder this: {instruction}\n")
-    evo = trajectory.evolve(model, method, Item("7", "Add 2 and 3."), rounds=3)
+    evo = trajectory.evolve_rounds(model, method, Item("7", "Add 2 and 3."), rounds=3)
     assert evo.stopped is None and len(evo.replies) == 3
     assert evo.stages == ("Add 2 and 3.", "Add 2 and 3. Then explain why.",
                           "Add 2 and 3. Then explain why. Then explain why.",

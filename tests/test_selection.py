@@ -147,7 +147,7 @@ def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypat
         def map(self, phase, fn, items):
             return [fn(item) for item in items]
 
-    monkeypatch.setattr(optimize_mod, "judge", lambda evol, method, item: SimpleNamespace(failure=None))
+    monkeypatch.setattr(optimize_mod, "judge_item", lambda evol, method, item: SimpleNamespace(failure=None))
     a, b = Method(name="a", text="A {instruction}"), Method(name="b", text="B {instruction}")
     evaluations, finalists = optimize_mod._judge_candidates([a, b], [1, 2, 3], None, Inline(), "first")
     assert called == [(2, 3)] and finalists == {a.hash} and len(evaluations[b.hash].results) == 0

@@ -15,7 +15,7 @@ from auto_evol import backends, llm, providers
 from auto_evol.errors import UserError
 from auto_evol.method import Method, load
 from auto_evol.replies import ANALYSIS, OPTIMIZATION, evolution_format
-from auto_evol.trajectory import evolve
+from auto_evol.trajectory import evolve_rounds
 from auto_evol.data import Item
 from conftest import scripted_llm
 from fake_openai import FakeOpenAI
@@ -86,8 +86,8 @@ def test_structured_and_free_text_replies_give_the_same_evolution():
     engine = TwoWayEngine()
     item = Item("1", "Tom buys 3 apples at $2 each. How much does he pay?")
     e0 = load("e0")
-    structured = evolve(_llm(engine, True), e0, item, rounds=1)
-    free = evolve(_llm(engine, False), e0, item, rounds=1)
+    structured = evolve_rounds(_llm(engine, True), e0, item, rounds=1)
+    free = evolve_rounds(_llm(engine, False), e0, item, rounds=1)
     assert engine.formats[0]["type"] == "json_schema" and engine.formats[1] is None
     assert structured == free
     assert structured.stages[-1] == _world("") and structured.stopped is None
