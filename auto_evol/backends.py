@@ -105,15 +105,21 @@ def check(settings: RoleSettings, flag: str) -> None:
         raise UserError(f"{flag} {model}: no API key in the environment (set {' or '.join(missing)})")
 
 
-def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, concurrency: int = 4) -> Llm:
-    """An Llm for a role; ``concurrency`` is how many calls the caller keeps in flight (an in-process
-    GGUF model decodes at most 8 of them together)."""
+def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, concurrency: int | str = 4,
+          gate=None) -> Llm:
+    """An Llm for a role; ``concurrency`` is how many calls the caller keeps in flight, or "auto" (an
+    in-process GGUF model decodes at most 8 of them together). ``gate``: the adaptive limit
+    (concurrency.AdaptiveLimit) an OpenAI-compatible server's calls pass under "auto"; it is kept as
+    the Llm's ``gate`` (None for every other backend, which keeps a fixed concurrency)."""
     import dspy
 
+    from .concurrency import AUTO, MAXIMUM
+
     logging.getLogger("dspy").setLevel(logging.ERROR)
+    fixed = MAXIMUM if concurrency == AUTO else concurrency
     path = gguf_path(settings.model)
     if path is not None:
-        engine, async_engine = gguf_engine.engines(path, slots=max(1, min(concurrency, 8)))
+        engine, async_engine = gguf_engine.engines(path, slots=max(1, min(fixed, 8)))
         # The file's name and size identify the model in the cache.
         lm = dspy.LM(f"gguf/{path.name}-{path.stat().st_size}", engine=engine, async_engine=async_engine,
                      cache=cache, num_retries=num_retries)
@@ -121,11 +127,13 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
     dspy_tuning.add_jitter()
     if _openai_compatible_server(settings):
         # Our pooled engine, for throughput (DSPy keeps cache and retries).
-        sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, concurrency))
-        lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync), cache=cache,
+        sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, fixed))
+        lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync, gate), cache=cache,
                      num_retries=num_retries)
         # llama.cpp, vLLM, Ollama and SGLang servers decode under a schema and honour string bounds.
-        return Llm(settings, lm, seeded=True, structured=True, bounded=True)
+        llm = Llm(settings, lm, seeded=True, structured=True, bounded=True)
+        llm.gate = gate
+        return llm
     kwargs = {"timeout": settings.timeout}
     if settings.api_base:
         kwargs["api_base"] = settings.api_base
@@ -142,13 +150,16 @@ def has_credentials(url: str) -> bool:
     return split_credentials(url)[1] is not None
 
 
-def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int,
+def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int | str,
                 memory: bool = True, max_error_rate: float = MAX_ERROR_RATE,
                 checks_dir: str | None = None) -> list[Llm]:
     """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
     is built (a bad model or key fails before any work), the cache is set up once, and roles with
     the same settings share one Llm. Provider checks are kept in ``checks_dir`` (``cache_dir`` when
-    None), so a verb that runs without a reply cache still checks each provider once."""
+    None), so a verb that runs without a reply cache still checks each provider once. Under
+    ``concurrency="auto"`` the roles on one OpenAI-compatible server and model share one adaptive
+    limit (a rate limit is the server's, not a role's)."""
+    from .concurrency import AUTO, AdaptiveLimit
     from . import providers
     from .check import checked   # check.py builds its probes here: imported late
 
@@ -157,10 +168,14 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
     configure_cache(cache_dir, memory=memory)
     cache = cache_dir is not None or memory  # with no cache layer at all, DSPy need not compute cache keys
     built: dict[RoleSettings, Llm] = {}
+    gates: dict[tuple, AdaptiveLimit] = {}
     for settings, flag in roles:
         if settings not in built:
             adapted, notices = providers.adapt(settings)
-            llm = build(adapted, concurrency=concurrency, cache=cache)
+            gate = None
+            if concurrency == AUTO and _openai_compatible_server(adapted):
+                gate = gates.setdefault((adapted.api_base, adapted.model), AdaptiveLimit())
+            llm = build(adapted, concurrency=concurrency, cache=cache, gate=gate)
             for text in notices:
                 llm.notice(text)
             if uses_provider_path(adapted):

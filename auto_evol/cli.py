@@ -12,7 +12,7 @@ from . import selection as selection_mod
 from .errors import Outage, UserError
 from .output import format_help
 
-OUTAGE_EXIT = 4   # 2: bad input or setup; 3: evolve stopped at --max-calls; 4: stopped by an LLM outage
+OUTAGE_EXIT = 4   # 2: bad input or setup; 3: stopped at --max-calls / --max-cost; 4: stopped by an LLM outage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Evolve instruction data, and optimize the evolving method itself (Auto Evol-Instruct).")
@@ -134,6 +134,16 @@ def optimize(
     confidence: Optional[float] = typer.Option(None, help="Confidence of --accept paired. [default: 0.95]"),
     max_error_rate: Optional[float] = typer.Option(None, help=MAX_ERROR_RATE_HELP),
     structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
+    batch: Optional[str] = typer.Option(None, "--batch", metavar="[all|evol]",
+                                        help="Send the dev evaluation's calls (e0's, the candidates', the champion "
+                                             "check's) to the evol model's batch API (OpenAI-compatible, Anthropic); "
+                                             "trajectories and the optimizer stay online. Journaled per run: "
+                                             "--resume attaches to the batches already submitted."),
+    max_cost: Optional[float] = typer.Option(None, help="Start no step that would take this process's spending past "
+                                                        "this many USD (LiteLLM's price table); stops after the "
+                                                        "finished step (exit 3): go on with --resume RUN_ID."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print an upper bound on the calls, tokens and cost per "
+                                                          "phase and role (JSON); call nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print e*'s path only."),
 ) -> None:
     """Optimize an evolving method on a data set, from e0 (or --init-method) to e*."""
@@ -141,16 +151,26 @@ def optimize(
     from .optimize import optimize as run
 
     options = _options(ctx, Options, config)
+    if dry_run:
+        import json as _json
+
+        from .optimize import estimate
+
+        typer.echo(_json.dumps(estimate(options), indent=2))
+        return
     from .tracking import OptimizeLogger
 
     observers = [OptimizeLogger()]     # the run in MLflow (inert under --no-track)
     if not quiet:
         from .console import OptimizeConsole
 
-        observers.insert(0, OptimizeConsole())
+        observers.append(OptimizeConsole())   # after the logger: it prints e* once it is on record
     result = run(options, observers=observers)
+    stopped = getattr(result, "stopped", None)   # --max-cost: the finished steps are kept, --resume goes on
     if quiet:
-        typer.echo(str(result.method_path))
+        typer.echo(str(result.method_path) if stopped is None else "incomplete")
+    if stopped is not None:
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -181,12 +201,23 @@ def evolve(
     retry_temperature: float = typer.Option(1.0, help="An item that failed last round is evolved again at this "
                                                       "temperature when --evol-temperature is 0, so the retry is a new draw."),
     structured: str = typer.Option("auto", help=STRUCTURED_HELP),
+    batch: Optional[str] = typer.Option(None, "--batch", metavar="[all|evol|answer]",
+                                        help="Send calls to the provider's batch API (OpenAI-compatible, Anthropic): "
+                                             "--batch for every role, --batch evol (evolutions and verdicts) or "
+                                             "--batch answer; batches are journaled in OUT.work/, a rerun attaches."),
+    batch_size: Optional[int] = typer.Option(None, help="Requests per batch under --batch. [default: the "
+                                                        "provider's limit: OpenAI 50,000, Anthropic 100,000]"),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="The equal / not-equal information-gain judge."),
-    concurrency: int = typer.Option(64, help="LLM calls in flight."),
+    concurrency: str = typer.Option("auto", help="LLM calls in flight: auto (grow while calls succeed, back off on "
+                                                 "429/503 and honour Retry-After; for openai/MODEL with --api-base, "
+                                                 "other backends keep 64) or a number."),
     timeout: float = typer.Option(120.0, help="Seconds one LLM call may take before it is retried."),
     max_calls: Optional[int] = typer.Option(None, help="Stop after about this many calls; rerun to go on."),
+    max_cost: Optional[float] = typer.Option(None, help="Stop (exit 3) before this process's calls would cost more "
+                                                        "than this many USD (LiteLLM's price table); rerun to go on."),
     max_error_rate: float = typer.Option(0.5, help=MAX_ERROR_RATE_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls and tokens it would take; do nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls, tokens and cost per role it would take "
+                                                          "(JSON); do nothing."),
     restart: bool = typer.Option(False, "--restart", help="Drop OUT.work/ of an earlier run instead of continuing it."),
     on_bad_line: str = typer.Option("skip", help="skip (report file:line and reason) | fail"),
     cache_dir: Optional[str] = typer.Option(None, help="Also keep every LLM reply in DSPy's disk cache here, to reuse "
@@ -212,7 +243,7 @@ def evolve(
     if not quiet:
         from .console import EvolveConsole
 
-        observers.insert(0, EvolveConsole())
+        observers.append(EvolveConsole())
     result = run(options, observers=observers)
     if quiet:
         typer.echo(str(result.out) if result.complete else "incomplete")
@@ -249,6 +280,11 @@ def compare(
     cache_dir: Optional[str] = typer.Option(None),
     no_track: bool = typer.Option(False, "--no-track"),
     structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
+    batch: Optional[str] = typer.Option(None, "--batch", metavar="[all|evol|judge]",
+                                        help="Send calls to the provider's batch API (OpenAI-compatible, Anthropic): "
+                                             "--batch for the rounds and the difficulty judge, --batch evol (the "
+                                             "rounds) or --batch judge; journaled in the report folder, a rerun "
+                                             "attaches."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; print the report's path only."),
 ) -> None:
     """Compare methods side by side: failure rate with intervals, difficulty, diversity, length growth."""
@@ -262,7 +298,7 @@ def compare(
     if not quiet:
         from .console import CompareConsole
 
-        observers.insert(0, CompareConsole())
+        observers.append(CompareConsole())
     summary = run(options, observers=observers)
     report = Path(options.out or Path("reports") / summary.data) / "report.md"
     if quiet:
@@ -280,6 +316,11 @@ def compare(
                       f"{d.estimate:+.1%} [{d.low:+.1%}, {d.high:+.1%}]",
                       " / ".join("-" if r.difficulty is None else f"{r.difficulty:.1f}" for r in s.per_round),
                       " / ".join(f"{r.length_growth:.2f}x" for r in s.per_round))
+    if summary.costs:
+        from .cost import summary as cost_summary
+
+        table.caption = f"cost: {cost_summary(summary.costs)}"
+        table.caption_justify = "left"
     console = Console()
     console.print(table)
     console.print(f"report: {report}; embeddings: "
@@ -328,6 +369,20 @@ def check(
         usable &= verdict.ok
     if not usable:
         raise typer.Exit(2)
+
+
+# Options whose value may be left out, and the value that means then (`--batch` alone: every role).
+OPTIONAL_VALUES = {"--batch": "all"}
+
+
+def _fill_optional_values(argv: list[str]) -> list[str]:
+    """`--batch --out x` -> `--batch all --out x` (typer's options always take their value)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg in OPTIONAL_VALUES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[arg])
+    return out
 
 
 def _spread_methods(argv: list[str]) -> list[str]:
@@ -470,7 +525,7 @@ def run() -> None:
     # click >= 8.2 raises this UsageError for a bare `auto-evol`: its show() prints the help.
     no_args_help = tuple(c for c in (getattr(m, "NoArgsIsHelpError", None) for m in clicks) if c is not None)
     try:
-        code = app(args=_spread_methods(sys.argv[1:]), standalone_mode=False)
+        code = app(args=_fill_optional_values(_spread_methods(sys.argv[1:])), standalone_mode=False)
         if isinstance(code, int) and code:  # a command's typer.Exit(N), returned in this mode
             sys.exit(code)
     except UserError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import backends
+from . import cost as cost_mod
 from . import llm as llm_mod
 from . import stats
 from .devset import load_split
@@ -28,7 +29,7 @@ from .method import pick
 from .observer import Observer, Observers
 from .registry import resolve_methods
 from .runner import Runner
-from .trajectory import evolve_and_answer, stage0
+from .trajectory import aevolve_and_answer, evolve_and_answer, stage0
 
 
 @dataclass
@@ -52,6 +53,7 @@ class CompareOptions:
     cache_dir: str | None = backends.DEFAULT_CACHE_DIR
     track: bool = True
     structured: str = "auto"          # JSON-schema replies from the evolver: auto | on | off
+    batch: str | None = None          # all | evol (the rounds) | judge (difficulty): calls to the provider's batch API
 
 
 @dataclass
@@ -155,6 +157,7 @@ class CompareSummary:
     calls: dict[str, dict] = field(default_factory=dict)   # LLM usage per role (evol, judge)
     seconds: float = 0.0
     run_id: str | None = None                 # the MLflow run, once logged
+    costs: dict = field(default_factory=dict)   # role -> cost.Cost of ``calls`` (cost.py's prices)
 
     def to_dict(self) -> dict:
         """summary.json's content; the run id only once there is one (summary.json is written before)."""
@@ -163,6 +166,8 @@ class CompareSummary:
                "methods": {name: m.to_dict() for name, m in self.methods.items()},
                "seed_difficulty": self.seed_difficulty, "unscored_difficulty": self.unscored_difficulty,
                "calls": {role: dict(usage) for role, usage in self.calls.items()}, "seconds": self.seconds,
+               "cost": {**{role: c.to_dict() for role, c in self.costs.items()},
+                        "total_usd": cost_mod.total(self.costs)},
                "diversity": self.diversity.to_dict()}
         if self.run_id is not None:
             out["run_id"] = self.run_id
@@ -172,12 +177,13 @@ class CompareSummary:
 def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | None = None,
             observers: Iterable[Observer] | None = None) -> CompareSummary:
     """Run the comparison; returns the summary that the report shows (its to_dict() is summary.json).
-    ``observers`` hear the run's events (observer.py); by default the MLflow logger, which records
-    the comparison when ``track`` is on."""
-    if observers is None:
-        from .tracking import CompareLogger
+    ``observers`` hear the run's events (observer.py); the MLflow logger, which records the
+    comparison when ``track`` is on, is added when the list holds none."""
+    from .tracking import CompareLogger
 
-        observers = [CompareLogger()]
+    observers = list(observers or [])
+    if not any(isinstance(o, CompareLogger) for o in observers):
+        observers.append(CompareLogger())
     if len(options.methods) < 1:
         raise UserError("name at least one method with --methods")
     if options.dev_size < stats.MIN_ITEMS:
@@ -185,6 +191,10 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
                         f"(at least {stats.MIN_ITEMS} dev items)")
     if options.rounds < 1:
         raise UserError("--rounds must be at least 1")
+    if options.batch is not None:
+        from .batch import check_mode
+
+        check_mode(options.batch, "compare")
     families = {spec: resolve_methods([spec]) for spec in options.methods}
     baseline = options.baseline or options.methods[0]
     if baseline not in families:
@@ -196,49 +206,96 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
                         f"(at least {stats.MIN_ITEMS})")
     embed = embedder(options.embeddings)
     out = Path(options.out or Path("reports") / split.name)
+    evol_settings = RoleSettings(options.evol_model, options.api_base, 0.0, None, options.evol_max_tokens,
+                                 structured=options.structured)
+    judge_settings = RoleSettings(options.judge_model or options.evol_model, options.api_base, 0.0, None, 16)
+    if options.batch is not None:   # before any call: a batch endpoint for every role --batch names
+        from .batch import check_batchable
+
+        if options.batch in ("all", "evol"):
+            check_batchable(evol.settings if evol else evol_settings)
+        if options.batch in ("all", "judge"):
+            check_batchable((judge or evol).settings if evol else judge_settings)
     if evol is None:
         llm_mod.check_structured(options.structured)
-        evol_settings = RoleSettings(options.evol_model, options.api_base, 0.0, None, options.evol_max_tokens,
-                                     structured=options.structured)
-        judge_settings = RoleSettings(options.judge_model or options.evol_model, options.api_base, 0.0, None, 16)
         evol, judge = backends.build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
                                           cache_dir=options.cache_dir, concurrency=options.concurrency)
     judge = judge or evol
     with Observers(observers) as heard:
         heard.start(options, split=split, methods=list(options.methods), out=out)
-        summary = _run(options, split, families, baseline, embed, out, evol, judge, heard)
+        summary = _run(options, split, families, baseline, embed, out, evol, judge, heard,
+                       _batched(options.batch, evol, judge, out))
         heard.finish(summary)
     return replace(summary, run_id=heard.run_id)
 
 
+def _batched(mode: str | None, evol: Llm, judge: Llm, out: Path) -> tuple:
+    """--batch: (evol, judge) as BatchRoles where the mode batches them, else None; journaled in the
+    report folder (``batches.jsonl``), so a rerun into the same --out attaches to what was submitted.
+    A role's batched calls are counted in its own usage."""
+    if not mode:
+        return None, None
+    from . import batch as batch_mod
+
+    journal = batch_mod.BatchJournal(out / "batches.jsonl")
+    wrapped: dict[int, object] = {}
+
+    def wrap(llm):
+        if id(llm) not in wrapped:
+            wrapped[id(llm)] = batch_mod.BatchRole(llm, journal, usage=llm.usage)
+        return wrapped[id(llm)]
+
+    return (wrap(evol) if mode in ("all", "evol") else None), (wrap(judge) if mode in ("all", "judge") else None)
+
+
 def _run(options: CompareOptions, split, families: dict, baseline: str, embed, out: Path, evol: Llm, judge: Llm,
-         heard: Observers) -> CompareSummary:
-    """The comparison itself: the rounds, the difficulty scores, the summary and the report files."""
+         heard: Observers, batched: tuple = (None, None)) -> CompareSummary:
+    """The comparison itself: the rounds, the difficulty scores, the summary and the report files.
+    ``batched``: (evol, judge) as BatchRoles where --batch sends them to batches (None: online); a
+    batched phase has all its items in flight at once on an event loop (Runner.amap)."""
     started = time.perf_counter()
     dev_ids = [item.id for item in split.dev]
     reports = {spec: MethodReport(spec) for spec in options.methods}
+    batched_evol, batched_judge = batched
     with ThreadPoolExecutor(options.concurrency) as pool:
         runner = Runner(pool, heard, (evol, judge) if judge is not evol else (evol,))
         current = {(spec, item.id): stage0(item) for spec in options.methods for item in split.dev}
         for round_ in range(1, options.rounds + 1):
             tasks = [(spec, item) for spec in options.methods for item in split.dev]
 
-            def run_one(task, round_=round_):
-                spec, item = task
-                method = pick(families[spec], options.seed, item.id, round_)
-                before = current[(spec, item.id)]
-                outcome = evolve_and_answer(evol, method, before)
+            def staged(task, outcome, round_=round_):
+                before = current[(task[0], task[1].id)]
                 return Stage(round_, outcome.evolved or before, outcome.evolved is not None, outcome.failure)
 
-            for (spec, item), stage in zip(tasks, runner.map(f"round {round_}", run_one, tasks)):
+            def method_of(task, round_=round_):
+                return pick(families[task[0]], options.seed, task[1].id, round_)
+
+            def run_one(task):
+                return staged(task, evolve_and_answer(evol, method_of(task), current[(task[0], task[1].id)]))
+
+            async def arun_one(task):
+                return staged(task, await aevolve_and_answer(batched_evol, method_of(task),
+                                                            current[(task[0], task[1].id)]))
+
+            if batched_evol is None:
+                stages = runner.map(f"round {round_}", run_one, tasks)
+            else:
+                stages = runner.amap(f"round {round_}", arun_one, tasks, after=batched_evol.aclose)
+            for (spec, item), stage in zip(tasks, stages):
                 reports[spec].stages.setdefault(item.id, []).append(stage)
                 current[(spec, item.id)] = stage.instruction
         # Difficulty: each seed once, and every instruction a round changed.
         to_score = [("seed", item.id, item.instruction) for item in split.dev] + [
             (spec, item_id, s.instruction) for spec, r in reports.items() for item_id, ss in r.stages.items()
             for s in ss if s.evolved]
-        scores = runner.map("difficulty", lambda t: difficulty_score(
-            judge.ask(DIFFICULTY_PROMPT.format(instruction=t[2])).text), to_score)
+        if batched_judge is None:
+            scores = runner.map("difficulty", lambda t: difficulty_score(
+                judge.ask(DIFFICULTY_PROMPT.format(instruction=t[2])).text), to_score)
+        else:
+            async def score(t):
+                return difficulty_score((await batched_judge.aask(DIFFICULTY_PROMPT.format(instruction=t[2]))).text)
+
+            scores = runner.amap("difficulty", score, to_score, after=batched_judge.aclose)
     seed_scores = {item_id: score for (who, item_id, _), score in zip(to_score, scores) if who == "seed"}
     stage_scores = iter(score for (who, _, _), score in zip(to_score, scores) if who != "seed")
     for r in reports.values():
@@ -246,9 +303,9 @@ def _run(options: CompareOptions, split, families: dict, baseline: str, embed, o
             for s in ss:
                 if s.evolved:
                     s.difficulty = next(stage_scores)
+    calls = {"evol": evol.usage.snapshot(), **({"judge": judge.usage.snapshot()} if judge is not evol else {})}
     summary = replace(_summarise(options, split, reports, baseline, seed_scores, embed, dev_ids),
-                      calls={"evol": evol.usage.snapshot(),
-                             **({"judge": judge.usage.snapshot()} if judge is not evol else {})},
+                      calls=calls, costs=cost_mod.costs(calls, {"evol": evol.settings, "judge": judge.settings}),
                       seconds=round(time.perf_counter() - started, 2))
     from .report import write_report
 

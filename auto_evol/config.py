@@ -3,8 +3,8 @@
 A preset is a TOML file whose keys are optimize's options (``steps = 2``, ``evol-max-tokens = 384``).
 Every verb builds its options dataclass with :func:`build_options`, so the precedence is the same
 everywhere: a flag typed on the command line beats the preset, and the preset beats the dataclass's
-default. The defaults live in the dataclasses only: a flag left out is not passed at all, so a
-default shown by ``--help`` can never quietly differ from the one a run uses.
+default. A flag left out is not passed at all, so the dataclass's default applies; where ``--help``
+shows a default of its own, tests/test_cli_options.py holds it equal to the dataclass's.
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .cost import summary as cost_summary
+from .cost import usd_text
 from .observer import Observer
 from .optimize import PAPER_CALLS, OptimizeResult, StepRecord
 
@@ -25,8 +27,9 @@ class PhaseProgress(Observer):
         self.console = console or Console(stderr=True)
         self.progress = Progress(TextColumn(f"{{task.description:<{self.width}}}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=self.console, transient=True)
+                                 TextColumn("{task.fields[live]}"), console=self.console, transient=True)
         self.current: tuple[str, int] | None = None
+        self.live = None   # a callable for a live figure at the bar's end (evolve: "concurrency N"), per advance
 
     def describe(self, name: str) -> str:
         """The bar's label for phase ``name``."""
@@ -35,11 +38,15 @@ class PhaseProgress(Observer):
     def phase(self, name: str, total: int, done: int = 0) -> None:
         if self.current is not None:
             self.progress.remove_task(self.current[1])
-        self.current = (name, self.progress.add_task(self.describe(name), total=total, completed=done))
+        self.current = (name, self.progress.add_task(self.describe(name), total=total, completed=done,
+                                                     live=self.live() if self.live else ""))
 
     def advance(self, name: str) -> None:
         if self.current is not None and self.current[0] == name:
-            self.progress.advance(self.current[1])
+            if self.live is None:
+                self.progress.advance(self.current[1])
+            else:
+                self.progress.update(self.current[1], advance=1, live=self.live())
 
     def close(self, error: BaseException | None) -> None:
         self.progress.stop()
@@ -79,8 +86,14 @@ class OptimizeConsole(PhaseProgress):
     def finish(self, result: OptimizeResult) -> None:
         self.progress.stop()
         rates = " -> ".join(_pct(r) for r in result.rates)
-        self.console.print(f"[bold]e*[/] = {result.best.name} (from {result.best.parent}) written to "
-                           f"{result.method_path}; failure rate {rates}")
+        if result.stopped is not None:
+            spent = "" if result.process_cost is None else f" ({usd_text(result.process_cost)} spent by this process)"
+            where = f" --resume {result.run_id}" if result.run_id else " --resume RUN_ID"
+            self.console.print(f"[bold]stopped at {result.stopped}[/] after step {len(result.rates) - 1}{spent}; "
+                               f"failure rate {rates}; e* is not made yet: go on with{where}")
+        else:
+            self.console.print(f"[bold]e*[/] = {result.best.name} (from {result.best.parent}) written to "
+                               f"{result.method_path}; failure rate {rates}")
         calls = {role: u["calls"] for role, u in result.usage.items()}
         tokens = sum(u["output_tokens"] for u in result.usage.values())
         self.console.print(f"{sum(calls.values())} LLM calls ({calls['evol']} evol, {calls['optimizer']} "
@@ -88,6 +101,8 @@ class OptimizeConsole(PhaseProgress):
                            f"{result.paper_share:.0%} of the paper's ~{PAPER_CALLS:,} for an optimization), "
                            f"{tokens} tokens written, in {result.seconds:.0f} s"
                            + (f"; MLflow run {result.run_id}" if result.run_id else ""))
+        if result.costs:
+            self.console.print(f"cost of the run (all its processes): {cost_summary(result.costs)}")
 
 
 def step_table(record: StepRecord) -> Table:
@@ -107,6 +122,8 @@ def step_table(record: StepRecord) -> Table:
         table.add_row(str(c.index + 1), _pct(rate), counts, c.method.hash, result)
     phases = ", ".join(f"{k} {record.calls.get(k, 0)} calls ({record.cached.get(k, 0)} cached) / {v:.0f}s"
                        for k, v in record.seconds.items())
+    if record.costs:
+        phases += f"; cost: {cost_summary(record.costs)}"
     table.caption = phases
     table.caption_justify = "left"
     return table
@@ -117,7 +134,9 @@ class EvolveConsole(PhaseProgress):
 
     width = 14
 
-    def start(self, options, *, seeds: int, methods, **_) -> None:
+    def start(self, options, *, seeds: int, methods, concurrency=None, **_) -> None:
+        if concurrency is not None:   # --concurrency auto: the adaptive limit, live
+            self.live = lambda: f"concurrency {concurrency()}"
         names = ", ".join(f"{m.name} ({w:.2g})" for m, w in methods)
         self.console.print(f"[bold]auto-evol evolve[/] {options.data}: {seeds} seeds, {options.rounds} rounds, "
                            f"methods {names}; evol {options.evol_settings().label}, "
@@ -145,7 +164,10 @@ class EvolveConsole(PhaseProgress):
             self.console.print(f"{result.records} records -> {result.out}; rejects -> {result.rejects}; {calls}; "
                                f"{result.seconds:.0f} s")
         else:
-            self.console.print(f"stopped at --max-calls ({calls}); rerun the same command to go on")
+            self.console.print(f"stopped at {result.stopped or '--max-calls'} ({calls}); rerun the same command "
+                               f"to go on")
+        if result.costs:
+            self.console.print(f"cost (this process): {cost_summary(result.costs)}")
 
 
 class CompareConsole(PhaseProgress):

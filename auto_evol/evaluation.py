@@ -15,7 +15,7 @@ from .data import Item
 from .failure import Failure
 from .llm import Llm
 from .method import Method
-from .trajectory import evolve_and_answer, stage0
+from .trajectory import aevolve_and_answer, evolve_and_answer, stage0
 
 
 @dataclass(frozen=True)
@@ -71,4 +71,10 @@ def _failed(result: DevResult) -> bool:
 def judge_item(llm: Llm, method: Method, item: Item) -> DevResult:
     """Evolve one dev item with ``method`` and judge the evol LLM's answer to it (two calls at most)."""
     outcome = evolve_and_answer(llm, method, stage0(item))
+    return DevResult(item, outcome.evolved, outcome.answer_text, outcome.failure, outcome.reply)
+
+
+async def ajudge_item(llm: Llm, method: Method, item: Item) -> DevResult:
+    """``judge_item`` from an event loop (a batched evol role: every dev pair in flight at once)."""
+    outcome = await aevolve_and_answer(llm, method, stage0(item))
     return DevResult(item, outcome.evolved, outcome.answer_text, outcome.failure, outcome.reply)

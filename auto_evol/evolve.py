@@ -15,6 +15,7 @@ calls under Evol-Instruct's elimination rules.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import backends
+from . import concurrency as concurrency_mod
+from . import cost as cost_mod
 from . import llm as llm_mod
 from . import locks, output
 from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
@@ -63,9 +66,12 @@ class EvolveOptions:
     answer_top_p: float = 0.9
     answer_max_tokens: int = 2048
     judge: bool = True                        # the equal / not equal information-gain judge
-    concurrency: int = 64
+    concurrency: int | str = "auto"           # calls in flight: "auto" adapts to an OpenAI-compatible server's
+                                              # limit (concurrency.py); a number fixes it (also what other
+                                              # backends keep under auto: FIXED_UNDER_AUTO)
     timeout: float = 120.0                    # seconds for one call to a provider
     max_calls: int | None = None
+    max_cost: float | None = None             # USD this process may spend (cost.py's prices); rerun to go on
     max_instruction_chars: int = 20000
     max_error_rate: float = llm_mod.MAX_ERROR_RATE    # stop when this share of a role's recent calls failed
     on_bad_line: str = "skip"
@@ -73,6 +79,8 @@ class EvolveOptions:
     cache_dir: str | None = None              # DSPy's reply cache: off by default, see below
     track: bool = True
     structured: str = "auto"                  # JSON-schema replies from the evolver: auto | on | off
+    batch: str | None = None                  # send all | evol | answer calls to the provider's batch API (batch.py)
+    batch_size: int | None = None             # requests per batch; None: the provider's limit
     # Why no reply cache by default: the work folder's journals keep every finished item and the steps
     # finished of unfinished ones (round*.partial.jsonl), so a rerun pays for no finished call anyway,
     # while the cache's per-call key hashing and SQLite writes held evolve to 0.69 of a bare client's
@@ -126,17 +134,20 @@ class EvolveStats:
     calls: dict                       # usage per role, as Usage.snapshot() gives it
     seconds: float
     notices: tuple[str, ...] = ()     # the roles' adaptations and fallbacks, each once
+    cost: dict = field(default_factory=dict)   # per role: tokens and USD (cost.Cost.to_dict), and the total
 
     @classmethod
     def of(cls, result: "EvolveResult", notices: list[str]) -> "EvolveStats":
+        spent = {role: c.to_dict() for role, c in result.costs.items()}
         return cls(records=result.records, complete=result.complete, rounds=tuple(result.rounds),
                    bad_lines=len(result.bad_lines), calls=result.calls, seconds=result.seconds,
-                   notices=tuple(dict.fromkeys(notices)))
+                   notices=tuple(dict.fromkeys(notices)),
+                   cost={**spent, "total_usd": cost_mod.total(result.costs)} if spent else {})
 
     def to_dict(self) -> dict:
         return {"records": self.records, "complete": self.complete, "rounds": [s.to_dict() for s in self.rounds],
                 "bad_lines": self.bad_lines, "calls": self.calls, "seconds": self.seconds,
-                "notices": list(self.notices)}
+                "notices": list(self.notices), "cost": self.cost}
 
 
 @dataclass
@@ -148,30 +159,121 @@ class EvolveResult:
     bad_lines: list[BadRow]
     calls: dict
     seconds: float
-    complete: bool                  # False when --max-calls stopped it: rerun to go on
+    complete: bool                  # False when --max-calls or --max-cost stopped it: rerun to go on
     run_id: str | None = None
     stats: EvolveStats | None = None  # as written to stats.json
+    costs: dict = field(default_factory=dict)   # role (as in ``calls``) -> cost.Cost, this process's calls
+    stopped: str | None = None      # the flag that stopped it early: "--max-calls" or "--max-cost"
 
 
 def _words(text: str) -> int:
     return len(text.split())
 
 
+FIXED_UNDER_AUTO = 64   # calls in flight under --concurrency auto for roles with no adaptive gate
+
+
+def _gates(*llms) -> list:
+    """The adaptive limits (concurrency.AdaptiveLimit) the roles' calls pass, each once."""
+    found = [getattr(llm, "gate", None) for llm in llms]
+    return list({id(g): g for g in found if g is not None}.values())
+
+
+def _fixed(concurrency: int | str, auto: int | None = None) -> int:
+    """A number of calls in flight: --concurrency's, or under auto ``auto`` (FIXED_UNDER_AUTO when None)."""
+    if concurrency == concurrency_mod.AUTO:
+        return auto if auto is not None else FIXED_UNDER_AUTO
+    return concurrency
+
+
+def _width(concurrency: int | str, llms):
+    """The items to keep in flight: a fixed number, or under auto (when a role has an adaptive gate)
+    a function of the gates' limits: twice their sum plus 16, so the gates, not the feeder, hold the
+    calls back (an item waits at a gate, sleeps out a retry or works between its calls)."""
+    gates = _gates(*llms) if concurrency == concurrency_mod.AUTO else []
+    if not gates:
+        return _fixed(concurrency)
+    top = 2 * concurrency_mod.MAXIMUM * len(gates)
+    return lambda: min(top, 2 * sum(g.current for g in gates) + 16)
+
+
+def _live_concurrency(evol, answerer):
+    """For the progress line under auto: the calls the gates let through now (None without gates)."""
+    gates = _gates(evol, answerer)
+    return (lambda: sum(g.current for g in gates)) if gates else None
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 class _Budget:
-    """--max-calls: how many more calls this process may start."""
+    """--max-calls: how many more calls this process may start; --max-cost: whether they still fit under
+    the USD cap. Both count this process only (a rerun starts its own count; what earlier runs spent is
+    in the work folder already and is not paid again).
 
-    def __init__(self, limit: int | None, llms: list[Llm]) -> None:
-        self.limit = limit
+    A call's cost is known only once it is back, so the cap is kept by estimate: the spend so far plus
+    ``more`` calls (the next item's and those in flight, counted whole even when partly done) at the
+    dearest cost per call seen so far (measured over the calls back between two looks). Each phase (the
+    seeds' answers, each round) starts with one item alone, so its kinds of calls are measured before
+    more go out. When the estimate refuses while calls are in flight, ``_drive`` waits for one to come
+    back and asks again; it stops once nothing is left in flight. So a run ends within about one item's
+    cost of the cap; it can pass it only when calls in flight cost more per call than every call seen
+    before them. The process's very first item starts whenever the cap is not reached (nothing is known
+    of a call's cost before it)."""
+
+    def __init__(self, limit: int | None, llms: list[Llm], max_cost: float | None = None) -> None:
+        self.limit, self.max_cost = limit, max_cost
         self.llms = list({id(x): x for x in llms}.values())  # evol and answer may be one Llm
         self.start = self.used()
+        self.stopped_by: str | None = None   # the flag that refused the last item refused
+        if max_cost is not None:
+            self.prices = [cost_mod.price_of(llm.settings) for llm in self.llms]   # all known: evolve checked
+            self.begun = [llm.usage.snapshot() for llm in self.llms]
+            self.seen = (0, 0.0)       # calls back and their cost at the last look
+            self.dearest = 0.0         # USD per call
+            self.probe: int | None = None   # a phase's first item runs alone: its calls (``more``), once started
+            self.probing = False
 
     def used(self) -> int:
         return sum(llm.usage.calls for llm in self.llms)
 
+    def spent(self) -> float:
+        """USD this process's calls cost so far (0 without --max-cost: no prices are looked up)."""
+        if self.max_cost is None:
+            return 0.0
+        total = 0.0
+        for llm, price, begun in zip(self.llms, self.prices, self.begun):
+            now = llm.usage.snapshot()
+            total += cost_mod.cost({k: now[k] - begun[k] for k in ("input_tokens", "output_tokens")}, price)
+        return total
+
     def allows(self, more: int) -> bool:
-        return self.limit is None or self.used() - self.start + more <= self.limit
+        calls = self.used() - self.start
+        if self.limit is not None and calls + more > self.limit:
+            self.stopped_by = "--max-calls"
+            return False
+        if self.max_cost is not None and not self._fits(calls, more):
+            self.stopped_by = "--max-cost"
+            return False
+        return True
+
+    def _fits(self, calls: int, more: int) -> bool:
+        spent = self.spent()
+        if calls > self.seen[0]:
+            self.dearest = max(self.dearest, (spent - self.seen[1]) / (calls - self.seen[0]))
+            self.seen = (calls, spent)
+        if self.probing:
+            if self.probe is None:   # the phase's first item (nothing in flight: ``more`` is one item's calls)
+                self.probe = more
+                return spent < self.max_cost and spent + more * self.dearest <= self.max_cost
+            if more > self.probe:    # it is still in flight: refused, so _drive waits for it
+                return False
+            self.probing = False
+        return spent + more * self.dearest <= self.max_cost
+
+    def phase(self) -> None:
+        """A phase begins: its first item runs alone (under --max-cost), to measure its calls."""
+        if self.max_cost is not None:
+            self.probe, self.probing = None, True
 
 
 def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = None, evol: Llm | None = None,
@@ -182,14 +284,16 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
     folder's lock; read the input into the work folder; answer the seeds that have no answer; run the
     rounds; assemble the output and the rejects; record the run. Everything up to the first LLM call
     that can be wrong with the input is found before it, and an error there leaves nothing behind.
-    ``observers`` hear the run's events (observer.py); by default the MLflow logger, which records a
-    finished run when ``track`` is on.
+    ``observers`` hear the run's events (observer.py); the MLflow logger, which records a finished
+    run when ``track`` is on, is added when the list holds none.
     """
-    if observers is None:
-        from .tracking import EvolveLogger
+    from .tracking import EvolveLogger
 
-        observers = [EvolveLogger()]
+    observers = list(observers or [])
+    if not any(isinstance(o, EvolveLogger) for o in observers):
+        observers.append(EvolveLogger())
     _validate(options)
+    options = dataclasses.replace(options, concurrency=concurrency_mod.parse(options.concurrency))
     out = Path(options.out)
     fmt = output.format_for(out, options.format)
     methods = resolve_methods(options.methods)
@@ -197,12 +301,28 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
     _check_out(out, work)
     if dry_run:
         return _estimate(options, methods)
+    cost_mod.require_prices(options.max_cost, (
+        (evol.settings if evol else options.evol_settings(), "--evol-model"),
+        (answerer.settings if answerer else options.answer_settings(), "--answer-model")))
+    if options.batch:
+        from .batch import check_roles
+
+        check_roles(options.batch, evol.settings if evol else options.evol_settings(),
+                    answerer.settings if answerer else options.answer_settings())
     if evol is None or answerer is None:
         built_evol, built_answerer = backends.build_roles(
             (options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model"),
             cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False,
             max_error_rate=options.max_error_rate, checks_dir=options.cache_dir or backends.DEFAULT_CACHE_DIR)
         evol, answerer = evol or built_evol, answerer or built_answerer
+    if options.batch:   # the roles --batch names go to batch endpoints, a whole batch of items in flight
+        from . import batch as batch_mod
+
+        evol, answerer, concurrency = batch_mod.batched_roles(
+            options.batch, evol, answerer, work.batches,
+            concurrency=_fixed(options.concurrency, concurrency_mod.MAXIMUM if _gates(evol, answerer) else None),
+            config=batch_mod.BatchConfig.from_env(max_requests=options.batch_size))
+        options = dataclasses.replace(options, concurrency=concurrency)
     with locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
             Observers(observers) as heard:
         return _run(options, out, fmt, methods, work, evol, answerer, heard)
@@ -211,13 +331,16 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
 def _validate(options: EvolveOptions) -> None:
     if options.on_bad_line not in ("skip", "fail"):
         raise UserError("--on-bad-line must be skip or fail")
-    for name in ("rounds", "concurrency", "evol_max_tokens", "answer_max_tokens", "max_instruction_chars"):
+    concurrency_mod.parse(options.concurrency)
+    for name in ("rounds", "evol_max_tokens", "answer_max_tokens", "max_instruction_chars"):
         if getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if options.sample is not None and options.sample < 1:
         raise UserError(f"--sample must be at least 1, got {options.sample}")
     if options.max_calls is not None and options.max_calls < 1:
         raise UserError(f"--max-calls must be at least 1, got {options.max_calls}")
+    if options.max_cost is not None and not options.max_cost > 0:
+        raise UserError(f"--max-cost must be above 0 (USD), got {options.max_cost}")
     if options.timeout <= 0:
         raise UserError(f"--timeout must be above 0, got {options.timeout}")
     for name in ("evol_temperature", "retry_temperature", "answer_temperature"):
@@ -227,6 +350,12 @@ def _validate(options: EvolveOptions) -> None:
         raise UserError(f"--answer-top-p must be above 0 and at most 1, got {options.answer_top_p}")
     llm_mod.check_error_rate(options.max_error_rate)
     llm_mod.check_structured(options.structured)
+    if options.batch is not None or options.batch_size is not None:
+        from .batch import check_mode
+
+        check_mode(options.batch)
+        if options.batch_size is not None and options.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
 
 
 def _check_out(out: Path, work: WorkFolder) -> None:
@@ -251,8 +380,8 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
     work.drop_stale_temps()
     started = time.perf_counter()
     seeds = sum(1 for _ in read(seeds_path))
-    heard.start(options, seeds=seeds, methods=methods)
-    budget = _Budget(options.max_calls, [evol, answerer])
+    heard.start(options, seeds=seeds, methods=methods, concurrency=_live_concurrency(evol, answerer))
+    budget = _Budget(options.max_calls, [evol, answerer], options.max_cost)
     complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, heard))
     for round_ in range(1, options.rounds + 1):
         if not complete:
@@ -263,7 +392,10 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
         "evol_and_answer": evol.usage.snapshot()}
     result = EvolveResult(out=out, records=0, rejects=work.rejects,
                           rounds=_round_stats(work, options.rounds),
-                          bad_lines=bad, calls=usage, seconds=0.0, complete=complete)
+                          bad_lines=bad, calls=usage, seconds=0.0, complete=complete,
+                          costs=cost_mod.costs(usage, {"evol": evol.settings, "answer": answerer.settings,
+                                                       "evol_and_answer": evol.settings}),
+                          stopped=None if complete else budget.stopped_by)
     if complete:
         # Temporary files of an assembly that was killed: this process holds the lock, so they are no
         # one else's.
@@ -357,49 +489,73 @@ async def _answer_seeds(options, work: WorkFolder, seeds_path, answerer, budget,
         journal.append({**entry, "output": text} if reason is None else {**entry, "output": "", "reason": reason.value})
         heard.advance("answer seeds")
 
+    budget.phase()
     return await _drive(todo, work_on, journal_path, options.concurrency, budget, calls_per_item=1)
 
 
-async def _drive(rows, work_on, journal_path: Path, concurrency: int, budget: _Budget, *, calls_per_item: int) -> bool:
+async def _drive(rows, work_on, journal_path: Path, concurrency: int | str, budget: _Budget, *,
+                 calls_per_item: int) -> bool:
     """Run ``work_on`` over ``rows`` with at most ``concurrency`` in flight; False if the budget ran out.
+    Under "auto" the roles' adaptive gates (concurrency.py) limit the calls, and the items in flight
+    follow their limits (``_width``).
 
     Rows are pulled from the (streamed) iterator only as slots free up, so memory does not grow with
     the dataset."""
-    semaphore = asyncio.Semaphore(concurrency)
+    width = _width(concurrency, budget.llms)
+    semaphore = contextlib.nullcontext() if callable(width) else asyncio.Semaphore(width)
+    ahead = width if callable(width) else (lambda: 2 * width)
     stopped = False
-    pending: set[asyncio.Task] = set()
+    pending: set[asyncio.Task] = set()   # the items' tasks that have not ended
     failed: list[BaseException] = []   # the first error of any item: it stops the phase
+    # Each task leaves ``pending`` as it ends and wakes the feeder (``ended``): asyncio.wait over the
+    # 2 x concurrency tasks in flight added and removed that many done-callbacks per item, profiled.
+    # A task leaves in its own last step, so ``pending`` is exactly the tasks not done, as
+    # asyncio.wait's pending set was (a done-callback would run a loop pass later).
+    ended = asyncio.Event()
+
+    async def next_end() -> None:
+        ended.clear()
+        await ended.wait()
+
     try:
         with Journal(journal_path) as journal:
             async def guarded(row):
-                async with semaphore:
-                    if failed:
-                        return
-                    try:
-                        await work_on(row, journal)
-                    except asyncio.CancelledError:
-                        raise
-                    except BaseException as exc:   # kept for the phase to raise, never lost in a task
-                        failed.append(exc)
+                try:
+                    async with semaphore:
+                        if failed:
+                            return
+                        try:
+                            await work_on(row, journal)
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as exc:   # kept for the phase to raise, never lost in a task
+                            failed.append(exc)
+                finally:
+                    pending.discard(asyncio.current_task())
+                    ended.set()
 
             try:
                 for row in rows:
                     if failed:
                         raise failed[0]
-                    if not budget.allows(calls_per_item * (len(pending) + 1)):
-                        stopped = True
+                    while not budget.allows(calls_per_item * (len(pending) + 1)):
+                        if not pending or budget.stopped_by != "--max-cost":
+                            stopped = True
+                            break
+                        await next_end()   # --max-cost: what the calls in flight cost tells; then ask again
+                    if stopped:
                         break
                     pending.add(asyncio.create_task(guarded(row)))
-                    if len(pending) >= 2 * concurrency:
-                        _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    while len(pending) >= ahead():
+                        await next_end()
                 while pending and not failed:   # an outage at the end of a phase stops it as soon, too
-                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    await next_end()
                 if failed:
                     raise failed[0]
             except BaseException:
                 # An outage or Ctrl-C: the items in flight are dropped (redone by the next run) before
                 # the journal closes, so none of them writes to it afterwards.
-                for task in pending:
+                for task in list(pending):
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
                 raise
@@ -449,6 +605,7 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: WorkFold
 
     rows = (row for row in read(pool) if row["seed_id"] not in done)
     calls = 3 if options.judge else 2
+    budget.phase()
     with partial:
         complete = await _drive(rows, work_on, journal_path, options.concurrency, budget, calls_per_item=calls)
     if complete:   # every item of the round is in its journal: the steps kept on the way are spent
@@ -537,7 +694,10 @@ def _write_rejects(work: WorkFolder, rounds: int, path: Path) -> None:
 
 
 def _estimate(options: EvolveOptions, methods) -> dict:
-    """Calls and tokens a run would take, without calling anything (tokens ~ characters / 4)."""
+    """Calls, tokens and cost a run would take, per role, without calling anything (tokens ~ characters
+    / 4; the information-gain judge's calls belong to the evol role; cost from cost.py's prices)."""
+    from .judge import gain_prompt
+
     items = chars = unanswered = bad = 0
     for _, seed, _ in _seed_rows(options):
         if seed is None:
@@ -548,10 +708,32 @@ def _estimate(options: EvolveOptions, methods) -> dict:
         unanswered += not seed["output"]
     per_item = 3 if options.judge else 2
     method_chars = sum(len(m.text) * w for m, w in methods) / sum(w for _, w in methods)
-    calls = unanswered + items * options.rounds * per_item
-    prompt_tokens = (items * options.rounds * (method_chars + chars / max(items, 1) * (per_item + 1))) / 4
-    output_tokens = items * options.rounds * (chars / max(items, 1) / 4 * 1.3 + options.answer_max_tokens / 4)
+    mean, evolutions = chars / max(items, 1), items * options.rounds
+    judged = evolutions if options.judge else 0
+    roles = {
+        "evol": {"settings": options.evol_settings(), "calls": evolutions + judged,
+                 "input_tokens": (evolutions * (method_chars + mean)
+                                  + judged * (len(gain_prompt("", "")) + mean * 2.3)) / 4,
+                 "output_tokens": evolutions * mean * 1.3 / 4 + judged * 3},
+        "answer": {"settings": options.answer_settings(), "calls": unanswered + evolutions,
+                   "input_tokens": (unanswered * mean + evolutions * mean * 1.3) / 4,
+                   "output_tokens": (unanswered + evolutions) * options.answer_max_tokens / 4},
+    }
+    estimate = {}
+    for role, r in roles.items():
+        settings = r.pop("settings")
+        usage = {k: int(v) for k, v in r.items()}
+        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model)
+        estimate[role] = {"model": spent.model, **usage,
+                          "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note}
+    unknown = [r["model"] for r in estimate.values() if isinstance(r["cost_usd"], str)]
     return {"items": items, "bad_rows": bad, "seeds_without_answer": unanswered, "rounds": options.rounds,
-            "calls": int(calls), "prompt_tokens_estimate": int(prompt_tokens),
-            "output_tokens_estimate": int(output_tokens),
-            "assumes": "every evolution kept; answers average a quarter of --answer-max-tokens"}
+            "calls": unanswered + items * options.rounds * per_item,
+            "prompt_tokens_estimate": sum(r["input_tokens"] for r in estimate.values()),
+            "output_tokens_estimate": sum(r["output_tokens"] for r in estimate.values()),
+            "roles": estimate,
+            "cost_usd": (f"no known price for {', '.join(dict.fromkeys(unknown))}" if unknown else
+                         round(sum(r["cost_usd"] for r in estimate.values()), 6)),
+            "assumes": "every evolution kept; the evolver's reply about as long as the evolved instruction "
+                       "(a multi-step method such as e0 writes several times more); answers average a quarter "
+                       "of --answer-max-tokens; online (not batch) prices"}

@@ -152,6 +152,9 @@ class Llm:
         self.usage = Usage()
         self.notices: list[str] = []
         self.errors = ErrorWindow()
+        # Unseeded request configs, reused (see _request): building lm15.Config and the reply format's
+        # schema anew cost ~30 us per evol call, profiled; a role needs only a few of them.
+        self._configs: dict = {}
 
     @property
     def last_error(self) -> str:
@@ -174,11 +177,22 @@ class Llm:
         s = self.settings
         temperature = s.temperature if temperature is None else temperature
         sampled = rollout is not None and bool(temperature)
-        response_format = None
-        if reply_format is not None:
-            response_format = reply_format.response_format(max_tokens=s.max_tokens if self._bounded else None)
-        config = lm15.Config(max_tokens=s.max_tokens, temperature=temperature, top_p=s.top_p,
-                             seed=rollout if sampled and self._seeded else None, response_format=response_format)
+        seed = rollout if sampled and self._seeded else None
+        # The key holds all that goes into the config: max_tokens and top_p are the role's (the provider
+        # check may replace the settings without top_p), ReplyFormat is a frozen dataclass (hashable by
+        # value) and lm15.Config is frozen too, so one config can be shared by many requests.
+        key = (s.max_tokens, s.top_p, temperature, reply_format, self._bounded)
+        config = self._configs.get(key) if seed is None else None
+        if config is None:
+            response_format = None
+            if reply_format is not None:
+                response_format = reply_format.response_format(max_tokens=s.max_tokens if self._bounded else None)
+            config = lm15.Config(max_tokens=s.max_tokens, temperature=temperature, top_p=s.top_p,
+                                 seed=seed, response_format=response_format)
+            if seed is None:   # a seeded config is used once (one rollout): not kept
+                if len(self._configs) >= 256:   # optimize's many candidate methods: kept bounded
+                    self._configs.clear()
+                self._configs[key] = config
         turns = (*history, prompt)
         messages = tuple(lm15.Message.user(t) if i % 2 == 0 else lm15.Message.assistant(t)
                          for i, t in enumerate(turns))
@@ -324,4 +338,5 @@ def run_async(coro):
     """Run ``coro`` to the end on a fresh event loop set up for many LLM calls in flight."""
     with asyncio.Runner() as runner:
         runner.get_loop().set_default_executor(dspy_tuning.LoopExecutor(thread_name_prefix="auto-evol"))
+        dspy_tuning.run_dspy_inline(runner.get_loop())
         return runner.run(coro)

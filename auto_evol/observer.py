@@ -24,7 +24,7 @@ class Observer:
 
     def start(self, options, **context) -> None:
         """The run begins. ``context`` holds what the verb knows by then (optimize: ``split``, ``init``,
-        ``next_step``; evolve: ``seeds``, ``methods``; compare: ``split``, ``methods``)."""
+        ``next_step``; evolve: ``seeds``, ``methods``; compare: ``split``, ``methods``, ``out``)."""
 
     def phase(self, name: str, total: int, done: int = 0) -> None:
         """A phase of ``total`` tasks begins, ``done`` of them already finished (a resumed phase)."""

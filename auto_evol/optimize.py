@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import backends
+from . import cost as cost_mod
 from . import llm as llm_mod
 from . import method as method_mod
 from . import selection, stats
@@ -27,7 +28,7 @@ from .candidate import Candidate, propose
 from .checkpoint import check_writable
 from .devset import Split, batch, dev_fingerprint, load_split
 from .errors import Outage, UserError
-from .evaluation import Evaluation, judge_item
+from .evaluation import Evaluation, ajudge_item, judge_item
 from .feedback import Feedback, analyse
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
@@ -70,6 +71,8 @@ class Options:
     confidence: float = 0.95        # for --accept paired
     max_error_rate: float = llm_mod.MAX_ERROR_RATE   # stop when this share of a role's recent calls failed
     structured: str = "auto"        # JSON-schema replies (evolver, analysis, optimization): auto | on | off
+    max_cost: float | None = None   # USD this process may spend: no step starts that would pass it (cost.py)
+    batch: str | None = None        # all | evol (the same): the dev evaluation's calls go to the provider's batch API
 
     def evol_settings(self) -> RoleSettings:
         return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, self.evol_top_p,
@@ -92,6 +95,15 @@ class Options:
         llm_mod.check_error_rate(self.max_error_rate)
         if not 0.5 <= self.confidence < 1:
             raise UserError("--confidence must be at least 0.5 and below 1")
+        if self.max_cost is not None and not self.max_cost > 0:
+            raise UserError(f"--max-cost must be above 0 (USD), got {self.max_cost}")
+        if self.batch is not None:
+            from .batch import check_mode
+
+            check_mode(self.batch, "optimize")
+        if self.max_cost is not None and not self.track:
+            raise UserError("--max-cost stops a run for --resume to go on with, which needs its MLflow record: "
+                            "drop --no-track")
         if self.accept == "paired" and self.dev_size < stats.MIN_ITEMS:
             raise UserError(f"--accept paired needs --dev-size of at least {stats.MIN_ITEMS}")
         for name in ("evol_temperature", "optimizer_temperature"):
@@ -110,6 +122,29 @@ class StepRecord:
     calls: dict[str, int]           # LLM calls per phase
     cached: dict[str, int]          # of which answered from the cache
     seconds: dict[str, float]       # wall seconds per phase
+    usage: dict[str, dict] = field(default_factory=dict)   # LLM usage per role in this step (Usage.snapshot)
+    costs: dict = field(default_factory=dict)              # role -> cost.Cost of this step's calls
+    dev_usage: dict = field(default_factory=dict)          # the evol role's usage judging the candidates
+    dev_cost: float | None = None                          # its USD; None: no known price
+
+    @property
+    def cost(self) -> float | None:
+        """USD of the step's calls (None: a role without a known price)."""
+        return cost_mod.total(self.costs) if self.costs else None
+
+    def candidate_costs(self) -> list[float | None]:
+        """USD of each candidate's dev evaluation. Tokens are counted per role, not per dev item, so the
+        step's dev-evaluation cost is apportioned by judged items (halving and racing judge some candidates
+        on fewer); a text judged once is paid for by the first candidate that has it, the others 0."""
+        seen: set[str] = set()
+        judged = []
+        for c in self.candidates:
+            fresh = c.evaluation is not None and c.method.hash not in seen
+            seen.add(c.method.hash)
+            judged.append(len(c.evaluation.results) if fresh else 0)
+        if self.dev_cost is None:
+            return [None] * len(judged)
+        return [self.dev_cost * n / sum(judged) if sum(judged) else 0.0 for n in judged]
 
     @property
     def rates(self) -> list[float]:
@@ -186,6 +221,14 @@ class OptimizeResult:
     usage: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)   # provider adaptations and fallbacks, one line each
+    costs: dict = field(default_factory=dict)   # role -> cost.Cost of ``usage`` (all processes of the run)
+    stopped: str | None = None        # "--max-cost": stopped after a finished step, e* not made; --resume goes on
+    process_cost: float | None = None  # USD this process spent (what --max-cost caps)
+
+    @property
+    def cost(self) -> float | None:
+        """USD of the run's calls over all its processes (None: a role without a known price)."""
+        return cost_mod.total(self.costs) if self.costs else None
 
     @property
     def calls(self) -> int:
@@ -198,14 +241,109 @@ class OptimizeResult:
         return self.calls / PAPER_CALLS
 
 
+def estimate(options: Options) -> dict:
+    """optimize --dry-run: an upper bound on the calls, tokens and cost of a run with these settings,
+    per phase and per role, from the paper's budget (PAPER_CALLS) counted with this run's sizes. No LLM
+    is built or called.
+
+    Calls: e0 on the dev set 2|D|; per step, the trajectory batch x rounds (evol), m analyses and m
+    optimizations (optimizer), and at most m x |D| x 2 dev calls (evol: every candidate new and judged on
+    every dev item, every evolution answered); every one of --steps runs (patience may stop earlier);
+    and, when tracking, a champion from other dev items judged again (2|D|). Output tokens: every reply
+    at its role's --*-max-tokens. Input tokens are estimates: characters / 4, the method at its starting
+    length, a growing conversation at its largest."""
+    from . import registry
+    from .candidate import OPTIMIZATION_PROMPT
+    from .feedback import ANALYSIS_PROMPT
+
+    options.validate()
+    if options.resume:
+        raise UserError("--dry-run estimates a new run; it does not take --resume")
+    init = registry.resolve(options.init_method)
+    split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size, seed=options.seed,
+                       instruction_field=options.instruction_field)
+    items = split.dev + split.train
+    mean = sum(len(i.instruction) for i in items) / max(len(items), 1)   # characters of an instruction
+    dev, size, m, steps = len(split.dev), min(options.batch_size, len(split.train)), options.candidates, options.steps
+    evol_out, opt_out = options.evol_max_tokens, options.optimizer_max_tokens
+    evolve_in = (len(init.text) + mean) / 4     # the evolver's prompt
+    answer_in = mean * 1.3 / 4                  # an evolved instruction
+    analysis_in = (len(ANALYSIS_PROMPT) + size * (options.rounds + 1) * (mean * 1.3 + 12)) / 4
+    optimize_in = analysis_in + opt_out + (len(OPTIMIZATION_PROMPT) + len(init.text)) / 4
+    # phase: (role, calls, input tokens per call, output tokens per call)
+    phases = {
+        "baseline": ("evol", 2 * dev, (evolve_in + answer_in) / 2, evol_out),
+        "trajectory": ("evol", steps * size * options.rounds, evolve_in, evol_out),
+        "analysis": ("optimizer", steps * m, analysis_in, opt_out),
+        "optimization": ("optimizer", steps * m, optimize_in, opt_out),
+        "dev evaluation": ("evol", steps * m * dev * 2, (evolve_in + answer_in) / 2, evol_out),
+    }
+    if options.track:
+        phases["champion check"] = ("evol", 2 * dev, (evolve_in + answer_in) / 2, evol_out)
+    by_phase = {name: {"role": role, "calls": calls, "input_tokens": int(calls * per_in),
+                       "output_tokens": int(calls * per_out)}
+                for name, (role, calls, per_in, per_out) in phases.items()}
+    roles = {"evol": options.evol_settings(), "optimizer": options.optimizer_settings()}
+    by_role = {}
+    for role, settings in roles.items():
+        usage = {k: sum(p[k] for p in by_phase.values() if p["role"] == role)
+                 for k in ("calls", "input_tokens", "output_tokens")}
+        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model)
+        by_role[role] = {"model": spent.model, **usage,
+                         "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note}
+    unknown = [r["model"] for r in by_role.values() if isinstance(r["cost_usd"], str)]
+    calls = sum(r["calls"] for r in by_role.values())
+    return {"upper_bound": True, "data": split.name, "dev_items": dev, "batch": size, "steps": steps,
+            "candidates": m, "rounds": options.rounds, "phases": by_phase, "roles": by_role,
+            "calls": calls, "paper_calls": PAPER_CALLS,
+            "cost_usd": (f"no known price for {', '.join(dict.fromkeys(unknown))}" if unknown else
+                         round(sum(r["cost_usd"] for r in by_role.values()), 6)),
+            "assumes": "an upper bound: every step runs, every candidate is new and judged on every dev item "
+                       "(halving, racing, duplicates and failed evolutions call less), every reply uses its whole "
+                       "--*-max-tokens, no reply comes from the cache; input tokens are estimates (characters / 4, "
+                       "the method at its starting length); online (not batch) prices"}
+
+
 def _rollout(seed: int, step: int, index: int) -> int:
     """A stable id per (seed, step, candidate): separates the m sampled optimizer calls in the cache."""
     digest = hashlib.sha256(f"{seed}:{step}:{index}".encode()).digest()
     return int.from_bytes(digest[:4], "big")
 
 
-def evaluate(method: Method, dev: list, evol: Llm, runner: Runner) -> Evaluation:
-    return Evaluation(method, tuple(runner.map("dev evaluation", lambda item: judge_item(evol, method, item), dev)))
+def evaluate(method: Method, dev: list, evol: Llm, runner: Runner, batched=None) -> Evaluation:
+    return Evaluation(method, tuple(_judge(runner, evol, batched, [(method, item) for item in dev])))
+
+
+def _judge(runner: Runner, evol: Llm, batched, pairs: list) -> list:
+    """Each (method, dev item) pair judged by the evol role: on the run's thread pool, or under --batch
+    (``batched``: the evol role as a BatchRole) every pair in flight at once on an event loop of the
+    phase's, the calls going out in batches (evolutions, then answers)."""
+    if batched is None:
+        return runner.map("dev evaluation", lambda p: judge_item(evol, *p), pairs)
+    return runner.amap("dev evaluation", lambda p: ajudge_item(batched, *p), pairs, after=batched.aclose)
+
+
+def _batched(options: Options, evol: Llm, run_id: str | None):
+    """--batch: the evol role as the dev evaluation uses it (a BatchRole counted in the role's own
+    usage), or None. Its journal is the run's (store.batch_journal), which a --resume attaches to; an
+    untracked run's is named for its settings under the cache dir, so the same command run again
+    attaches too. The trajectories (few calls) and the optimizer stay online."""
+    if not options.batch:
+        return None
+    import json
+
+    from . import batch as batch_mod
+    from . import store
+
+    if run_id is not None:
+        path = store.batch_journal(run_id)
+    else:
+        what = dataclasses.replace(options, concurrency=1, max_cost=None, max_error_rate=1.0, resume=None,
+                                   trace=False, track=False, batch="all")
+        digest = hashlib.sha256(json.dumps(dataclasses.asdict(what), sort_keys=True, default=str).encode())
+        path = Path(options.cache_dir or backends.DEFAULT_CACHE_DIR) / "batches" / \
+            f"optimize-{digest.hexdigest()[:16]}.jsonl"
+    return batch_mod.BatchRole(evol, batch_mod.BatchJournal(path), usage=evol.usage)
 
 
 def optimize(options: Options | None = None, *, observers: Iterable[Observer] | None = None,
@@ -215,8 +353,9 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
     ``optimize(data="gsm8k_seed", steps=2)`` takes the same options as the command line;
     ``evol``/``optimizer`` may be given ready-made (a scripted LM in tests). ``resume=RUN_ID`` goes on
     from the last finished step of an interrupted run, with that run's own settings. ``observers``
-    hear the run's events (observer.py); by default the MLflow logger, which records the run when
-    ``track`` is on (the CLI adds the terminal's progress bars and tables in front of it).
+    hear the run's events (observer.py); the MLflow logger, which records the run when ``track`` is
+    on (and which --resume reads back), is added when the list holds none (the CLI passes it with the
+    terminal's progress bars and tables).
 
     The steps: read back a resumed run's settings and state under its lock; check every setting;
     load the method and the data split; build the roles; run the loop with the observers around it.
@@ -224,8 +363,9 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
     from . import registry, store, tracking  # MLflow is imported only when a run starts
 
     options = dataclasses.replace(options or Options(), **overrides)
-    if observers is None:
-        observers = [tracking.OptimizeLogger()]
+    observers = list(observers or [])
+    if not any(isinstance(o, tracking.OptimizeLogger) for o in observers):
+        observers.append(tracking.OptimizeLogger())
     with contextlib.ExitStack() as held:
         state: LoopState | None = None
         if options.resume:
@@ -239,12 +379,20 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
         split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
                            seed=options.seed, instruction_field=options.instruction_field)
         check_writable(Path(options.methods_dir), f"--methods-dir {options.methods_dir}")
+        cost_mod.require_prices(options.max_cost, (
+            (evol.settings if evol else options.evol_settings(), "--evol-model"),
+            (optimizer.settings if optimizer else options.optimizer_settings(), "--optimizer-model")))
+        if options.batch:   # only the evol role is batched (its dev evaluation): it needs a batch endpoint
+            from .batch import check_batchable
+
+            check_batchable(evol.settings if evol else options.evol_settings())
         evol, optimizer = _llms(options, evol, optimizer)
         heard = Observers(observers)
         try:
             with heard:
                 heard.start(options, split=split, init=init, next_step=state.next_step if state else 1)
-                result = _run(options, state, split, init, evol, optimizer, heard)
+                result = _run(options, state, split, init, evol, optimizer, heard,
+                              _batched(options, evol, heard.run_id))
                 result.run_id = heard.run_id
                 heard.finish(result)
         except Outage as exc:
@@ -255,11 +403,17 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
 
 
 def _run(options: Options, state: LoopState | None, split: Split, init: Method, evol: Llm, optimizer: Llm,
-         heard: Observers) -> OptimizeResult:
+         heard: Observers, batched=None) -> OptimizeResult:
     """The loop itself: e0 on the dev set (unless resumed past it), the steps until a stop rule holds,
-    then e* saved and registered. Every event goes to ``heard``."""
+    then e* saved and registered. Every event goes to ``heard``; ``batched``: the evol role the dev
+    evaluations use under --batch."""
     started = time.perf_counter()
     spent_before = dict(state.spent) if state else {}
+    roles = {"evol": evol.settings, "optimizer": optimizer.settings}
+    process_start = _usage({}, evol, optimizer)
+
+    def process_cost() -> float | None:
+        return cost_mod.total(cost_mod.costs(cost_mod.delta(_usage({}, evol, optimizer), process_start), roles))
 
     def checkpoint() -> None:
         state.spent = _usage(spent_before, evol, optimizer)
@@ -269,7 +423,7 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
         runner = Runner(pool, heard, (evol, optimizer))
         initial = None
         if state is None:
-            initial = evaluate(init, split.dev, evol, runner)
+            initial = evaluate(init, split.dev, evol, runner, batched)
             runner.take()
             if initial.errors == len(initial.results):
                 raise Outage(f"every call for {init.name} on the dev set failed after its retries "
@@ -279,12 +433,30 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
                               incumbent_failures=initial.flags())
             checkpoint()
         history: list[StepRecord] = []
+        stopped = None
         while not state.done(options):
-            record = _step(state.next_step, state, split, options, evol, optimizer, runner)
+            if _over_budget(options.max_cost, process_cost(), history[-1].cost if history else None):
+                stopped = "--max-cost"
+                break
+            before = _usage({}, evol, optimizer)
+            record = _step(state.next_step, state, split, options, evol, optimizer, runner, batched)
+            spent = cost_mod.delta(_usage({}, evol, optimizer), before)
+            price = cost_mod.price_of(evol.settings)
+            record = dataclasses.replace(record, usage=spent, costs=cost_mod.costs(spent, roles),
+                                         dev_cost=cost_mod.cost(record.dev_usage, price) if price else None)
             history.append(record)
             state.advance(record)
             heard.step(record)
             checkpoint()
+        if stopped is not None:   # e* is not made: the run goes on with --resume, from this checkpoint
+            usage = _usage(spent_before, evol, optimizer)
+            return OptimizeResult(best=state.incumbent, rates=list(state.rates), history=history, initial=initial,
+                                  lineage=list(state.lineage),
+                                  accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok],
+                                  usage=usage, costs=cost_mod.costs(usage, roles), stopped=stopped,
+                                  process_cost=process_cost(),
+                                  notices=list(dict.fromkeys(evol.notices + optimizer.notices)),
+                                  seconds=round(time.perf_counter() - started, 2))
         best = _final_method(state, split.name, options)
         if state.e_star_name != best.name:
             state.e_star_name = best.name     # written down before the file: a resumed finish reuses it
@@ -295,13 +467,23 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
         result.method_path = method_mod.save(best, Path(options.methods_dir))
         if options.track:
             if state.registered is None:   # once per run, also when a resumed run finishes again
-                state.registered = _register(best, state, split, evol, runner)
+                state.registered = _register(best, state, split, evol, runner, batched)
                 checkpoint()
             result.prompt_uri, result.champion = state.registered
         result.usage = _usage(spent_before, evol, optimizer)
+        result.costs, result.process_cost = cost_mod.costs(result.usage, roles), process_cost()
         result.notices = list(dict.fromkeys(evol.notices + optimizer.notices))
         result.seconds = round(time.perf_counter() - started, 2)
     return result
+
+
+def _over_budget(max_cost: float | None, spent: float | None, last_step: float | None) -> bool:
+    """--max-cost, checked before each step: no step starts once this process has spent the cap, or
+    when one more step costing what the last one did would pass it (the first step of a process starts
+    while anything is left: its cost is not known before it runs)."""
+    if max_cost is None or spent is None:
+        return False
+    return spent >= max_cost or (last_step is not None and spent + last_step > max_cost)
 
 
 def _usage(before: dict[str, dict], evol: Llm, optimizer: Llm) -> dict[str, dict]:
@@ -333,7 +515,11 @@ def _resumed_options(stored: dict, given: Options) -> Options:
         raise UserError(f"--resume {given.resume}: the run's --api-base {stored_base} had a user:password part, "
                         f"which is never stored; give the same --api-base again")
     # What may change on a resume: how fast it runs, and how many failed calls it puts up with.
-    keep = {"concurrency": given.concurrency}
+    # --max-cost caps this process's spending, so a resumed run takes the one given now (none: no cap).
+    # --batch given again replaces the run's own (left out, the run keeps it).
+    keep = {"concurrency": given.concurrency, "max_cost": given.max_cost}
+    if given.batch is not None:
+        keep["batch"] = given.batch
     if given.max_error_rate != llm_mod.MAX_ERROR_RATE:
         keep["max_error_rate"] = given.max_error_rate
     return dataclasses.replace(Options(**settings), resume=given.resume, track=True, **keep)
@@ -348,7 +534,8 @@ def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Ll
     return evol or built_evol, optimizer or built_optimizer
 
 
-def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: Runner) -> tuple[str, bool]:
+def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: Runner,
+              batched=None) -> tuple[str, bool]:
     """Register e* as a new version of the data set's prompt; move 'champion' only if e* beats it.
 
     The champion's failure rate is compared on this run's dev set: taken from its version's tags when
@@ -365,7 +552,7 @@ def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: R
         better = rate < float(champion.tags["failure_rate"])
     else:
         rival = Method(name=f"{split.name}@champion", text=champion.template)
-        better = rate < evaluate(rival, split.dev, evol, runner).rate
+        better = rate < evaluate(rival, split.dev, evol, runner, batched).rate
         runner.take()
     version = registry.register(split.name, best, tags={"dev_fingerprint": fingerprint, "failure_rate": f"{rate:.6f}",
                                                         "failure_rate_e0": f"{state.rates[0]:.6f}"})
@@ -375,7 +562,7 @@ def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: R
 
 
 def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm, optimizer: Llm,
-          runner: Runner) -> StepRecord:
+          runner: Runner, batched=None) -> StepRecord:
     incumbent, incumbent_rate = state.incumbent, state.incumbent_rate
     mini_batch = batch(split.train, options.batch_size, options.seed, step)
     evolutions = runner.map("trajectory", lambda item: evolve_rounds(evol, incumbent, item, options.rounds), mini_batch)
@@ -407,11 +594,14 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
         if c.method.hash != incumbent.hash:
             distinct.setdefault(c.method.hash, c.method)
     incumbent_flags = state.incumbent_failures if len(state.incumbent_failures) == len(split.dev) else None
+    dev_before = {"evol": evol.usage.snapshot()}
     evaluations, finalists = _judge_candidates(list(distinct.values()), split.dev, evol, runner, options.selection,
-                                               incumbent_flags)
+                                               incumbent_flags, batched)
+    dev_usage = cost_mod.delta({"evol": evol.usage.snapshot()}, dev_before)["evol"]
     candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
     calls, cached, seconds = runner.take()
-    record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds)
+    record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds,
+                        dev_usage=dev_usage)
     # Only candidates judged on the whole dev set may replace the incumbent (halving and racing drop
     # the others on the way).
     decision = [rate if c.evaluation is not None and c.method.hash in finalists else math.inf
@@ -426,15 +616,18 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
 
 
 def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runner, how: str,
-                      incumbent: list[bool] | None = None) -> tuple[dict[str, Evaluation], set[str]]:
+                      incumbent: list[bool] | None = None, batched=None) -> tuple[dict[str, Evaluation], set[str]]:
     """Each method's evaluation on the dev set by the selection strategy ``how`` (a prefix for methods
     that halving or racing dropped), and the hashes of the methods judged on every item.
     ``incumbent``: its failure flags per dev item, which racing uses to drop candidates that cannot
-    beat it (even a single one). Every (method, item) pair a strategy asks for at once shares the pool."""
+    beat it (even a single one). Every (method, item) pair a strategy asks for at once shares the pool
+    (under --batch, ``batched``: the same batches; halving and racing send a batch per rung)."""
     results: list[dict[int, object]] = [{} for _ in methods]
+    if not methods:   # nothing new to judge: the step still records its (empty) phase, as every step does
+        runner.map("dev evaluation", judge_item, [])
 
     def judge_pairs(pairs):
-        judged = runner.map("dev evaluation", lambda p: judge_item(evol, methods[p[0]], dev[p[1]]), pairs)
+        judged = _judge(runner, evol, batched, [(methods[c], dev[i]) for c, i in pairs])
         for (c, i), result in zip(pairs, judged):
             results[c][i] = result
         return [r.failure is not None for r in judged]

@@ -1,10 +1,15 @@
 """Running one phase's independent LLM tasks on a thread pool, counting calls, cache hits and seconds.
 
+A phase whose calls go to a provider's batch endpoint (``--batch``: a BatchRole's ``aask``) runs with
+``amap`` instead: every item in flight at once on one event loop, so the phase's requests wait for
+their batch together (a thread per item would not scale to thousands of dev pairs).
+
 The run's observers hear ``phase(name, total)`` and ``advance(name)``: progress bars live outside."""
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -41,11 +46,46 @@ class Runner:
                 future.cancel()
             raise failed[0].exception()
         results = [f.result() for f in futures]
+        self._count(phase, before, started)
+        return results
+
+    def amap(self, phase: str, fn: Callable[[T], Awaitable[R]], items: list[T], *,
+             after: Callable[[], Awaitable[None]] | None = None) -> list[R]:
+        """``map`` for async tasks, every item in flight at once on a fresh event loop of this phase's
+        (llm.run_async). ``after`` runs on that loop at the end, whatever happened (a BatchRole's
+        ``aclose``: its polls stop, its client closes; the journal keeps what a rerun attaches to). An
+        outage or Ctrl-C cancels the items still in flight."""
+        from .llm import run_async
+
+        before = self._counts()
+        started = time.perf_counter()
+        self.observers.phase(phase, len(items))
+
+        async def run(item: T) -> R:
+            out = await fn(item)
+            self.observers.advance(phase)
+            return out
+
+        async def every() -> list[R]:
+            tasks = [asyncio.ensure_future(run(item)) for item in items]
+            try:
+                return list(await asyncio.gather(*tasks))
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                if after is not None:
+                    await after()
+
+        results = run_async(every())
+        self._count(phase, before, started)
+        return results
+
+    def _count(self, phase: str, before: tuple[int, int], started: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
         after = self._counts()
         self.calls[phase] = self.calls.get(phase, 0) + after[0] - before[0]
         self.cached[phase] = self.cached.get(phase, 0) + after[1] - before[1]
-        return results
 
     def _counts(self) -> tuple[int, int]:
         return (sum(llm.usage.calls for llm in self.llms), sum(llm.usage.cached for llm in self.llms))

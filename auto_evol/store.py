@@ -88,18 +88,29 @@ def client(uri: str | None = None, *, create: bool = True):
         return found
 
 
-def run_lock(run_id: str):
-    """The lock an optimize run is held under while a process works on it (its first run, or a
-    --resume): a second --resume of the same run refuses at once, naming the holder."""
+def _run_file(run_id: str, kind: str, suffix: str) -> Path:
+    """A file of the run's own beside the store (``mlruns/KIND/RUN_ID.SUFFIX``), or, for a store that is
+    no SQLite file, under the cache dir in a folder per store."""
     from .backends import DEFAULT_CACHE_DIR
 
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
         raise UserError(f"--resume {run_id!r}: not a run id (auto-evol runs lists them)")
     uri = tracking_uri()
     db = _sqlite_file(uri)
-    folder = db.parent / "locks" if db is not None else Path(DEFAULT_CACHE_DIR) / "locks" / \
+    folder = db.parent / kind if db is not None else Path(DEFAULT_CACHE_DIR) / kind / \
         hashlib.sha256(redact(uri).encode()).hexdigest()[:16]
-    return locks.hold(folder / f"{run_id}.lock", f"optimize run {run_id}")
+    return folder / f"{run_id}{suffix}"
+
+
+def run_lock(run_id: str):
+    """The lock an optimize run is held under while a process works on it (its first run, or a
+    --resume): a second --resume of the same run refuses at once, naming the holder."""
+    return locks.hold(_run_file(run_id, "locks", ".lock"), f"optimize run {run_id}")
+
+
+def batch_journal(run_id: str) -> Path:
+    """The journal of an optimize run's batches (``--batch``), which its --resume attaches to."""
+    return _run_file(run_id, "batches", ".jsonl")
 
 
 def unreachable(uri: str, exc: Exception) -> UserError:

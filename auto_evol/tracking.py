@@ -6,6 +6,9 @@ nested run per step (calls and seconds per phase, the trajectory); under it a ne
 (failure rate and counts per failure type, length growth, the method, its diff to the parent, the
 optimizer's feedback, the dev evaluation table). All three kinds carry the optimize run's id as a tag,
 so `auto-evol ui` can open one view on them (ui.py). Evolve and compare: one run each when they finish.
+Cost (cost.py's prices): ``cost.ROLE`` and ``cost_usd`` (the total, when every role has a known price)
+on the optimize run, each step run (that step's calls) and the evolve and compare runs, and ``cost_usd``
+on each candidate run (its share of the step's dev evaluation).
 Params hold model names and sampling settings only: never a key, and a server address loses any
 user:password part. The loggers hear the run's events like any other observer (observer.py): the
 algorithm does not know they exist. Where the store is and how it is opened: store.py.
@@ -18,6 +21,7 @@ import re
 import time
 from pathlib import Path
 
+from . import cost as cost_mod
 from . import store
 from .http_engine import redact
 from .observer import Observer
@@ -102,16 +106,16 @@ class OptimizeLogger(Observer):
         self.client = None
         self.experiment: str | None = None
         self._held = None
+        self._stopped = False   # stopped at --max-cost: the run is left KILLED, to be resumed
 
     def start(self, options, *, split=None, init=None, next_step: int = 1, **_) -> None:
-        if not options.track:
-            return
-        self.uri = tracking_uri()
-        if options.resume:
-            self._reopen(options.resume, next_step)
-        else:
-            self._create(options, split, init)
-        if options.trace:
+        if options.track:
+            self.uri = tracking_uri()
+            if options.resume:
+                self._reopen(options.resume, next_step)
+            else:
+                self._create(options, split, init)
+        if options.trace:   # into the run's experiment; MLflow's default one under --no-track
             trace_llm_calls(self.experiment)
 
     def _reopen(self, run_id: str, next_step: int) -> None:
@@ -161,7 +165,7 @@ class OptimizeLogger(Observer):
     def close(self, error: BaseException | None) -> None:
         try:
             if self.run_id is not None:
-                status = "FINISHED" if error is None else (
+                status = ("KILLED" if self._stopped else "FINISHED") if error is None else (
                     "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
                 self.client.set_terminated(self.run_id, status=status)
         finally:
@@ -198,8 +202,8 @@ class OptimizeLogger(Observer):
         self._metrics(self.run_id, {"failure_rate": handed_on, "best_candidate_rate": min(record.rates),
                                     "calls": sum(record.calls.values())}, step=record.step)
         step_run = self._step_run(record, handed_on)
-        for candidate, rate in zip(record.candidates, record.rates):
-            self._candidate_run(record, step_run, candidate, rate)
+        for candidate, rate, spent in zip(record.candidates, record.rates, record.candidate_costs()):
+            self._candidate_run(record, step_run, candidate, rate, spent)
 
     def _step_run(self, record, handed_on: float) -> str:
         step_run = self.client.create_run(
@@ -218,13 +222,17 @@ class OptimizeLogger(Observer):
         # failure_rate: the rate of the method this step hands on (the parent's failure_rate at this step).
         self._metrics(step_run, {"failure_rate": handed_on, "incumbent_rate": record.incumbent_rate,
                                  "best_candidate_rate": min(record.rates), "llm_calls": sum(record.calls.values()),
-                                 "accepted": int(record.accepted is not None), **phase_metrics}, step=record.step)
+                                 "accepted": int(record.accepted is not None), **phase_metrics,
+                                 **{f"{key}.{role}": u[key] for role, u in record.usage.items()
+                                    for key in ("input_tokens", "output_tokens")},
+                                 **cost_mod.metrics(record.costs), "cost_usd.dev_evaluation": record.dev_cost},
+                      step=record.step)
         self._log_table(step_run, _trajectory_table(record), "trajectory.json")
         self.client.log_text(step_run, record.incumbent.text, "incumbent_method.md")
         self.client.set_terminated(step_run)
         return step_run
 
-    def _candidate_run(self, record, step_run: str, c, rate: float) -> None:
+    def _candidate_run(self, record, step_run: str, c, rate: float, spent: float | None = None) -> None:
         from .failure import Failure
 
         won = record.accepted == c.index
@@ -236,7 +244,8 @@ class OptimizeLogger(Observer):
         ).info.run_id
         self._params(run_id, {"step": record.step, "candidate": c.index + 1, "method_hash": c.method.hash,
                               "parent_method_hash": record.incumbent.hash, "readable": c.readable})
-        metrics = {"failure_rate": rate}
+        # cost_usd: its dev evaluation's share of the step's (StepRecord.candidate_costs says how it is apportioned)
+        metrics = {"failure_rate": rate, "cost_usd": spent}
         if c.evaluation is not None:  # None: the incumbent's own text, whose rate it keeps
             counts = c.evaluation.counts()
             metrics.update({"length_growth": c.evaluation.length_growth,
@@ -265,11 +274,19 @@ class OptimizeLogger(Observer):
             return
         calls = result.calls
         self._metrics(self.run_id, {
-            "failure_rate_e0": result.rates[0], "failure_rate_e_star": result.rates[-1], "llm_calls": calls,
+            "failure_rate_e0": result.rates[0], "llm_calls": calls,
+            "failure_rate_e_star": result.rates[-1] if result.stopped is None else None,
             "llm_calls_cached": sum(u["cached"] for u in result.usage.values()),
             "input_tokens": sum(u["input_tokens"] for u in result.usage.values()),
             "output_tokens": sum(u["output_tokens"] for u in result.usage.values()),
+            **{f"{key}.{role}": u[key] for role, u in result.usage.items()
+               for key in ("input_tokens", "output_tokens")},
+            **cost_mod.metrics(result.costs),
             "seconds": result.seconds, "steps_run": len(result.rates) - 1, "paper_budget_share": result.paper_share})
+        if result.stopped is not None:   # --max-cost: no e* yet; --resume reopens the run and goes on
+            self._stopped = True
+            self.client.set_tag(self.run_id, "auto_evol.stopped", result.stopped)
+            return
         self.client.set_tag(self.run_id, "auto_evol.e_star", result.best.name)
         self.client.set_tag(self.run_id, "auto_evol.accepted_steps", ",".join(map(str, result.accepted_steps)))
         self.client.set_tag(self.run_id, "auto_evol.lineage", " -> ".join(result.lineage))
@@ -284,7 +301,7 @@ class OptimizeLogger(Observer):
 
 def log_evolve(options, result, stats: dict) -> str:
     """One MLflow run per finished evolve: settings, per-round kept / eliminated by reason, lengths,
-    calls, tokens, seconds, and the stats as an artifact."""
+    calls, tokens, cost, seconds, and the stats as an artifact."""
     c, run_id = _new_run(f"evolve-{Path(options.data).stem}", f"evolve {Path(options.data).name}", "evolve")
     _log_params(c, run_id, {
         "data": options.data, "out": options.out, "rounds": options.rounds, "methods": ",".join(options.methods),
@@ -294,7 +311,8 @@ def log_evolve(options, result, stats: dict) -> str:
         "answer_top_p": options.answer_top_p, "api_base": redact(options.api_base)})
     _log_metrics(c, run_id, {"records": result.records, "bad_lines": len(result.bad_lines), "seconds": result.seconds,
                              **{f"{role}.{key}": u[key] for role, u in result.calls.items()
-                                for key in ("calls", "cached", "errors", "input_tokens", "output_tokens")}})
+                                for key in ("calls", "cached", "errors", "input_tokens", "output_tokens")},
+                             **cost_mod.metrics(result.costs)})
     for r in stats["rounds"]:
         _log_metrics(c, run_id, {"kept": r["kept"], "eliminated": sum(r["eliminated"].values()),
                                  **{f"eliminated.{reason}": n for reason, n in r["eliminated"].items()},
@@ -312,6 +330,11 @@ def log_compare(options, summary: dict, out: Path) -> str:
         "methods": ",".join(options.methods), "baseline": summary["baseline"], "rounds": options.rounds,
         "dev_size": summary["dev_items"], "seed": options.seed, "embeddings": summary["embeddings"],
         "evol_model": options.evol_model or "embedded", "api_base": redact(options.api_base)})
+    cost = summary.get("cost", {})
+    _log_metrics(c, run_id, {**{f"cost.{role}": v.get("cost_usd") for role, v in cost.items() if isinstance(v, dict)},
+                             "cost_usd": cost.get("total_usd"),
+                             **{f"{role}.{key}": u[key] for role, u in summary.get("calls", {}).items()
+                                for key in ("calls", "input_tokens", "output_tokens")}})
     for method, s in summary["methods"].items():
         key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", Path(method).stem)
         _log_metrics(c, run_id, {f"{key}.failure_rate": s["failure_rate"]["estimate"],
@@ -327,8 +350,8 @@ def log_compare(options, summary: dict, out: Path) -> str:
 
 
 class EvolveLogger(Observer):
-    """A finished evolve in MLflow (one run: see ``log_evolve``); nothing while --max-calls leaves it
-    unfinished, or when the options say ``track=False``."""
+    """A finished evolve in MLflow (one run: see ``log_evolve``); nothing while --max-calls or --max-cost
+    leaves it unfinished, or when the options say ``track=False``."""
 
     def start(self, options, **_) -> None:
         self.options = options

@@ -171,6 +171,11 @@ def evolve_and_answer(llm: Llm, method: Method, instruction: str) -> Outcome:
     return run_steps(evolution_steps(method, instruction, answer=True), llm)
 
 
+async def aevolve_and_answer(llm: Llm, method: Method, instruction: str) -> Outcome:
+    """``evolve_and_answer`` from an event loop (``--batch``: the calls wait for their batch together)."""
+    return await arun_steps(evolution_steps(method, instruction, answer=True), llm)
+
+
 def stage0(item: Item) -> str:
     """What is evolved of an item: its instruction, with its input data below it when it has some
     (Evol-Instruct evolves the two together, so an operator can keep or change the input)."""

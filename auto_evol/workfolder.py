@@ -12,6 +12,8 @@ is spelled here and nowhere else:
 - ``roundN.jsonl``: round N's journal, one line per item (kept or rejected with its reason);
 - ``roundN.partial.jsonl``: the finished steps (the evolution, the judge's verdict) of round N's
   unfinished items, so a rerun pays for no finished call; dropped once the round is whole;
+- ``batches.jsonl``: under ``--batch``, the batches submitted (intent, batch id, done; batch.py), so a
+  rerun attaches to a batch instead of paying for it twice;
 - ``stats.json``: the run's stats (EvolveStats), also logged to MLflow;
 - ``shuffle/``: output.shuffled's bucket files while the output is assembled.
 
@@ -36,6 +38,7 @@ SEEDS = "seeds.jsonl"
 SEEDS_DONE = "seeds.done"
 BAD_LINES = "bad_lines.jsonl"
 STATS = "stats.json"
+BATCHES = "batches.jsonl"
 SUFFIX = ".work"
 
 
@@ -74,6 +77,11 @@ class WorkFolder:
     @property
     def stats(self) -> Path:
         return self.path / STATS
+
+    @property
+    def batches(self) -> Path:
+        """The batch journal of ``--batch`` (batch.BatchJournal)."""
+        return self.path / BATCHES
 
     def journal(self, round_: int, *, partial: bool = False) -> Path:
         """Round ``round_``'s journal (0: the seeds' answers); ``partial``: the finished steps of its

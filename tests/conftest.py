@@ -85,3 +85,13 @@ def project(workdir):
         "\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(40)))
     (workdir / "init.md").write_text("Rewrite (level 0) this: {instruction}\n")   # fake_openai's world
     return workdir
+
+
+@pytest.fixture
+def compare_project(workdir):
+    """60 questions and two methods of known level, for compare."""
+    (workdir / "q.jsonl").write_text("\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"})
+                                               for i in range(60)))
+    for level in (0, 2):
+        (workdir / f"level{level}.md").write_text(f"Rewrite (level {level}) this: {{instruction}}\n")
+    return workdir

@@ -164,3 +164,12 @@ if __name__ == "__main__":
         with open(sys.argv[1], "w") as fh:
             fh.write(fake.base)
         threading.Event().wait()
+
+
+def compare_world(prompt: str) -> str:
+    """``world`` plus a difficulty judge: 3 + 2 per twist or step request, 'not sure' for every tenth
+    question (compare's tests)."""
+    if prompt.startswith("Rate how difficult"):
+        n = prompt.count("twist") + prompt.count("explain each step")
+        return "not sure" if int(re.search(r"number (\d+)", prompt).group(1)) % 10 == 0 else str(min(10, 3 + 2 * n))
+    return world(prompt)

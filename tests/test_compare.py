@@ -11,23 +11,7 @@ from auto_evol.compare import CompareOptions, compare
 from auto_evol.errors import UserError
 from auto_evol.judge import difficulty_score
 from conftest import scripted_llm
-from fake_openai import world
-
-
-def scripted_world(prompt: str) -> str:
-    if prompt.startswith("Rate how difficult"):
-        n = prompt.count("twist") + prompt.count("explain each step")
-        return "not sure" if int(re.search(r"number (\d+)", prompt).group(1)) % 10 == 0 else str(min(10, 3 + 2 * n))
-    return world(prompt)
-
-
-@pytest.fixture
-def project(workdir):
-    (workdir / "q.jsonl").write_text("\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"})
-                                               for i in range(60)))
-    for level in (0, 2):
-        (workdir / f"level{level}.md").write_text(f"Rewrite (level {level}) this: {{instruction}}\n")
-    return workdir
+from fake_openai import compare_world as scripted_world
 
 
 def test_difficulty_replies_that_are_not_a_score_are_not_guessed():
@@ -36,7 +20,7 @@ def test_difficulty_replies_that_are_not_a_score_are_not_guessed():
     assert difficulty_score("") is None
 
 
-def test_compare_reports_intervals_difficulty_diversity_and_plots(project):
+def test_compare_reports_intervals_difficulty_diversity_and_plots(compare_project):
     import mlflow
 
     model, _ = scripted_llm(scripted_world, name="cmp")
@@ -52,25 +36,25 @@ def test_compare_reports_intervals_difficulty_diversity_and_plots(project):
     rounds = summary.methods["evol-instruct"].per_round
     assert rounds[1].difficulty > rounds[0].difficulty > summary.seed_difficulty
     assert rounds[1].length_growth > rounds[0].length_growth > 1
-    dev_ids = {json.loads(line)["item_id"] for line in open(project / "reports/q/stages.jsonl")}
+    dev_ids = {json.loads(line)["item_id"] for line in open(compare_project / "reports/q/stages.jsonl")}
     # 'not sure' (questions 0, 10, 20...) is counted, not guessed.
     assert summary.unscored_difficulty == sum(int(i) % 10 == 0 for i in dev_ids)
     groups = summary.diversity.groups
     assert set(groups) == {"seeds", "level0.md", "level2.md", "evol-instruct"}
     assert all(0 <= g.mean_pairwise_distance <= 1 for g in groups.values() if g.mean_pairwise_distance)
-    report = (project / "reports/q/report.md").read_text()
+    report = (compare_project / "reports/q/report.md").read_text()
     assert "| `level2.md` |" in report and re.search(r"\[[-+]\d", report)
     for png in ("failure_rate.png", "difficulty.png", "diversity_tsne.png"):
-        assert (project / "reports/q" / png).stat().st_size > 5_000
+        assert (compare_project / "reports/q" / png).stat().st_size > 5_000
     run = mlflow.MlflowClient().get_run(summary.run_id)
     assert run.data.metrics["level2.failure_rate"] == m2.failure_rate.estimate
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(summary.run_id)} >= {"report.md", "failure_rate.png"}
     # summary.json is to_dict(), key for key (written before the run id was known), without the t-SNE points.
-    written = (project / "reports/q/summary.json").read_text()
+    written = (compare_project / "reports/q/summary.json").read_text()
     assert json.loads(written) == json.loads(json.dumps(replace(summary, run_id=None).to_dict(), default=str))
     assert list(json.loads(written)) == ["data", "dev_items", "rounds", "baseline", "confidence", "embeddings",
                                          "methods", "seed_difficulty", "unscored_difficulty", "calls", "seconds",
-                                         "diversity"]
+                                         "cost", "diversity"]
     assert list(json.loads(written)["diversity"]) == ["k", "groups"]
     assert json.loads(written)["methods"]["level2.md"]["failure_rate"] == {
         "estimate": m2.failure_rate.estimate, "low": m2.failure_rate.low, "high": m2.failure_rate.high}
@@ -85,12 +69,12 @@ def test_compare_reports_intervals_difficulty_diversity_and_plots(project):
     (dict(methods=["e0"], embeddings="word2vec"), "--embeddings must be"),
     (dict(methods=["e0"], baseline="weak"), "is not one of --methods"),
 ])
-def test_bad_input(project, options, message):
+def test_bad_input(compare_project, options, message):
     with pytest.raises(UserError, match=re.escape(message)):
         compare(CompareOptions(data="q.jsonl", **options), evol=scripted_llm(scripted_world, name="bad")[0])
 
 
-def test_quiet_compare_prints_the_report_path_only(project, tmp_path):
+def test_quiet_compare_prints_the_report_path_only(compare_project, tmp_path):
     import os
     import subprocess
     import sys
@@ -104,7 +88,7 @@ def test_quiet_compare_prints_the_report_path_only(project, tmp_path):
                                "--data", "q.jsonl", "--dev-size", "20", "--rounds", "1", "--evol-model", "openai/fake",
                                "--api-base", fake.base, "--embeddings", "tfidf", "--out", "rep", "--no-track",
                                "--cache-dir", str(tmp_path / "cache"), "--quiet"],
-                              cwd=project, env=env, capture_output=True, text=True, timeout=300)
+                              cwd=compare_project, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "rep/report.md\n"
-    assert (project / "rep" / "report.md").is_file()
+    assert (compare_project / "rep" / "report.md").is_file()

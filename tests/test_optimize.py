@@ -275,3 +275,10 @@ def test_observers_close_all_even_when_one_fails_to():
     # After a failed run, the run's own error is the one that counts: a close failure is not raised over it.
     heard.close(KeyError("x"))
     assert closed.events[-1] == ("close", "KeyError")
+
+
+def test_observers_given_without_a_logger_still_record_the_run(dataset):
+    """The MLflow logger is what --resume reads back: a list without one gets it added."""
+    heard = Recorder()
+    result, _ = run(dataset, World(), steps=1, observers=[heard])
+    assert result.run_id is not None and heard.events[-1] == ("close", None)

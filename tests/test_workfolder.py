@@ -48,7 +48,7 @@ def test_a_run_writes_exactly_the_layout_and_stats_json_is_the_typed_stats(tmp_p
                      "round1.jsonl", "round2.jsonl", "stats.json", "shuffle"}
     assert result.rejects == work.rejects and work.rejects.exists()
     on_disk = json.loads(work.stats.read_text())
-    assert list(on_disk) == ["records", "complete", "rounds", "bad_lines", "calls", "seconds", "notices"]
+    assert list(on_disk) == ["records", "complete", "rounds", "bad_lines", "calls", "seconds", "notices", "cost"]
     typed = EvolveStats.of(result, [])
     assert typed.to_dict() == on_disk
     assert on_disk["rounds"][0] == result.rounds[0].to_dict() and on_disk["records"] == result.records
