@@ -32,17 +32,38 @@ metadata (``auto_evol_intent``), found through the batch list; Anthropic batches
 rule is: the earliest batch created no earlier than a minute before the intent's time, with the same
 number of requests, that no journal line names. Its results are read by custom id, so a wrong pick
 costs at worst a resubmission of the requests it lacks, never a wrong answer. Not found: the intent is
-void and its requests are submitted again.
+void and its requests are submitted again. Only intents read from disk are recovered so: one written by
+this process (by any role sharing the journal) is its submitter's to resolve. A later ``batch`` line for
+an intent wins over a ``void`` one.
+
+One process at a time per journal: a ``BatchJournal`` holds an exclusive lock (``batches.jsonl.lock``
+beside it, locks.hold) from its first use until the verb closes it (``BatchRole.close``, ``release``);
+a second process refuses in one line naming the holder. It reads the journal on first use, under the
+lock (evolve builds its roles before its work folder is claimed, which may drop the journal).
+
+Submitting: the create call is not retried by the SDK (a retried create that timed out may make two
+batches). A clear refusal (a 4xx other than 408, or a failed upload, which makes no batch) voids the
+intent; any other failure (timeout, lost connection, 5xx) may have made the batch, so it is looked for
+(as on a rerun) before the requests are submitted again; when it cannot be looked for, the intent stays
+for a rerun to resolve and the calls fail.
 
 A request that expired, was cancelled, or failed in its batch (a server error, or the whole batch failing)
-is resubmitted in a later batch, at most ``BatchConfig.attempts`` times in all; then (and at once for a
-request the provider refused as invalid, HTTP 400) the call fails with LLMError, which evolve records as an
-``llm_error`` reject that a rerun tries again. Progress (the provider's request counts) goes to a callback;
-by default one line on stderr per poll that changed something.
+is resubmitted in a later batch, at most ``BatchConfig.attempts`` times in all; so is a request of an
+attached batch the provider no longer knows (404: another key or project, a local server restarted); then
+(and at once for a request the provider refused as invalid, HTTP 400) the call fails with LLMError, which
+evolve records as an ``llm_error`` reject that a rerun tries again. Progress (the provider's request counts)
+goes to a callback; by default one line on stderr per poll that changed something. A submit or poll that
+ends on an error of its own (the journal cannot be written, the progress callback raises) fails every call
+it was responsible for with that error, so the run stops instead of waiting forever.
+
+Counting: a result is a paid call of this process the first time this process delivers it, even when read
+from a batch an earlier (killed) process submitted: no other process will ever report it. Identical
+requests sharing one result in this process count it once (the others are ``cached``).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -55,6 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import locks
 from .checkpoint import Journal, read
 from .errors import Outage, UserError, first_line
 from .llm import LLMError, Llm, Reply, Usage, refuses_request
@@ -106,7 +128,7 @@ class Done:
     input_tokens: int = 0
     output_tokens: int = 0
     truncated: bool = False
-    cached: bool = False           # read from a batch an earlier run paid for
+    cached: bool = False           # already delivered (and counted) once by this process
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,17 @@ class _RequestFailed(Exception):
     def __init__(self, failed: Failed) -> None:
         super().__init__(failed.reason)
         self.failed = failed
+
+
+class NotCreated(Exception):
+    """A submission that certainly made no batch (its upload failed: a batch needs its file); the
+    provider's error is its ``__cause__``."""
+
+
+def _refusal(status: int | None) -> bool:
+    """An HTTP status that says the request was refused, so nothing was made: a 4xx other than a 408
+    (a timeout, which says nothing of what the server did)."""
+    return status is not None and 400 <= status < 500 and status != 408
 
 
 @dataclass(frozen=True)
@@ -197,9 +230,15 @@ class OpenAIBatches(_Provider):
         lines = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": self.endpoint, "body": body},
                                    ensure_ascii=False) + "\n" for cid, body in requests)
         client = self.client()
-        uploaded = await client.files.create(file=(f"auto_evol_{intent}.jsonl", lines.encode()), purpose="batch")
-        batch = await client.batches.create(input_file_id=uploaded.id, endpoint=self.endpoint,
-                                            completion_window="24h", metadata={"auto_evol_intent": intent})
+        try:   # the SDK's retries are harmless here: a file is no batch (a duplicate costs nothing)
+            uploaded = await client.files.create(file=(f"auto_evol_{intent}.jsonl", lines.encode()), purpose="batch")
+        except Exception as exc:
+            raise NotCreated(first_line(exc)) from exc
+        # Not retried by the SDK: a create that timed out may have made its batch, and a retry another one.
+        # The Batcher looks for it (by the intent in its metadata) before submitting again.
+        batch = await client.with_options(max_retries=0).batches.create(
+            input_file_id=uploaded.id, endpoint=self.endpoint, completion_window="24h",
+            metadata={"auto_evol_intent": intent})
         return batch.id
 
     async def status(self, batch_id: str) -> tuple[bool, Progress]:
@@ -291,7 +330,8 @@ class AnthropicBatches(_Provider):
         return params, False
 
     async def submit(self, intent: str, requests: list[tuple[str, dict]]) -> str:
-        batch = await self.client().messages.batches.create(
+        # Not retried by the SDK (see OpenAIBatches.submit): the Batcher looks for the batch first.
+        batch = await self.client().with_options(max_retries=0).messages.batches.create(
             requests=[{"custom_id": cid, "params": body} for cid, body in requests])
         return batch.id
 
@@ -359,34 +399,77 @@ def check_batchable(settings) -> None:
 
 class BatchJournal:
     """``batches.jsonl``: intents, batch ids, done and void marks (see the module's docstring); one line
-    per event, fsynced before the step it guards goes on."""
+    per event, fsynced before the step it guards goes on. Read, under its lock, on first use (``open``);
+    the lock is held until ``close``."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
-        self.intents: dict[str, dict] = {}
-        self.batch_intent: dict[str, str] = {}    # batch id -> intent key
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock = threading.RLock()
+        self._held: contextlib.ExitStack | None = None
+        self._intents: dict[str, dict] = {}
+        self._batch_intent: dict[str, str] = {}   # batch id -> intent key
         self._holding: dict[str, list[str]] = {}  # custom id -> the intents that carried it, in order
-        if self.path.exists():
-            Journal(self.path).close()   # cuts a line torn by a kill
-            for row in read(self.path):
-                self._apply(row)
+        self._loaded: set[str] = set()            # intent keys read from disk: the only ones recovery resolves
+        self.pending: set[str] = set()            # intent keys this process is submitting now
+        self.delivered: set[str] = set()          # custom ids whose result this process delivered (counted)
+
+    def open(self) -> "BatchJournal":
+        """Take the journal's lock and read it (once; again after ``close``). A journal another process
+        holds is refused in one line naming it."""
+        with self._lock:
+            if self._held is None:
+                held = contextlib.ExitStack()
+                held.enter_context(locks.hold(self.lock_path, f"the batch journal {self.path}"))
+                try:
+                    self._intents, self._batch_intent, self._holding = {}, {}, {}
+                    if self.path.exists():
+                        Journal(self.path).close()   # cuts a line torn by a kill
+                        for row in read(self.path):
+                            self._apply(row)
+                    self._loaded = set(self._intents)
+                except BaseException:
+                    held.close()
+                    raise
+                self._held = held
+        return self
+
+    def close(self) -> None:
+        """Let go of the lock (the verb is done with the journal)."""
+        with self._lock:
+            held, self._held = self._held, None
+            if held is not None:
+                held.close()
+
+    @property
+    def intents(self) -> dict[str, dict]:
+        self.open()
+        return self._intents
+
+    @property
+    def batch_intent(self) -> dict[str, str]:
+        self.open()
+        return self._batch_intent
 
     def _apply(self, row: dict) -> None:
         if "custom_ids" in row:
-            self.intents[row["intent"]] = {**row, "batch": None, "done": False, "void": False}
+            self._intents[row["intent"]] = {**row, "batch": None, "done": False, "void": False}
             for cid in row["custom_ids"]:
                 self._holding.setdefault(cid, []).append(row["intent"])
-        elif "batch" in row and row.get("intent") in self.intents:
-            self.intents[row["intent"]]["batch"] = row["batch"]
-            self.batch_intent[row["batch"]] = row["intent"]
-        elif "done" in row and row["done"] in self.batch_intent:
-            self.intents[self.batch_intent[row["done"]]]["done"] = True
-        elif "void" in row and row["void"] in self.intents:
-            self.intents[row["void"]]["void"] = True
+        elif "batch" in row and row.get("intent") in self._intents:
+            # A batch id wins over an earlier void: the batch exists, whatever a recovery concluded.
+            self._intents[row["intent"]].update(batch=row["batch"], void=False)
+            self._batch_intent[row["batch"]] = row["intent"]
+        elif "done" in row and row["done"] in self._batch_intent:
+            self._intents[self._batch_intent[row["done"]]]["done"] = True
+        elif "void" in row and row["void"] in self._intents:
+            intent = self._intents[row["void"]]
+            if intent["batch"] is None:
+                intent["void"] = True
 
     def _write(self, row: dict) -> None:
         with self._lock:
+            self.open()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -407,18 +490,34 @@ class BatchJournal:
     def void(self, key: str) -> None:
         self._write({"void": key})
 
+    def _latest(self, custom_id: str) -> dict | None:
+        """The last intent that carried ``custom_id`` and was not void."""
+        self.open()
+        for key in reversed(self._holding.get(custom_id, ())):
+            intent = self._intents[key]
+            if not intent["void"]:
+                return intent
+        return None
+
     def batch_of(self, custom_id: str) -> str | None:
         """The batch that last carried ``custom_id`` (void intents, which made none, left out); None when
         none did, or when the last intent's batch is not known (recovery resolves those first)."""
-        for key in reversed(self._holding.get(custom_id, ())):
-            intent = self.intents[key]
-            if not intent["void"]:
-                return intent["batch"]
-        return None
+        intent = self._latest(custom_id)
+        return intent["batch"] if intent is not None else None
+
+    def in_doubt(self, custom_id: str) -> bool:
+        """Whether the last intent that carried ``custom_id`` may have made a batch this process could
+        not learn of (a submission interrupted or not looked up, and not under way): submitting it
+        again could pay twice; a rerun's recovery looks for it."""
+        intent = self._latest(custom_id)
+        return intent is not None and intent["batch"] is None and intent["intent"] not in self.pending
 
     def unresolved(self, provider: str, model: str) -> list[dict]:
-        return [i for i in self.intents.values() if i["batch"] is None and not i["void"]
-                and i.get("provider") == provider and i.get("model") == model]
+        """The intents read from disk whose batch is not known: those of an earlier process, never one
+        written by this process (its submitter, maybe another role's Batcher, resolves it)."""
+        self.open()
+        return [i for k, i in self._intents.items() if k in self._loaded and i["batch"] is None
+                and not i["void"] and i.get("provider") == provider and i.get("model") == model]
 
 
 # --- the batcher ---------------------------------------------------------------------------------------
@@ -437,6 +536,7 @@ class _LoopState:
     tasks: set[asyncio.Task] = field(default_factory=set)
     taken: dict[str, Done] = field(default_factory=dict)      # results read that no call awaited yet
     stale: set[str] = field(default_factory=set)               # custom ids not to attach again
+    submitting: set[str] = field(default_factory=set)          # custom ids in a submission under way
     ready: asyncio.Task | None = None
 
 
@@ -468,40 +568,56 @@ class Batcher:
             st.ready = asyncio.ensure_future(self._recover())
         await asyncio.shield(st.ready)
         future = st.loop.create_future()
-        first = custom_id not in st.waiters
+        first = not st.waiters.get(custom_id)
         st.waiters.setdefault(custom_id, []).append(future)
-        if first:
+        if custom_id in st.taken:   # read from its batch while no call awaited it
+            self._settle_one(st, custom_id, st.taken.pop(custom_id))
+        elif first:
             st.bodies[custom_id] = body
-            batch_id = None if custom_id in st.stale else self.journal.batch_of(custom_id)
-            if custom_id in st.taken:
-                self._settle_one(st, custom_id, st.taken.pop(custom_id))
-            elif batch_id is not None:
-                st.attempts[custom_id] = 1
-                self._attach(st, batch_id)
+            if custom_id in st.queue or custom_id in st.submitting:
+                pass   # on its way (asked before by a call since cancelled): its outcome settles this one
             else:
+                batch_id = None if custom_id in st.stale else self.journal.batch_of(custom_id)
                 st.attempts[custom_id] = 1
-                self._enqueue(st, custom_id)
+                if batch_id is not None:
+                    self._attach(st, batch_id)
+                elif custom_id not in st.stale and self.journal.in_doubt(custom_id):
+                    self._settle_one(st, custom_id, Failed(
+                        "an earlier submission of this request may have made a batch that could not be looked "
+                        "up; a rerun looks for it again", resubmit=False))
+                else:
+                    st.stale.discard(custom_id)   # its new batch is the one to attach to from now on
+                    self._enqueue(st, custom_id)
         try:
             return await future
         finally:
-            waiting = st.waiters.get(custom_id)
-            if waiting is not None and future in waiting and future.cancelled():
-                waiting.remove(future)
+            if future.cancelled():   # the caller gave up: nothing else waits on this future
+                waiting = st.waiters.get(custom_id)
+                if waiting is not None and future in waiting:
+                    waiting.remove(future)
+                    if not waiting:   # a later request is the first again (and finds a result in taken)
+                        del st.waiters[custom_id]
 
     async def _recover(self) -> None:
-        """Intents that never got their batch id into the journal: find their batch, or void them."""
+        """Intents an earlier process wrote that never got their batch id into the journal: find their
+        batch, or void them. Another Batcher sharing the journal may resolve one meanwhile: it keeps its
+        answer (its batch may be live: voiding it would lose its results and pay again)."""
         if self._recovered:
             return
         for intent in self.journal.unresolved(self.provider.name, self.label):
+            key = intent["intent"]
             try:
                 found = await self.provider.find(intent, set(self.journal.batch_intent))
             except Exception as exc:   # without knowing, a submission could be paid twice: stop instead
                 raise UserError(f"--batch: {self.label}: could not look for the batch of an interrupted "
                                 f"submission ({first_line(exc)}); rerun when the provider answers") from None
+            now = self.journal.intents[key]
+            if now["batch"] is not None or now["void"]:
+                continue
             if found is not None:
-                self.journal.submitted(found, intent["intent"], recovered=True)
+                self.journal.submitted(found, key, recovered=True)
             else:
-                self.journal.void(intent["intent"])
+                self.journal.void(key)
         self._recovered = True
 
     # -- queueing and submitting --
@@ -524,41 +640,90 @@ class Batcher:
             return
         requests = list(st.queue.items())
         st.queue, st.queue_bytes = {}, 0
-        self._spawn(st, self._submit(st, requests))
+        ids = [cid for cid, _ in requests]
+        self._spawn(st, self._submit(st, requests), lambda: [cid for cid in ids if cid not in st.queue])
 
-    def _spawn(self, st: _LoopState, coro) -> asyncio.Task:
+    def _spawn(self, st: _LoopState, coro, responsible: Callable[[], list[str]]) -> asyncio.Task:
+        """A submit or poll task; ``responsible``: the custom ids whose calls it settles."""
         task = st.loop.create_task(coro)
         st.tasks.add(task)
         task.add_done_callback(st.tasks.discard)
+        task.add_done_callback(lambda done: self._crashed(st, done, responsible))
         return task
 
-    async def _submit(self, st: _LoopState, requests: list[tuple[str, dict]]) -> None:
-        from .llm import _is_fatal
+    def _crashed(self, st: _LoopState, task: asyncio.Task, responsible: Callable[[], list[str]]) -> None:
+        """A task that ended on an error of its own (the journal could not be written, the progress
+        callback raised): the calls it was to settle fail with that error, which stops the run (it is no
+        LLMError: an item is not to blame) instead of leaving them to wait forever."""
+        if task.cancelled() or task.exception() is None:
+            return
+        self._fail_all(st, responsible(), task.exception())
 
+    async def _submit(self, st: _LoopState, requests: list[tuple[str, dict]]) -> None:
         key = uuid.uuid4().hex[:24]
         ids = [cid for cid, _ in requests]
-        self.journal.intend(key, ids, self.provider.name, self.label)
+        st.submitting.update(ids)
+        self.journal.pending.add(key)
+        try:
+            self.journal.intend(key, ids, self.provider.name, self.label)
+            batch_id, failed = await self._create(key, requests)
+        finally:
+            st.submitting.difference_update(ids)
+            self.journal.pending.discard(key)
+        if isinstance(failed, BaseException):
+            self._fail_all(st, ids, failed)
+            return
+        if failed is not None:
+            self._outcomes(st, {cid: failed for cid in ids})
+            return
+        self.submitted += 1
+        st.polling[batch_id] = asyncio.current_task()   # a request for one of its ids waits on this poll
+        await self._poll(st, batch_id)
+
+    async def _create(self, key: str, requests: list[tuple[str, dict]]) -> tuple[str | None, object]:
+        """Submit the batch of intent ``key``: (its id, None), journaled; or (None, the Failed every request
+        gets), or (None, the error every call fails with)."""
+        from .llm import _is_fatal
+
         try:
             batch_id = await self.provider.submit(key, requests)
         except asyncio.CancelledError:
             raise   # the intent stays: a rerun looks for its batch
-        except Exception as exc:   # nothing was created (the create call failed): no batch to find
-            self.journal.void(key)
+        except Exception as exc:
+            error = exc.__cause__ if isinstance(exc, NotCreated) and exc.__cause__ is not None else exc
+            status = getattr(error, "status_code", None)
+            why = f"batch not created: {first_line(error)}"
             if _is_fatal(exc):
-                self._fail_all(st, ids, UserError(f"--batch: {self.label}: the batch was refused ({first_line(exc)})"))
-                return
-            status = getattr(exc, "status_code", None)
-            if status != 400:
-                await asyncio.sleep(self.config.poll)   # the SDK's own retries are spent: wait before the next
-            self._outcomes(st, {cid: Failed(f"batch not created: {first_line(exc)}", status) for cid in ids})
-            return
+                self.journal.void(key)
+                return None, UserError(f"--batch: {self.label}: the batch was refused ({first_line(error)})")
+            if isinstance(exc, NotCreated) or _refusal(status):   # refused: nothing was made
+                self.journal.void(key)
+                if status != 400:
+                    await asyncio.sleep(self.config.poll)
+                return None, Failed(why, status)
+            # A timeout, a lost connection, a 5xx: the provider may have made the batch all the same. Look
+            # for it (after a moment, for it to be listed) before its requests go to another batch.
+            await asyncio.sleep(self.config.poll)
+            try:
+                found = await self.provider.find(self.journal.intents[key], set(self.journal.batch_intent))
+            except asyncio.CancelledError:
+                raise
+            except Exception as lookup:   # not knowing, a resubmission could pay twice: a rerun looks again
+                return None, Failed(f"{why}; whether a batch was made could not be learned "
+                                    f"({first_line(lookup)}); a rerun looks for it", status, resubmit=False)
+            if found is None:
+                self.journal.void(key)
+                return None, Failed(why, status)
+            batch_id = found
+            self.journal.submitted(batch_id, key, recovered=True)
+            return batch_id, None
         self.journal.submitted(batch_id, key)
-        self.submitted += 1
-        await self._poll(st, batch_id)
+        return batch_id, None
 
     def _attach(self, st: _LoopState, batch_id: str) -> None:
         if batch_id not in st.polling:
-            st.polling[batch_id] = self._spawn(st, self._poll(st, batch_id, attached=True))
+            st.polling[batch_id] = self._spawn(st, self._poll(st, batch_id, attached=True),
+                                               lambda: self._members(st, batch_id))
 
     async def _results(self, batch_id: str) -> dict[str, Done | Failed]:
         """The batch's results, read again after a failed download; results the provider no longer has
@@ -578,6 +743,13 @@ class Batcher:
         raise AssertionError("unreachable")
 
     async def _poll(self, st: _LoopState, batch_id: str, *, attached: bool = False) -> None:
+        try:
+            await self._follow(st, batch_id, attached)
+        finally:   # however it ended: a later request for one of its ids polls it again
+            if st.polling.get(batch_id) is asyncio.current_task():
+                del st.polling[batch_id]
+
+    async def _follow(self, st: _LoopState, batch_id: str, attached: bool) -> None:
         wait, errors, last = self.config.poll, 0, None
         ended = False
         while True:
@@ -587,6 +759,13 @@ class Batcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if attached and getattr(exc, "status_code", None) == 404:
+                    # Gone (another key or project, a local server restarted): its requests go to a new
+                    # batch, counted against their attempts. (A batch just created is polled on: a 404
+                    # then may be the provider's lag, and a resubmission would pay twice.)
+                    self._outcomes(st, {cid: Failed(f"batch {batch_id} is gone: {first_line(exc)}")
+                                        for cid in self._members(st, batch_id)})
+                    return
                 errors += 1
                 if errors >= self.config.poll_errors:   # the batch runs on: a rerun attaches to it again
                     self._fail_all(st, self._members(st, batch_id),
@@ -602,10 +781,10 @@ class Batcher:
                 break
             await asyncio.sleep(wait)
             wait = min(wait * self.config.poll_growth, self.config.poll_max)
+        # Results of a batch attached to are not marked cached, even when an earlier process paid for it:
+        # killed, that process never reported them, and no other will (see _settle_one for the calls of
+        # this process that share one result).
         results = await self._results(batch_id)
-        if attached:   # a batch submitted before (by an earlier run, or for an identical request): paid then
-            results = {cid: dataclasses.replace(r, cached=True) if isinstance(r, Done) else r
-                       for cid, r in results.items()}
         self.journal.done(batch_id)
         st.polling.pop(batch_id, None)
         members = self._members(st, batch_id)
@@ -641,7 +820,13 @@ class Batcher:
             if future.done():
                 continue
             if isinstance(result, Done):
-                future.set_result(result)
+                # One request, one payment: the first call this process gives the result to counts it,
+                # every other (an identical request, here or in a later phase) gets it as cached.
+                if custom_id in self.journal.delivered:
+                    future.set_result(dataclasses.replace(result, cached=True))
+                else:
+                    self.journal.delivered.add(custom_id)
+                    future.set_result(result)
             else:
                 future.set_exception(_RequestFailed(result))
         st.bodies.pop(custom_id, None)
@@ -685,8 +870,8 @@ class BatchRole:
 
     def __init__(self, llm: Llm, journal: BatchJournal, config: BatchConfig | None = None, *,
                  progress: Callable[[Progress], None] | None = stderr_progress, usage: Usage | None = None) -> None:
-        """``usage``: where its calls are counted (optimize and compare pass the wrapped Llm's own, as they
-        count per role, whichever endpoint a phase used); by default a Usage of its own."""
+        """``usage``: where its calls are counted; by default a Usage of its own, which every verb keeps (a
+        role's cost is its online calls' at the online price plus these at the batch price: cost.py)."""
         check_batchable(llm.settings)
         self.llm = llm
         self.usage = usage if usage is not None else Usage()
@@ -762,8 +947,13 @@ class BatchRole:
         return asyncio.run_coroutine_threadsafe(self.aask(prompt, **options), self._loop).result()
 
     async def aclose(self) -> None:
+        """The end of a phase: its polls stop, its clients close (the journal stays open and locked)."""
         await self.batcher.aclose()
         await self.llm.aclose()
+
+    def close(self) -> None:
+        """The end of the verb: let go of the journal and its lock (a later use takes them again)."""
+        self.batcher.journal.close()
 
 
 class _Refusal(Exception):
@@ -812,11 +1002,19 @@ def check_roles(mode: str | None, evol, answer) -> None:
         check_batchable(answer)
 
 
+def release(*roles) -> None:
+    """Close the journal of each BatchRole among ``roles`` (others are skipped): at the end of a verb."""
+    for role in roles:
+        if isinstance(role, BatchRole):
+            role.close()
+
+
 def batched_roles(mode: str, evol: Llm, answerer: Llm, journal_path: Path, *, concurrency: int,
                   config: BatchConfig | None = None, progress=stderr_progress):
     """(evol, answerer, concurrency): the roles --batch MODE sends to batches wrapped in BatchRole (one
     per Llm, sharing the journal), the others limited to ``concurrency`` calls in flight, and the
-    concurrency that keeps a whole batch's worth of items in flight."""
+    concurrency that keeps a whole batch's worth of items in flight. The journal is read (and locked)
+    on the first call, not here; ``release`` lets go of it."""
     journal = BatchJournal(journal_path)
     wrapped: dict[int, BatchRole] = {}
 

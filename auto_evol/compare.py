@@ -221,28 +221,34 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
         evol, judge = backends.build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
                                           cache_dir=options.cache_dir, concurrency=options.concurrency)
     judge = judge or evol
-    with Observers(observers) as heard:
-        heard.start(options, split=split, methods=list(options.methods), out=out)
-        summary = _run(options, split, families, baseline, embed, out, evol, judge, heard,
-                       _batched(options.batch, evol, judge, out))
-        heard.finish(summary)
+    batched = _batched(options.batch, evol, judge, out)   # its journal locked before any call
+    try:
+        with Observers(observers) as heard:
+            heard.start(options, split=split, methods=list(options.methods), out=out)
+            summary = _run(options, split, families, baseline, embed, out, evol, judge, heard, batched)
+            heard.finish(summary)
+    finally:
+        if options.batch:
+            from .batch import release
+
+            release(*batched)
     return replace(summary, run_id=heard.run_id)
 
 
 def _batched(mode: str | None, evol: Llm, judge: Llm, out: Path) -> tuple:
     """--batch: (evol, judge) as BatchRoles where the mode batches them, else None; journaled in the
     report folder (``batches.jsonl``), so a rerun into the same --out attaches to what was submitted.
-    A role's batched calls are counted in its own usage."""
+    A BatchRole counts its calls apart (billed at the batch price); the role's usage is the sum."""
     if not mode:
         return None, None
     from . import batch as batch_mod
 
-    journal = batch_mod.BatchJournal(out / "batches.jsonl")
+    journal = batch_mod.BatchJournal(out / "batches.jsonl").open()   # one process per journal: refused here
     wrapped: dict[int, object] = {}
 
     def wrap(llm):
         if id(llm) not in wrapped:
-            wrapped[id(llm)] = batch_mod.BatchRole(llm, journal, usage=llm.usage)
+            wrapped[id(llm)] = batch_mod.BatchRole(llm, journal)
         return wrapped[id(llm)]
 
     return (wrap(evol) if mode in ("all", "evol") else None), (wrap(judge) if mode in ("all", "judge") else None)
@@ -258,7 +264,8 @@ def _run(options: CompareOptions, split, families: dict, baseline: str, embed, o
     reports = {spec: MethodReport(spec) for spec in options.methods}
     batched_evol, batched_judge = batched
     with ThreadPoolExecutor(options.concurrency) as pool:
-        runner = Runner(pool, heard, (evol, judge) if judge is not evol else (evol,))
+        wrappers = list({id(b): b for b in batched if b is not None}.values())   # their calls are counted apart
+        runner = Runner(pool, heard, ((evol, judge) if judge is not evol else (evol,)) + tuple(wrappers))
         current = {(spec, item.id): stage0(item) for spec in options.methods for item in split.dev}
         for round_ in range(1, options.rounds + 1):
             tasks = [(spec, item) for spec in options.methods for item in split.dev]
@@ -303,9 +310,14 @@ def _run(options: CompareOptions, split, families: dict, baseline: str, embed, o
             for s in ss:
                 if s.evolved:
                     s.difficulty = next(stage_scores)
-    calls = {"evol": evol.usage.snapshot(), **({"judge": judge.usage.snapshot()} if judge is not evol else {})}
+    roles = {"evol": evol, **({"judge": judge} if judge is not evol else {})}
+    # Each role's calls: online (the Llm's usage) plus those its BatchRole sent to batches (its own usage,
+    # billed at the batch price).
+    sent = {role: cost_mod.add(*(b.usage.snapshot() for b in wrappers if b.llm is llm)) for role, llm in roles.items()}
+    calls = {role: cost_mod.add(llm.usage.snapshot(), sent[role]) for role, llm in roles.items()}
     summary = replace(_summarise(options, split, reports, baseline, seed_scores, embed, dev_ids),
-                      calls=calls, costs=cost_mod.costs(calls, {"evol": evol.settings, "judge": judge.settings}),
+                      calls=calls, costs=cost_mod.costs(calls, {"evol": evol.settings, "judge": judge.settings},
+                                                        batched=sent),
                       seconds=round(time.perf_counter() - started, 2))
     from .report import write_report
 

@@ -20,8 +20,10 @@ multiplicative decrease), with what a rate limit needs on top:
   429, and an honoured Retry-After stops every start: spacing the probes keeps those pauses under
   ~5% of the time (``PROBE_COST``). A server that answers "Retry-After: 1" at 200 calls/s would
   otherwise stop the run for a second every few round trips;
-- a Retry-After holds every new start until it has passed (60 s at most; the throttled call itself
-  waits it out in DSPy's retry); calls already in flight go on;
+- a Retry-After is waited out by the throttled call itself (DSPy's retry); it holds every new start
+  too (60 s at most; calls in flight go on) only when the cuts do not help: refused twice in a row
+  while held, or at the minimum. Holding every start on each 429 cost a token bucket with
+  "Retry-After: 1" a second per probe (0.81 of its rate; 0.87 without those holds);
 - the limit grows only while it binds (calls wait at the gate), so a phase that feeds fewer calls
   than the limit does not inflate it. Bounds: ``minimum`` .. ``maximum`` (1 .. 512).
 
@@ -101,6 +103,7 @@ class AdaptiveLimit:
         self.held_until = -math.inf    # no growth past ``cap`` before (set at each cut)
         self.cap = math.inf
         self.successes = self.throttles = 0
+        self.strikes = 0               # refusals in a row, each while held after the cut before it
         self.first_start: float | None = None
         self._done: deque[tuple[float, float]] = deque(maxlen=_KEPT)   # (end, latency) of successes
         self._waiters: deque[asyncio.Future] = deque()
@@ -154,11 +157,16 @@ class AdaptiveLimit:
         self.in_flight -= 1
         pause = min(retry_after, MAX_PAUSE) if retry_after is not None and retry_after > 0 else 0.0
         # The refused call honours its Retry-After itself (DSPy waits it out before the retry). Every
-        # new start waits it out too only when a cut did not help: a call started after the last cut
-        # is refused while the limit is still held under its ceiling, or at its minimum. Pausing all
+        # new start waits it out too only when cuts did not help: calls started after the last cut
+        # were refused twice in a row while the limit was held, or it is at its minimum. Pausing all
         # starts on every 429 cost a token-bucket server's whole second per probe: 0.81 of its rate
         # instead of 0.93 (benchmarks/ratelimit_bench.py, "Retry-After: 1" at 200 calls/s).
-        stubborn = slot.epoch == self.epoch and (now < self.held_until or self.limit <= self.minimum)
+        if slot.epoch == self.epoch:
+            # Refusals of calls started since the last cut, while the limit is held under its ceiling:
+            # a token bucket's bursts draw one such refusal now and then (not stubborn); a second in
+            # the same hold says the cuts do not help.
+            self.strikes = self.strikes + 1 if now < self.held_until else 0
+        stubborn = slot.epoch == self.epoch and (self.strikes >= 2 or self.limit <= self.minimum)
         if slot.epoch == self.epoch:   # the first throttle of a call started since the last cut
             level = self.sustained(now)
             before = self.limit

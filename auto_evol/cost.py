@@ -18,8 +18,10 @@ model the table lacks, or one on your own server.
 
 Batch prices: the table's ``*_cost_per_token_batches`` fields where it has them, else 50% of the
 online price, the discount OpenAI's and Anthropic's batch APIs document; ``Price.batch_source`` says
-which. Only tokens LLM work was paid for count: usage snapshots (llm.Usage) leave cache hits out.
-A pure leaf: no MLflow, DSPy or terminal.
+which. A role's calls are priced by the endpoint each went to: ``role_cost``/``costs`` take the part of a
+role's usage that went through a batch API (``batched``; batch.BatchRole counts it apart) and price it
+at the batch price, the rest online. Only tokens LLM work was paid for count: usage snapshots
+(llm.Usage) leave cache hits out. A pure leaf: no MLflow, DSPy or terminal.
 """
 from __future__ import annotations
 
@@ -70,16 +72,26 @@ class Cost:
     output_tokens: int
     usd: float | None
     note: str = ""            # "local, free" or "no known price for MODEL"; "" for a priced model
+    batch_calls: int = 0      # of ``calls`` (and the tokens below of the totals above): those sent through a
+    batch_input_tokens: int = 0    # batch API, priced at the batch price (``usd`` is the online part's cost
+    batch_output_tokens: int = 0   # plus theirs)
 
     def describe(self) -> str:
-        """'evol: 1,234 in + 567 out tokens, $0.0012' (or the note instead of a price)."""
+        """'evol: 1,234 in + 567 out tokens, $0.0012' (or the note instead of a price); a role with batched
+        calls says how many of its tokens went through a batch API."""
         price = self.note if self.usd is None else usd_text(self.usd) + (f" ({self.note})" if self.note else "")
-        return f"{self.role}: {self.input_tokens:,} in + {self.output_tokens:,} out tokens, {price}"
+        batched = (f" ({self.batch_input_tokens:,} in + {self.batch_output_tokens:,} out at the batch price)"
+                   if self.batch_calls else "")
+        return f"{self.role}: {self.input_tokens:,} in + {self.output_tokens:,} out tokens{batched}, {price}"
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "calls": self.calls, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "cost_usd": None if self.usd is None else round(self.usd, 6), "note": self.note}
+        out = {"model": self.model, "calls": self.calls, "input_tokens": self.input_tokens,
+               "output_tokens": self.output_tokens,
+               "cost_usd": None if self.usd is None else round(self.usd, 6), "note": self.note}
+        if self.batch_calls:   # the batched part, at the batch price (already in the totals above)
+            out["batch"] = {"calls": self.batch_calls, "input_tokens": self.batch_input_tokens,
+                            "output_tokens": self.batch_output_tokens}
+        return out
 
 
 def usd_text(value: float) -> str:
@@ -233,18 +245,44 @@ def cost(usage: Mapping, price: Price, batch: bool = False) -> float:
     return float(usage.get("input_tokens", 0) or 0) * per_in + float(usage.get("output_tokens", 0) or 0) * per_out
 
 
-def role_cost(role: str, usage: Mapping, price: Price | None, model: str | None, batch: bool = False) -> Cost:
+def add(*usages: Mapping | None) -> dict:
+    """The sum of usage snapshots (a role's online and batched counters), key by key."""
+    out: dict = {}
+    for usage in usages:
+        for key, value in (usage or {}).items():
+            out[key] = round(out.get(key, 0) + (value or 0), 3)
+    return out
+
+
+def _count(usage: Mapping | None, key: str) -> int:
+    return int((usage or {}).get(key, 0) or 0)
+
+
+def role_cost(role: str, usage: Mapping, price: Price | None, model: str | None, batch: bool = False,
+              batched: Mapping | None = None) -> Cost:
+    """``usage``: every call of the role; ``batched``: the part of it sent through a batch API (priced at
+    the batch price, the rest online); ``batch``: every call was."""
     name = model or EMBEDDED
-    tokens = (int(usage.get("input_tokens", 0) or 0), int(usage.get("output_tokens", 0) or 0))
+    if batch:
+        batched = usage
+    tokens = (_count(usage, "input_tokens"), _count(usage, "output_tokens"))
+    part = {k: _count(batched, k) for k in ("calls", "input_tokens", "output_tokens")}
+    split = dict(batch_calls=part["calls"], batch_input_tokens=part["input_tokens"],
+                 batch_output_tokens=part["output_tokens"])
     if price is None:
-        return Cost(role, name, int(usage.get("calls", 0) or 0), *tokens, None, f"no known price for {name}")
-    return Cost(role, name, int(usage.get("calls", 0) or 0), *tokens, cost(usage, price, batch),
-                LOCAL_FREE if price.source == LOCAL_FREE else "")
+        return Cost(role, name, _count(usage, "calls"), *tokens, None, f"no known price for {name}", **split)
+    online = {"input_tokens": tokens[0] - part["input_tokens"], "output_tokens": tokens[1] - part["output_tokens"]}
+    return Cost(role, name, _count(usage, "calls"), *tokens, cost(online, price) + cost(part, price, batch=True),
+                LOCAL_FREE if price.source == LOCAL_FREE else "", **split)
 
 
-def costs(usage: Mapping[str, Mapping], roles: Mapping[str, object], batch: bool = False) -> dict[str, Cost]:
-    """Cost per role: ``usage`` role -> snapshot, ``roles`` role -> its RoleSettings (model, api_base)."""
-    return {role: role_cost(role, u, price_of(roles[role]), roles[role].model, batch)
+def costs(usage: Mapping[str, Mapping], roles: Mapping[str, object], batch: bool = False,
+          batched: Mapping[str, Mapping] | None = None) -> dict[str, Cost]:
+    """Cost per role: ``usage`` role -> snapshot (all its calls), ``roles`` role -> its RoleSettings (model,
+    api_base); ``batched`` role -> the part of its snapshot sent through a batch API (``batch``: all of
+    every role's)."""
+    batched = batched or {}
+    return {role: role_cost(role, u, price_of(roles[role]), roles[role].model, batch, batched.get(role))
             for role, u in usage.items() if role in roles}
 
 

@@ -218,7 +218,18 @@ class _Budget:
     back and asks again; it stops once nothing is left in flight. So a run ends within about one item's
     cost of the cap; it can pass it only when calls in flight cost more per call than every call seen
     before them. The process's very first item starts whenever the cap is not reached (nothing is known
-    of a call's cost before it)."""
+    of a call's cost before it).
+
+    Under --batch (a role whose calls go to batches, priced at the batch price) a phase's first item does
+    not run alone: it would be a batch of one request, hours of latency, before the rest. Items go in
+    waves instead (``_fits_wave``): a wave is the items let go at one look; once one is refused, no more
+    go until the whole wave is back, whose calls (each kind in its proportion: the evolutions, verdicts
+    and answers come back in batches of their own, so a look mid-wave would see only the cheaper first
+    ones) give the phase's cost per call for the next. A phase's first wave, nothing of it measured yet,
+    is sized by a bound per call: its role's price (at the price its endpoint bills) for --*-max-tokens
+    out and as many in, the dearest role's. So a run passes the cap only where that first wave's prompts
+    are longer than --*-max-tokens, or a later wave's items cost more than the last wave's did on average
+    (a cap smaller than one item's bound still lets one item go alone, as above)."""
 
     def __init__(self, limit: int | None, llms: list[Llm], max_cost: float | None = None) -> None:
         self.limit, self.max_cost = limit, max_cost
@@ -227,11 +238,18 @@ class _Budget:
         self.stopped_by: str | None = None   # the flag that refused the last item refused
         if max_cost is not None:
             self.prices = [cost_mod.price_of(llm.settings) for llm in self.llms]   # all known: evolve checked
+            self.batched = [_batched(llm) for llm in self.llms]
             self.begun = [llm.usage.snapshot() for llm in self.llms]
             self.seen = (0, 0.0)       # calls back and their cost at the last look
             self.dearest = 0.0         # USD per call
             self.probe: int | None = None   # a phase's first item runs alone: its calls (``more``), once started
             self.probing = False
+            # --batch (``_fits_wave``): a call's cost bound until a phase's first wave is back; one item's
+            # calls (``more`` with nothing in flight), from a phase's first look; whether a wave is out
+            self.bound = max(sum(price.per_token(batched)) * llm.settings.max_tokens
+                             for llm, price, batched in zip(self.llms, self.prices, self.batched))
+            self.unit: int | None = None
+            self.closed = False
 
     def used(self) -> int:
         return sum(llm.usage.calls for llm in self.llms)
@@ -241,9 +259,10 @@ class _Budget:
         if self.max_cost is None:
             return 0.0
         total = 0.0
-        for llm, price, begun in zip(self.llms, self.prices, self.begun):
+        for llm, price, batched, begun in zip(self.llms, self.prices, self.batched, self.begun):
             now = llm.usage.snapshot()
-            total += cost_mod.cost({k: now[k] - begun[k] for k in ("input_tokens", "output_tokens")}, price)
+            total += cost_mod.cost({k: now[k] - begun[k] for k in ("input_tokens", "output_tokens")}, price,
+                                   batch=batched)
         return total
 
     def allows(self, more: int) -> bool:
@@ -256,11 +275,16 @@ class _Budget:
             return False
         return True
 
-    def _fits(self, calls: int, more: int) -> bool:
-        spent = self.spent()
+    def _measure(self, calls: int, spent: float) -> None:
         if calls > self.seen[0]:
             self.dearest = max(self.dearest, (spent - self.seen[1]) / (calls - self.seen[0]))
             self.seen = (calls, spent)
+
+    def _fits(self, calls: int, more: int) -> bool:
+        spent = self.spent()
+        if any(self.batched):
+            return self._fits_wave(calls, more, spent)
+        self._measure(calls, spent)
         if self.probing:
             if self.probe is None:   # the phase's first item (nothing in flight: ``more`` is one item's calls)
                 self.probe = more
@@ -270,10 +294,37 @@ class _Budget:
             self.probing = False
         return spent + more * self.dearest <= self.max_cost
 
+    def _fits_wave(self, calls: int, more: int, spent: float) -> bool:
+        """``_fits`` under --batch: items in waves, each sized by what the phase's last wave cost per call
+        (its first by the price bound), the next let go once a refused one is back whole."""
+        if self.unit is None:   # a phase's first look, nothing in flight: what came back before was the last phase's
+            self.unit, self.seen = more, (calls, spent)
+        idle = more <= self.unit
+        if idle:                # the last wave is back whole: its calls, every kind in proportion, measured
+            self._measure(calls, spent)
+            self.closed = False
+        elif self.closed:       # a wave is out: the next goes once it is back
+            return False
+        if self.dearest:
+            fits = spent + more * self.dearest <= self.max_cost
+        else:                   # nothing of the phase paid for yet: the bound (an item alone goes while under the cap)
+            fits = spent < self.max_cost if idle else spent + more * self.bound <= self.max_cost
+        self.closed = not fits
+        return fits
+
     def phase(self) -> None:
-        """A phase begins: its first item runs alone (under --max-cost), to measure its calls."""
+        """A phase begins: its first item runs alone (under --max-cost), to measure its calls; under --batch
+        (where that would be a batch of one request) its first wave is sized by the price bound instead."""
         if self.max_cost is not None:
-            self.probe, self.probing = None, True
+            self.probe, self.probing = None, not any(self.batched)
+            self.unit, self.closed = None, False
+            if any(self.batched):
+                self.dearest = 0.0   # each phase's kinds of calls measured anew (by its first wave)
+
+
+def _batched(role) -> bool:
+    """Whether a role's calls go to its provider's batch API (batch.BatchRole), billed at the batch price."""
+    return getattr(role, "batched", False) is True
 
 
 def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = None, evol: Llm | None = None,
@@ -323,9 +374,15 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
             concurrency=_fixed(options.concurrency, concurrency_mod.MAXIMUM if _gates(evol, answerer) else None),
             config=batch_mod.BatchConfig.from_env(max_requests=options.batch_size))
         options = dataclasses.replace(options, concurrency=concurrency)
-    with locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
-            Observers(observers) as heard:
-        return _run(options, out, fmt, methods, work, evol, answerer, heard)
+    # The batch journal is read and locked on the first call, so after the lock and work.claim (which
+    # may drop it on --restart); release lets go of it however the run ends.
+    try:
+        with locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
+                Observers(observers) as heard:
+            return _run(options, out, fmt, methods, work, evol, answerer, heard)
+    finally:
+        if options.batch:
+            batch_mod.release(evol, answerer)
 
 
 def _validate(options: EvolveOptions) -> None:
@@ -350,6 +407,8 @@ def _validate(options: EvolveOptions) -> None:
         raise UserError(f"--answer-top-p must be above 0 and at most 1, got {options.answer_top_p}")
     llm_mod.check_error_rate(options.max_error_rate)
     llm_mod.check_structured(options.structured)
+    if options.batch_size is not None and options.batch is None:
+        raise UserError("--batch-size is for --batch: add --batch, or leave --batch-size out")
     if options.batch is not None or options.batch_size is not None:
         from .batch import check_mode
 
@@ -394,7 +453,10 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
                           rounds=_round_stats(work, options.rounds),
                           bad_lines=bad, calls=usage, seconds=0.0, complete=complete,
                           costs=cost_mod.costs(usage, {"evol": evol.settings, "answer": answerer.settings,
-                                                       "evol_and_answer": evol.settings}),
+                                                       "evol_and_answer": evol.settings},
+                                               # a role sent to batches (--batch) is billed at the batch price
+                                               batched={role: u for role, u in usage.items() if _batched(
+                                                   answerer if role == "answer" else evol)}),
                           stopped=None if complete else budget.stopped_by)
     if complete:
         # Temporary files of an assembly that was killed: this process holds the lock, so they are no
@@ -720,12 +782,14 @@ def _estimate(options: EvolveOptions, methods) -> dict:
                    "output_tokens": (unanswered + evolutions) * options.answer_max_tokens / 4},
     }
     estimate = {}
+    batched = {"evol": options.batch in ("all", "evol"), "answer": options.batch in ("all", "answer")}
     for role, r in roles.items():
         settings = r.pop("settings")
         usage = {k: int(v) for k, v in r.items()}
-        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model)
+        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model, batch=batched[role])
         estimate[role] = {"model": spent.model, **usage,
-                          "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note}
+                          "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note,
+                          "price": "batch" if batched[role] else "online"}
     unknown = [r["model"] for r in estimate.values() if isinstance(r["cost_usd"], str)]
     return {"items": items, "bad_rows": bad, "seeds_without_answer": unanswered, "rounds": options.rounds,
             "calls": unanswered + items * options.rounds * per_item,
@@ -736,4 +800,6 @@ def _estimate(options: EvolveOptions, methods) -> dict:
                          round(sum(r["cost_usd"] for r in estimate.values()), 6)),
             "assumes": "every evolution kept; the evolver's reply about as long as the evolved instruction "
                        "(a multi-step method such as e0 writes several times more); answers average a quarter "
-                       "of --answer-max-tokens; online (not batch) prices"}
+                       "of --answer-max-tokens; "
+                       + ("online (not batch) prices" if not options.batch else
+                          "batch prices for the roles --batch sends to batches, online for the others")}

@@ -126,6 +126,8 @@ class StepRecord:
     costs: dict = field(default_factory=dict)              # role -> cost.Cost of this step's calls
     dev_usage: dict = field(default_factory=dict)          # the evol role's usage judging the candidates
     dev_cost: float | None = None                          # its USD; None: no known price
+    batch_usage: dict = field(default_factory=dict)        # of ``usage``, per role: the calls sent to batches
+    dev_batch_usage: dict = field(default_factory=dict)    # of ``dev_usage``: the calls sent to batches
 
     @property
     def cost(self) -> float | None:
@@ -163,6 +165,7 @@ class LoopState:
     lineage: list[str] = field(default_factory=list)
     incumbent_failures: list[bool] = field(default_factory=list)   # per dev item, for paired tests
     spent: dict[str, dict] = field(default_factory=dict)   # LLM usage per role up to this checkpoint, all processes
+    spent_batch: dict[str, dict] = field(default_factory=dict)   # of ``spent``: the calls sent to batches (--batch)
     e_star_name: str | None = None  # e*'s file name, fixed before it is written (a resumed finish reuses it)
     registered: tuple[str, bool] | None = None   # e*'s prompt URI and whether it became champion, once done
 
@@ -189,7 +192,7 @@ class LoopState:
         return {"init": method(self.init), "incumbent": method(self.incumbent),
                 "incumbent_rate": self.incumbent_rate, "rates": self.rates, "accepted": self.accepted,
                 "lineage": self.lineage, "incumbent_failures": self.incumbent_failures, "spent": self.spent,
-                "e_star_name": self.e_star_name, "registered": self.registered}
+                "spent_batch": self.spent_batch, "e_star_name": self.e_star_name, "registered": self.registered}
 
     @classmethod
     def from_dict(cls, data: dict) -> "LoopState":
@@ -197,6 +200,7 @@ class LoopState:
                    incumbent_rate=data["incumbent_rate"], rates=list(data["rates"]),
                    accepted=list(data["accepted"]), lineage=list(data["lineage"]),
                    incumbent_failures=list(data.get("incumbent_failures", [])), spent=dict(data.get("spent", {})),
+                   spent_batch=dict(data.get("spent_batch", {})),
                    e_star_name=data.get("e_star_name"),
                    registered=tuple(data["registered"]) if data.get("registered") else None)
 
@@ -222,6 +226,7 @@ class OptimizeResult:
     seconds: float = 0.0
     notices: list[str] = field(default_factory=list)   # provider adaptations and fallbacks, one line each
     costs: dict = field(default_factory=dict)   # role -> cost.Cost of ``usage`` (all processes of the run)
+    batch_usage: dict[str, dict] = field(default_factory=dict)   # of ``usage``: the calls sent to batches
     stopped: str | None = None        # "--max-cost": stopped after a finished step, e* not made; --resume goes on
     process_cost: float | None = None  # USD this process spent (what --max-cost caps)
 
@@ -280,15 +285,19 @@ def estimate(options: Options) -> dict:
     }
     if options.track:
         phases["champion check"] = ("evol", 2 * dev, (evolve_in + answer_in) / 2, evol_out)
+    # --batch: the evol role's dev-set judging (e0, the candidates, the champion) goes to batches, at the
+    # batch price; the trajectories and the optimizer stay online
+    batched = {"baseline", "dev evaluation", "champion check"} if options.batch else set()
     by_phase = {name: {"role": role, "calls": calls, "input_tokens": int(calls * per_in),
-                       "output_tokens": int(calls * per_out)}
+                       "output_tokens": int(calls * per_out), "price": "batch" if name in batched else "online"}
                 for name, (role, calls, per_in, per_out) in phases.items()}
     roles = {"evol": options.evol_settings(), "optimizer": options.optimizer_settings()}
     by_role = {}
     for role, settings in roles.items():
-        usage = {k: sum(p[k] for p in by_phase.values() if p["role"] == role)
-                 for k in ("calls", "input_tokens", "output_tokens")}
-        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model)
+        keys = ("calls", "input_tokens", "output_tokens")
+        usage = {k: sum(p[k] for p in by_phase.values() if p["role"] == role) for k in keys}
+        part = {k: sum(p[k] for name, p in by_phase.items() if p["role"] == role and name in batched) for k in keys}
+        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model, batched=part)
         by_role[role] = {"model": spent.model, **usage,
                          "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note}
     unknown = [r["model"] for r in by_role.values() if isinstance(r["cost_usd"], str)]
@@ -301,7 +310,9 @@ def estimate(options: Options) -> dict:
             "assumes": "an upper bound: every step runs, every candidate is new and judged on every dev item "
                        "(halving, racing, duplicates and failed evolutions call less), every reply uses its whole "
                        "--*-max-tokens, no reply comes from the cache; input tokens are estimates (characters / 4, "
-                       "the method at its starting length); online (not batch) prices"}
+                       "the method at its starting length); "
+                       + ("batch prices for the dev-set judging (--batch), online for the rest" if options.batch
+                          else "online (not batch) prices")}
 
 
 def _rollout(seed: int, step: int, index: int) -> int:
@@ -324,10 +335,10 @@ def _judge(runner: Runner, evol: Llm, batched, pairs: list) -> list:
 
 
 def _batched(options: Options, evol: Llm, run_id: str | None):
-    """--batch: the evol role as the dev evaluation uses it (a BatchRole counted in the role's own
-    usage), or None. Its journal is the run's (store.batch_journal), which a --resume attaches to; an
-    untracked run's is named for its settings under the cache dir, so the same command run again
-    attaches too. The trajectories (few calls) and the optimizer stay online."""
+    """--batch: the evol role as the dev evaluation uses it (a BatchRole with usage of its own: the evol
+    role's usage is the sum, its batched part billed at the batch price), or None. Its journal is the
+    run's (store.batch_journal), which a --resume attaches to; an untracked run's is named for its
+    settings under the cache dir, so the same command run again attaches too. The trajectories (few calls) and the optimizer stay online."""
     if not options.batch:
         return None
     import json
@@ -343,7 +354,8 @@ def _batched(options: Options, evol: Llm, run_id: str | None):
         digest = hashlib.sha256(json.dumps(dataclasses.asdict(what), sort_keys=True, default=str).encode())
         path = Path(options.cache_dir or backends.DEFAULT_CACHE_DIR) / "batches" / \
             f"optimize-{digest.hexdigest()[:16]}.jsonl"
-    return batch_mod.BatchRole(evol, batch_mod.BatchJournal(path), usage=evol.usage)
+    # One process per journal (an untracked run's is shared by the same command run twice): refused here.
+    return batch_mod.BatchRole(evol, batch_mod.BatchJournal(path).open())
 
 
 def optimize(options: Options | None = None, *, observers: Iterable[Observer] | None = None,
@@ -391,8 +403,10 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
         try:
             with heard:
                 heard.start(options, split=split, init=init, next_step=state.next_step if state else 1)
-                result = _run(options, state, split, init, evol, optimizer, heard,
-                              _batched(options, evol, heard.run_id))
+                batched = _batched(options, evol, heard.run_id)
+                if batched is not None:
+                    held.callback(batched.close)   # its journal's lock, held to the end of the run
+                result = _run(options, state, split, init, evol, optimizer, heard, batched)
                 result.run_id = heard.run_id
                 heard.finish(result)
         except Outage as exc:
@@ -409,18 +423,34 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
     evaluations use under --batch."""
     started = time.perf_counter()
     spent_before = dict(state.spent) if state else {}
+    batch_before = dict(state.spent_batch) if state else {}
     roles = {"evol": evol.settings, "optimizer": optimizer.settings}
-    process_start = _usage({}, evol, optimizer)
+
+    def now() -> tuple[dict, dict]:
+        """This process's usage per role so far, and of it the calls sent to batches."""
+        return _usage({}, evol, optimizer, batched), _batch_usage({}, batched)
+
+    def costs_since(before: tuple[dict, dict]) -> dict:
+        usage, batch_usage = now()
+        return cost_mod.costs(cost_mod.delta(usage, before[0]), roles, batched=cost_mod.delta(batch_usage, before[1]))
+
+    process_start = now()
 
     def process_cost() -> float | None:
-        return cost_mod.total(cost_mod.costs(cost_mod.delta(_usage({}, evol, optimizer), process_start), roles))
+        return cost_mod.total(costs_since(process_start))
 
     def checkpoint() -> None:
-        state.spent = _usage(spent_before, evol, optimizer)
+        state.spent = _usage(spent_before, evol, optimizer, batched)
+        state.spent_batch = _batch_usage(batch_before, batched)
         heard.checkpoint(state.to_dict())
 
+    def run_usage() -> tuple[dict, dict]:
+        """The run's usage over all its processes, and of it the calls sent to batches."""
+        return _usage(spent_before, evol, optimizer, batched), _batch_usage(batch_before, batched)
+
     with ThreadPoolExecutor(options.concurrency) as pool:
-        runner = Runner(pool, heard, (evol, optimizer))
+        # the batched evol role counts its calls apart: the phases' call counts take it in too
+        runner = Runner(pool, heard, (evol, optimizer) + ((batched,) if batched is not None else ()))
         initial = None
         if state is None:
             initial = evaluate(init, split.dev, evol, runner, batched)
@@ -438,22 +468,25 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
             if _over_budget(options.max_cost, process_cost(), history[-1].cost if history else None):
                 stopped = "--max-cost"
                 break
-            before = _usage({}, evol, optimizer)
+            before = now()
             record = _step(state.next_step, state, split, options, evol, optimizer, runner, batched)
-            spent = cost_mod.delta(_usage({}, evol, optimizer), before)
-            price = cost_mod.price_of(evol.settings)
-            record = dataclasses.replace(record, usage=spent, costs=cost_mod.costs(spent, roles),
-                                         dev_cost=cost_mod.cost(record.dev_usage, price) if price else None)
+            after = now()
+            spent, spent_batch = cost_mod.delta(after[0], before[0]), cost_mod.delta(after[1], before[1])
+            dev = cost_mod.role_cost("evol", record.dev_usage, cost_mod.price_of(evol.settings), evol.settings.model,
+                                     batched=record.dev_batch_usage)
+            record = dataclasses.replace(record, usage=spent, batch_usage=spent_batch,
+                                         costs=cost_mod.costs(spent, roles, batched=spent_batch), dev_cost=dev.usd)
             history.append(record)
             state.advance(record)
             heard.step(record)
             checkpoint()
         if stopped is not None:   # e* is not made: the run goes on with --resume, from this checkpoint
-            usage = _usage(spent_before, evol, optimizer)
+            usage, batch_usage = run_usage()
             return OptimizeResult(best=state.incumbent, rates=list(state.rates), history=history, initial=initial,
                                   lineage=list(state.lineage),
                                   accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok],
-                                  usage=usage, costs=cost_mod.costs(usage, roles), stopped=stopped,
+                                  usage=usage, costs=cost_mod.costs(usage, roles, batched=batch_usage),
+                                  batch_usage=batch_usage, stopped=stopped,
                                   process_cost=process_cost(),
                                   notices=list(dict.fromkeys(evol.notices + optimizer.notices)),
                                   seconds=round(time.perf_counter() - started, 2))
@@ -470,8 +503,9 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
                 state.registered = _register(best, state, split, evol, runner, batched)
                 checkpoint()
             result.prompt_uri, result.champion = state.registered
-        result.usage = _usage(spent_before, evol, optimizer)
-        result.costs, result.process_cost = cost_mod.costs(result.usage, roles), process_cost()
+        result.usage, result.batch_usage = run_usage()
+        result.costs = cost_mod.costs(result.usage, roles, batched=result.batch_usage)
+        result.process_cost = process_cost()
         result.notices = list(dict.fromkeys(evol.notices + optimizer.notices))
         result.seconds = round(time.perf_counter() - started, 2)
     return result
@@ -486,11 +520,27 @@ def _over_budget(max_cost: float | None, spent: float | None, last_step: float |
     return spent >= max_cost or (last_step is not None and spent + last_step > max_cost)
 
 
-def _usage(before: dict[str, dict], evol: Llm, optimizer: Llm) -> dict[str, dict]:
-    """LLM usage per role: what earlier processes of this run spent plus this one's."""
-    now = {"evol": evol.usage.snapshot(), "optimizer": optimizer.usage.snapshot()}
+def _usage(before: dict[str, dict], evol: Llm, optimizer: Llm, batched=None) -> dict[str, dict]:
+    """LLM usage per role: what earlier processes of this run spent plus this one's (the evol role's
+    online calls and, under --batch, ``batched``'s: the sum)."""
+    now = {"evol": _evol_usage(evol, batched)[0], "optimizer": optimizer.usage.snapshot()}
     return {role: {k: round(v + before.get(role, {}).get(k, 0), 3) for k, v in counts.items()}
             for role, counts in now.items()}
+
+
+def _batch_usage(before: dict[str, dict], batched=None) -> dict[str, dict]:
+    """Of ``_usage``: the calls sent to batches (the evol role's through ``batched``), earlier processes' too."""
+    now = {"evol": batched.usage.snapshot()} if batched is not None else {}
+    return {role: cost_mod.add(before.get(role), now.get(role)) for role in {**before, **now}}
+
+
+def _evol_usage(evol: Llm, batched=None) -> tuple[dict, dict]:
+    """The evol role's usage (its online calls plus its batched ones), and of it the batched calls'."""
+    online = evol.usage.snapshot()
+    if batched is None:
+        return online, {}
+    part = batched.usage.snapshot()
+    return cost_mod.add(online, part), part
 
 
 def _resumed_options(stored: dict, given: Options) -> Options:
@@ -594,14 +644,15 @@ def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm
         if c.method.hash != incumbent.hash:
             distinct.setdefault(c.method.hash, c.method)
     incumbent_flags = state.incumbent_failures if len(state.incumbent_failures) == len(split.dev) else None
-    dev_before = {"evol": evol.usage.snapshot()}
+    dev_before = _evol_usage(evol, batched)
     evaluations, finalists = _judge_candidates(list(distinct.values()), split.dev, evol, runner, options.selection,
                                                incumbent_flags, batched)
-    dev_usage = cost_mod.delta({"evol": evol.usage.snapshot()}, dev_before)["evol"]
+    dev_usage, dev_batch_usage = (cost_mod.delta({"evol": after}, {"evol": before})["evol"]
+                                  for after, before in zip(_evol_usage(evol, batched), dev_before))
     candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
     calls, cached, seconds = runner.take()
     record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds,
-                        dev_usage=dev_usage)
+                        dev_usage=dev_usage, dev_batch_usage=dev_batch_usage)
     # Only candidates judged on the whole dev set may replace the incumbent (halving and racing drop
     # the others on the way).
     decision = [rate if c.evaluation is not None and c.method.hash in finalists else math.inf

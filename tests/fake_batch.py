@@ -27,8 +27,11 @@ Controls, all constructor keywords and also attributes that a test may change at
   fake_openai.structured_reply.
 * ``shuffled`` (True): result files list requests in reverse input order, since neither service promises order.
 * ``failing``: answer every HTTP request 500 (Retry-After: 0) until cleared, as an outage does.
+* ``lost_creates`` (0): the next N batch creates make their batch but answer 500, as a reply lost on its way
+  back (a gateway timeout) does: the client cannot tell whether a batch was made.
 
-Records: ``batches_created``, ``files_created`` (uploads), ``polls``, ``cancels``, ``rejected`` (creates refused),
+Records: ``batches_created``, ``files_created`` (uploads), ``create_posts`` (batch creates asked, retries
+included), ``polls``, ``cancels``, ``rejected`` (creates refused),
 ``submitted`` (the custom ids of each created batch, in creation order), ``batches`` {id: _Batch, with
 ``.custom_ids``, ``.bodies``, ``.status``...}, ``bodies`` (every request body a batch carried), ``auth`` (the
 Authorization / x-api-key values seen), ``headers`` (every request's headers), ``sent`` ([(kind, json)] every
@@ -132,6 +135,8 @@ class _FakeBase:
         self.schemas = schemas
         self.shuffled = shuffled
         self.failing = False
+        self.lost_creates = 0
+        self.create_posts = 0
         self.batches_created = 0
         self.files_created = 0
         self.polls = 0
@@ -165,7 +170,13 @@ class _FakeBase:
                         status, extra, data = 500, {"Retry-After": "0"}, json.dumps(
                             outer._error_body(500, "The server is down.")).encode()
                     else:
+                        creates = method == "POST" and parts.path.rstrip("/").endswith(outer.create_path)
+                        outer.create_posts += creates
                         status, extra, data = outer._dispatch(method, parts.path, query, headers, raw)
+                        if creates and status == 200 and outer.lost_creates > 0:   # made, but the reply is lost
+                            outer.lost_creates -= 1
+                            status, extra, data = 500, {"Retry-After": "0"}, json.dumps(
+                                outer._error_body(500, "The server had an error processing your request.")).encode()
                 self.send_response(status)
                 ctype = extra.pop("Content-Type", "application/json")
                 self.send_header("Content-Type", ctype)
@@ -254,6 +265,7 @@ class FakeOpenAIBatch(_FakeBase):
     ``files`` holds every file {id: (FileObject dict, bytes)}; ``deleted_files`` the ids deleted."""
 
     endpoints = ("/v1/chat/completions",)
+    create_path = "/v1/batches"
 
     def __init__(self, reply: Callable | None = None, **kwargs) -> None:
         super().__init__(reply, **kwargs)
@@ -571,6 +583,7 @@ class FakeAnthropicBatch(_FakeBase):
     anthropic-version / anthropic-beta values seen."""
 
     with_v1 = False
+    create_path = "/v1/messages/batches"
 
     def __init__(self, reply: Callable | None = None, **kwargs) -> None:
         super().__init__(reply, **kwargs)

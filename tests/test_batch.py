@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import asyncio
+
 import pytest
 
 from auto_evol import batch as batch_mod
@@ -304,6 +306,7 @@ def cli(args, cwd):
       "--batch", "answer"], "--batch: gguf:/no/m.gguf has no batch endpoint"),
     (["--evol-model", "ollama_chat/llama3", "--batch", "evol"], "--batch: ollama_chat/llama3 has no batch endpoint"),
     (["--evol-model", "openai/x", "--batch", "judge"], "--batch takes no value (all roles) or one of all, evol, answer"),
+    (["--evol-model", "openai/x", "--batch-size", "5"], "--batch-size is for --batch"),
 ])
 def test_batch_where_no_batch_endpoint_is_one_line_and_exit_2(tmp_path, args, message):
     seeds(tmp_path / "seeds.jsonl", n=3)
@@ -322,7 +325,9 @@ def test_threads_asking_at_once_share_one_batch(tmp_path):
     with FakeAnthropicBatch(polls_to_finish=1) as fake:
         fake.fail_ids = Where(fake, lambda p: p == "Question number 3?")    # fails every time: 3 batches
         answerer = anthropic_roles(fake.base)[1]
-        role = batch_mod.BatchRole(answerer, batch_mod.BatchJournal(tmp_path / "b.jsonl"), progress=None)
+        # A quiet window of 1 s: eight threads started at once all ask within it, however busy the machine.
+        role = batch_mod.BatchRole(answerer, batch_mod.BatchJournal(tmp_path / "b.jsonl"),
+                                   batch_mod.BatchConfig.from_env(quiet=1.0), progress=None)
 
         def ask(i):
             try:
@@ -347,12 +352,342 @@ def test_the_journal_survives_a_torn_line_and_names_the_latest_batch_of_each_req
     journal.intend("k2", ["b"], "openai", "openai/x")
     journal.submitted("B2", "k2")
     journal.intend("k3", ["c"], "openai", "openai/x")
+    journal.close()
     with open(path, "a") as fh:
         fh.write('{"batch": "B3", "inte')        # a kill mid-write
     again = batch_mod.BatchJournal(path)
     assert (again.batch_of("a"), again.batch_of("b"), again.batch_of("c")) == ("B1", "B2", None)
     assert [i["intent"] for i in again.unresolved("openai", "openai/x")] == ["k3"]
     again.void("k3")
+    again.close()
     assert batch_mod.BatchJournal(path).unresolved("openai", "openai/x") == []
     assert batch_mod.custom_id("openai", {"m": 1}, 5) == batch_mod.custom_id("openai", {"m": 1}, 5) != \
         batch_mod.custom_id("openai", {"m": 1}, 6)
+
+
+# --- the batcher, request by request (regressions) ------------------------------------------------------------
+
+class HttpError(Exception):
+    def __init__(self, status: int | None, message: str = "") -> None:
+        super().__init__(message or f"HTTP {status}")
+        self.status_code = status
+
+
+class Double:
+    """A provider whose batches are made in memory and end at their first poll, each request answered
+    ``answer <custom id>``. Hooks: ``refuse(n)`` may raise before the n-th batch is made (nothing made),
+    ``lose(n)`` after it was made (the reply lost); ``status(batch_id)``: whether it ended (or raise);
+    ``find``: replaces the lookup by the intent's key (as OpenAI's metadata)."""
+
+    name = "openai"
+    limit = 100
+
+    def __init__(self, *, refuse=None, lose=None, status=None, find=None) -> None:
+        self.made: dict[str, list[str]] = {}
+        self.by_intent: dict[str, str] = {}
+        self.submits = self.finds = 0
+        self.refuse, self.lose, self.status_hook, self.find_hook = refuse, lose, status, find
+
+    async def submit(self, intent: str, requests) -> str:
+        self.submits += 1
+        if self.refuse:
+            await self.refuse(self.submits)
+        batch_id = f"b{self.submits}"
+        self.made[batch_id] = [cid for cid, _ in requests]
+        self.by_intent[intent] = batch_id
+        if self.lose:
+            await self.lose(self.submits)
+        return batch_id
+
+    async def status(self, batch_id: str):
+        if batch_id not in self.made:
+            raise HttpError(404, f"No batch found with id '{batch_id}'.")
+        ended = await self.status_hook(batch_id) if self.status_hook else True
+        return ended, batch_mod.Progress(batch_id, "completed" if ended else "in_progress", 0, 0, 1)
+
+    async def results(self, batch_id: str):
+        return {cid: batch_mod.Done(f"answer {cid}", 3, 4) for cid in self.made[batch_id]}
+
+    async def find(self, intent: dict, known: set[str]):
+        self.finds += 1
+        if self.find_hook:
+            return await self.find_hook(intent, known)
+        return self.by_intent.get(intent["intent"])
+
+    async def aclose(self) -> None:
+        pass
+
+
+FAST = batch_mod.BatchConfig(poll=0.01, poll_max=0.01, quiet=0.01, poll_errors=2)
+
+
+def batcher(journal, provider, progress=None) -> batch_mod.Batcher:
+    if not isinstance(journal, batch_mod.BatchJournal):
+        journal = batch_mod.BatchJournal(journal)
+    return batch_mod.Batcher(provider, journal, FAST, "openai/m", progress)
+
+
+def ask(b: batch_mod.Batcher, custom_id: str):
+    """One request, given 5 seconds: a hang fails the test instead of stalling it."""
+    return asyncio.wait_for(b.request(custom_id, {"id": custom_id}), 5)
+
+
+def earlier_run(path: Path, batch_id: str, custom_ids: list[str]) -> None:
+    """The journal a killed earlier process left: ``batch_id`` submitted for ``custom_ids``."""
+    journal = batch_mod.BatchJournal(path)
+    journal.intend("k0", custom_ids, "openai", "openai/m")
+    journal.submitted(batch_id, "k0")
+    journal.close()
+
+
+def test_a_role_sharing_the_journal_never_voids_the_intent_another_is_submitting(tmp_path):
+    """evolve's evol and answer roles on one model share a journal: the answer role's first request must not
+    take the evol role's intent (its batch being created) for an interrupted one and void it."""
+    async def slowly(n):
+        await asyncio.sleep(0.3)   # a slow upload: the intent is journaled, the batch id not yet
+
+    journal = batch_mod.BatchJournal(tmp_path / "batches.jsonl")
+    evol, answer = batcher(journal, Double(lose=slowly)), batcher(journal, Double())
+
+    async def main():
+        x = asyncio.ensure_future(ask(evol, "X"))
+        await asyncio.sleep(0.1)
+        y = await ask(answer, "Y")   # its first request: a recovery, while X's batch is being created
+        return await x, y
+
+    x, y = asyncio.run(main())
+    assert (x.text, y.text) == ("answer X", "answer Y")
+    assert not [row for row in read_jsonl(tmp_path / "batches.jsonl") if "void" in row]
+    journal.close()
+
+
+def test_a_batch_line_wins_over_a_void(tmp_path):
+    path = tmp_path / "batches.jsonl"
+    journal = batch_mod.BatchJournal(path)
+    journal.intend("k1", ["a"], "openai", "openai/m")
+    journal.void("k1")
+    journal.submitted("B1", "k1")            # voided by a mistaken recovery, then its batch id came
+    journal.intend("k2", ["b"], "openai", "openai/m")
+    journal.submitted("B2", "k2")
+    journal.void("k2")                       # a void after the batch is known changes nothing
+    assert (journal.batch_of("a"), journal.batch_of("b")) == ("B1", "B2")
+    journal.close()
+    again = batch_mod.BatchJournal(path)
+    assert (again.batch_of("a"), again.batch_of("b")) == ("B1", "B2")
+    assert again.unresolved("openai", "openai/m") == []
+    again.close()
+
+
+def test_a_failed_poll_lets_a_later_request_poll_again(tmp_path):
+    async def down(batch_id):
+        raise RuntimeError("boom")
+
+    b = batcher(tmp_path / "batches.jsonl", Double(status=down))
+
+    async def main():
+        for _ in range(3):   # submitted, then twice attached to: each fails, none hangs
+            with pytest.raises(batch_mod._RequestFailed, match="could not be polled: boom"):
+                await ask(b, "X")
+        return dict(b._state.polling)
+
+    assert asyncio.run(main()) == {}
+
+
+@pytest.mark.parametrize("where", ["journal", "progress"])
+def test_an_error_of_the_batcher_fails_its_calls_instead_of_leaving_them_waiting(tmp_path, where):
+    journal = batch_mod.BatchJournal(tmp_path / "batches.jsonl")
+    progress = None
+    if where == "journal":
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        journal.intend = full
+        error = OSError
+    else:
+        def progress(shown):
+            raise ValueError("the progress display broke")
+
+        error = ValueError
+    b = batcher(journal, Double(), progress)
+
+    async def main():
+        return await asyncio.gather(ask(b, "X"), ask(b, "Y"), return_exceptions=True)
+
+    assert [type(r) for r in asyncio.run(main())] == [error, error]
+    journal.close()
+
+
+def test_a_request_after_a_cancelled_one_gets_the_result_its_batch_brought(tmp_path):
+    polls = Counter()
+
+    async def three_polls(batch_id):
+        polls[batch_id] += 1
+        return polls[batch_id] > 3
+
+    b = batcher(tmp_path / "batches.jsonl", Double(status=three_polls))
+
+    async def main():
+        first = asyncio.ensure_future(ask(b, "X"))
+        await asyncio.sleep(0.03)   # submitted, being polled
+        first.cancel()
+        await asyncio.sleep(0.2)    # the batch ends meanwhile: its result is kept for a later request
+        assert "X" in b._state.taken
+        return await ask(b, "X")
+
+    assert asyncio.run(main()).text == "answer X"
+
+
+def test_one_process_per_batch_journal(tmp_path):
+    path = tmp_path / "batches.jsonl"
+    first = batch_mod.BatchJournal(path)
+    assert not path.exists() and not first.lock_path.exists()   # nothing read or locked before its first use
+    first.intend("k1", ["a"], "openai", "openai/m")
+    second = batch_mod.BatchJournal(path)
+    from auto_evol.errors import UserError
+
+    with pytest.raises(UserError, match=rf"the batch journal {path} is in use by pid {os.getpid()} on "):
+        second.batch_of("a")
+    first.close()
+    assert second.batch_of("a") is None and second.intents["k1"]["custom_ids"] == ["a"]   # read once it is free
+    second.close()
+
+
+def test_compare_refuses_a_batch_journal_another_run_holds(compare_project):
+    from auto_evol.compare import CompareOptions, compare
+    from auto_evol.errors import UserError
+
+    holder = batch_mod.BatchJournal(compare_project / "batched" / "batches.jsonl").open()
+    try:
+        with FakeOpenAIBatch() as fake:
+            with pytest.raises(UserError, match="batches.jsonl is in use by pid"):
+                compare(CompareOptions(methods=["level0.md"], data="q.jsonl", rounds=1, dev_size=20,
+                                       embeddings="tfidf", cache_dir=None, track=False, evol_model="openai/fake",
+                                       api_base=fake.base, out="batched", batch="all"))
+            assert fake.batches_created == 0 and fake.chat_calls == 0
+    finally:
+        holder.close()
+
+
+def openai_role(base: str):
+    import dspy
+
+    from auto_evol.llm import Llm, RoleSettings
+
+    settings = RoleSettings("openai/fake", base, 1.0, 0.9, 2048)
+    return Llm(settings, dspy.LM("openai/fake", api_base=base, api_key="test", cache=False), structured=True)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_create_whose_reply_was_lost_is_looked_for_and_never_made_twice(tmp_path, provider):
+    """The provider made the batch but its reply was lost (a 500, a timeout): neither the SDK (no retries on
+    create) nor the Batcher (it looks for the batch first) submits it again."""
+    fake_cls = FakeOpenAIBatch if provider == "openai" else FakeAnthropicBatch
+    with fake_cls(polls_to_finish=1) as fake:
+        fake.lost_creates = 1
+        llm = openai_role(fake.base) if provider == "openai" else anthropic_roles(fake.base)[1]
+        role = batch_mod.BatchRole(llm, batch_mod.BatchJournal(tmp_path / "b.jsonl"), progress=None)
+
+        async def main():
+            try:
+                return await asyncio.wait_for(asyncio.gather(
+                    *(role.aask(f"Question number {i}?", rollout=i) for i in range(3))), 30)
+            finally:
+                await role.aclose()
+
+        answers = asyncio.run(main())
+        role.close()
+        assert fake.create_posts == 1 and fake.batches_created == 1
+    assert all(a.text == "The answer is 4, found step by step." for a in answers)
+    journal = read_jsonl(tmp_path / "b.jsonl")
+    assert [row.get("recovered") for row in journal if "batch" in row] == [True]
+    assert not [row for row in journal if "void" in row]
+
+
+def test_a_clear_refusal_is_submitted_again_an_unclear_failure_looked_for_first(tmp_path):
+    async def refused(n):
+        if n == 1:
+            raise HttpError(429, "Rate limit reached")
+
+    async def lost(n):
+        if n == 1:
+            raise HttpError(None, "Request timed out.")
+
+    refusing, losing = Double(refuse=refused), Double(lose=lost)
+
+    async def main():
+        return (await ask(batcher(tmp_path / "refused.jsonl", refusing), "X"),
+                await ask(batcher(tmp_path / "lost.jsonl", losing), "X"))
+
+    assert [r.text for r in asyncio.run(main())] == ["answer X", "answer X"]
+    assert (refusing.submits, refusing.finds) == (2, 0)     # refused: nothing made, submitted again at once
+    assert (losing.submits, losing.finds) == (1, 1)         # unclear: its batch found, not made again
+    assert [row["void"] for row in read_jsonl(tmp_path / "refused.jsonl") if "void" in row] == \
+        [read_jsonl(tmp_path / "refused.jsonl")[0]["intent"]]
+    assert not [row for row in read_jsonl(tmp_path / "lost.jsonl") if "void" in row]
+
+
+def test_an_unclear_failure_that_cannot_be_looked_up_is_left_to_a_rerun(tmp_path):
+    async def lost(n):
+        raise HttpError(502, "Bad gateway")
+
+    async def unreachable(intent, known):
+        raise HttpError(None, "Connection error.")
+
+    provider = Double(lose=lost, find=unreachable)
+    b = batcher(tmp_path / "batches.jsonl", provider)
+
+    async def main():
+        for _ in range(2):   # the second fails at once: submitting again could pay twice
+            with pytest.raises(batch_mod._RequestFailed, match="a rerun looks for it"):
+                await ask(b, "X")
+
+    asyncio.run(main())
+    assert provider.submits == 1
+    b.journal.close()
+    rerun = batcher(tmp_path / "batches.jsonl", Double())
+    rerun.provider.by_intent, rerun.provider.made = provider.by_intent, provider.made   # the same provider
+    assert asyncio.run(ask(rerun, "X")).text == "answer X" and rerun.provider.submits == 0
+    rerun.journal.close()
+
+
+def test_an_attached_batch_the_provider_no_longer_knows_is_submitted_again(tmp_path):
+    earlier_run(tmp_path / "batches.jsonl", "gone", ["X"])   # another key, a restarted local server
+    provider = Double()
+    b = batcher(tmp_path / "batches.jsonl", provider)
+    assert asyncio.run(ask(b, "X")).text == "answer X"
+    assert provider.submits == 1
+    b.journal.close()
+
+
+def test_a_batch_an_earlier_process_paid_for_is_counted_once_by_the_process_that_reads_it(tmp_path):
+    """Killed, the earlier process never reported it: its results are this process's paid calls (not cached);
+    identical requests of this process share one result, counted once."""
+    earlier_run(tmp_path / "batches.jsonl", "b0", ["X", "Y"])
+    provider = Double()
+    provider.made["b0"] = ["X", "Y"]
+    b = batcher(tmp_path / "batches.jsonl", provider)
+
+    async def main():
+        x, y = await asyncio.gather(ask(b, "X"), ask(b, "Y"))
+        again = await ask(b, "X")
+        z1, z2 = await asyncio.gather(ask(b, "Z"), ask(b, "Z"))
+        return x, y, again, z1, z2
+
+    x, y, again, z1, z2 = asyncio.run(main())
+    assert (x.cached, y.cached, again.cached) == (False, False, True)
+    assert sorted([z1.cached, z2.cached]) == [False, True]
+    assert provider.submits == 1   # Z only
+    b.journal.close()
+
+
+def test_restart_drops_the_batch_journal_before_it_is_read(tmp_path):
+    seeds(tmp_path / "seeds.jsonl", n=6)
+    with FakeOpenAIBatch(polls_to_finish=1) as fake:
+        first = evolve(options(tmp_path, "out.jsonl", fake.base, batch="all", rounds=1), observers=[])
+        created = fake.batches_created
+        again = evolve(options(tmp_path, "out.jsonl", fake.base, batch="all", rounds=1, restart=True), observers=[])
+        assert first.complete and again.complete
+        assert fake.batches_created == 2 * created        # redone, not read from the dropped journal's batches
+    journal = read_jsonl(tmp_path / "out.jsonl.work" / "batches.jsonl")
+    assert sum("custom_ids" in row for row in journal) == created
+    assert {row["batch"] for row in journal if "batch" in row} == {row["done"] for row in journal if "done" in row}

@@ -83,7 +83,7 @@ def test_optimize_batch_reaches_the_online_e_star_with_the_dev_evaluation_in_bat
         assert fake.chat_prompts and not numbers(fake.chat_prompts) & set(dev)
         assert not [p for p in fake.chat_prompts if not p.startswith(("Rewrite", "You are reviewing", "You improve"))]
     # An untracked run journals under the cache dir, in a file named for its settings (a rerun attaches).
-    assert [p.name.startswith("optimize-") for p in (project / "cache" / "batches").iterdir()] == [True]
+    assert [p.name.startswith("optimize-") for p in (project / "cache" / "batches").glob("*.jsonl")] == [True]
     # The same calls, counted in the evol role, phase by phase.
     assert batched.usage["evol"]["calls"] == online.usage["evol"]["calls"]
     assert [r.calls for r in batched.history] == [r.calls for r in online.history]

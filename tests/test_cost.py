@@ -292,3 +292,201 @@ def test_compare_reports_cost_in_its_summary_table_and_mlflow(workdir, prices, m
     assert out.exit_code == 0, out.output
     assert f"cost: evol: {spent.input_tokens:,} in + {spent.output_tokens:,} out tokens" in out.stdout
     assert f"total {cost.usd_text(spent.usd)}" in out.stdout
+
+
+# --- --batch: batched calls at the batch price ----------------------------------------------------------
+
+# The batch fake's model (tests/fake_batch.py on 127.0.0.1, priced through AUTO_EVOL_PRICES): its batch prices
+# are the table's *_batches fields, far from both the online price and its half.
+FAKE_PRICE = {"input_cost_per_token": 1e-4, "output_cost_per_token": 4e-4,
+              "input_cost_per_token_batches": 3e-5, "output_cost_per_token_batches": 1e-4}
+ONLINE, BATCH = (1e-4, 4e-4), (3e-5, 1e-4)
+
+
+@pytest.fixture
+def fake_prices(tmp_path, monkeypatch):
+    from auto_evol import batch as batch_mod
+
+    path = tmp_path / "fake-prices.json"
+    path.write_text(json.dumps({"openai/fake": FAKE_PRICE, "openai/gpt-4o-mini": FAKE_PRICE}))
+    monkeypatch.setenv(cost.PRICES_ENV, str(path))
+    monkeypatch.setenv(batch_mod.POLL_ENV, "0.01")
+    return path
+
+
+def priced(usage, per_token) -> float:
+    return usage["input_tokens"] * per_token[0] + usage["output_tokens"] * per_token[1]
+
+
+def minus(a, b) -> dict:
+    return {k: a[k] - b.get(k, 0) for k in ("input_tokens", "output_tokens")}
+
+
+def batched_evolve(folder: Path, base: str, **extra):
+    folder.mkdir(exist_ok=True)
+    data = folder / "seeds.jsonl"
+    if not data.exists():
+        data.write_text("\n".join(json.dumps({"id": f"s{i}", "instruction": f"Question number {i}?"})
+                                  for i in range(30)))
+    options = EvolveOptions(data=str(data), out=str(folder / "out.jsonl"), rounds=2, evol_model="openai/fake",
+                            api_base=base, track=False, **extra)
+    return evolve(options, observers=[])
+
+
+def test_a_batched_evolve_run_is_billed_at_the_batch_price(tmp_path, fake_prices, monkeypatch):
+    from fake_batch import FakeOpenAIBatch
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with FakeOpenAIBatch(polls_to_finish=1) as fake:
+        result = batched_evolve(tmp_path / "all", fake.base, batch="all")
+        assert fake.batches_created and not fake.chat_calls
+    assert set(result.costs) == {"evol", "answer"}
+    for role, spent in result.costs.items():
+        usage = result.calls[role]
+        assert spent.usd == pytest.approx(priced(usage, BATCH)) and spent.usd < priced(usage, ONLINE) / 2
+        assert (spent.batch_calls, spent.batch_input_tokens) == (usage["calls"], usage["input_tokens"])
+        assert spent.to_dict()["batch"] == {k: usage[k] for k in ("calls", "input_tokens", "output_tokens")}
+        assert "at the batch price" in spent.describe()
+    stats = json.loads((tmp_path / "all" / "out.jsonl.work" / "stats.json").read_text())
+    assert stats["cost"]["total_usd"] == pytest.approx(usd(result))
+    assert stats["cost"]["evol"]["cost_usd"] == pytest.approx(result.costs["evol"].usd, abs=1e-6)
+
+    # --batch evol: the evolutions (and verdicts) at the batch price, the answers online.
+    with FakeOpenAIBatch(polls_to_finish=1) as fake:
+        mixed = batched_evolve(tmp_path / "evol", fake.base, batch="evol")
+        assert fake.batches_created and fake.chat_calls
+    assert mixed.costs["evol"].usd == pytest.approx(priced(mixed.calls["evol"], BATCH))
+    assert mixed.costs["answer"].usd == pytest.approx(priced(mixed.calls["answer"], ONLINE))
+    assert not mixed.costs["answer"].batch_calls and "batch" not in mixed.costs["answer"].to_dict()
+
+
+def test_evolve_max_cost_with_batch_counts_the_batch_price_and_sends_no_probe_batch(tmp_path, fake_prices,
+                                                                                    monkeypatch):
+    from fake_batch import FakeOpenAIBatch
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sizes = dict(evol_max_tokens=256, answer_max_tokens=256)   # the first wave's bound per call (prompts are shorter)
+    with FakeOpenAIBatch(polls_to_finish=1) as fake:
+        full = batched_evolve(tmp_path / "full", fake.base, batch="all", **sizes)
+    cap = usd(full) / 2
+    with FakeOpenAIBatch(polls_to_finish=1) as fake:
+        stopped = batched_evolve(tmp_path / "capped", fake.base, batch="all", max_cost=cap, **sizes)
+        first = len(fake.submitted[0])
+        finished = batched_evolve(tmp_path / "capped", fake.base, batch="all", **sizes)   # a rerun goes on
+    assert not stopped.complete and stopped.stopped == "--max-cost"
+    # Counted at the batch price (online prices, ~3.5x these, would stop below a third of the cap), kept by
+    # estimate: the first wave sized by the price bound, each later one by what the last cost.
+    assert cap * 0.6 < usd(stopped) <= cap
+    assert first > 1        # no phase starts with an item alone: that would be a batch of one request
+    assert finished.complete and usd(stopped) + usd(finished) == pytest.approx(usd(full), rel=0.05)
+
+
+def test_optimize_batch_prices_its_dev_evaluation_at_the_batch_price(project, fake_prices):
+    import mlflow
+
+    from fake_batch import FakeOpenAIBatch
+
+    with FakeOpenAIBatch(polls_to_finish=1) as fake:
+        result = optimize(data="questions.jsonl", init_method="init.md", steps=2, candidates=2, batch_size=3,
+                          dev_size=8, seed=1, evol_model="openai/fake", optimizer_model="openai/fake",
+                          api_base=fake.base, cache_dir=None, concurrency=2, patience=5, batch="all")
+        assert fake.batches_created
+    evol, batched = result.usage["evol"], result.batch_usage["evol"]
+    assert 0 < batched["calls"] < evol["calls"]      # the trajectories went online
+    expected = priced(minus(evol, batched), ONLINE) + priced(batched, BATCH)
+    assert result.costs["evol"].usd == pytest.approx(expected)
+    assert result.costs["evol"].batch_calls == batched["calls"]
+    assert result.costs["optimizer"].usd == pytest.approx(priced(result.usage["optimizer"], ONLINE))
+    assert not result.costs["optimizer"].batch_calls
+    assert result.process_cost == pytest.approx(result.cost)
+    c = mlflow.MlflowClient()
+    parent = c.get_run(result.run_id).data.metrics
+    assert parent["cost.evol"] == pytest.approx(expected) and parent["cost_usd"] == pytest.approx(result.cost)
+    runs = c.search_runs([c.get_run(result.run_id).info.experiment_id], max_results=100)
+    for record in result.history:
+        # the dev evaluation: every call batched, at the batch price; the step's trajectory online
+        assert record.dev_batch_usage["calls"] == record.dev_usage["calls"] > 0
+        assert record.dev_cost == pytest.approx(priced(record.dev_usage, BATCH))
+        step_evol, step_batched = record.usage["evol"], record.batch_usage["evol"]
+        assert step_batched["calls"] == record.dev_usage["calls"] < step_evol["calls"]
+        assert record.costs["evol"].usd == pytest.approx(priced(minus(step_evol, step_batched), ONLINE)
+                                                         + priced(step_batched, BATCH))
+        [step_run] = [r for r in runs if r.data.tags.get("auto_evol.kind") == "step"
+                      and r.data.tags["auto_evol.step"] == str(record.step)]
+        assert step_run.data.metrics["cost_usd"] == pytest.approx(record.cost)
+        assert step_run.data.metrics["cost_usd.dev_evaluation"] == pytest.approx(record.dev_cost)
+        candidates = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == step_run.info.run_id]
+        assert sum(r.data.metrics["cost_usd"] for r in candidates) == pytest.approx(record.dev_cost)
+    # the checkpoint keeps the batched part, for a resumed run's cost
+    checkpoint = json.loads(Path(c.download_artifacts(result.run_id, "checkpoint.json")).read_text())
+    assert checkpoint["spent_batch"]["evol"]["calls"] == batched["calls"]
+
+
+def test_compare_batch_prices_the_batched_phases_at_the_batch_price(compare_project, fake_prices):
+    import dspy
+
+    from auto_evol.compare import CompareOptions, compare
+    from auto_evol.llm import Llm
+    from fake_batch import FakeOpenAIBatch
+    from fake_openai import compare_world
+
+    options = dict(methods=["level0.md", "level2.md"], data="q.jsonl", rounds=2, dev_size=20, embeddings="tfidf",
+                   cache_dir=None, track=False, evol_model="openai/fake")
+    with FakeOpenAIBatch(compare_world, polls_to_finish=1) as fake:
+        online = compare(CompareOptions(**options, api_base=fake.base, out="online"))
+        # --batch evol: the rounds (evol role) in batches, the difficulty judge (a role of its own) online
+        split = compare(CompareOptions(**options, api_base=fake.base, out="split", batch="evol"))
+        # One Llm for both (the judge is the evol role): its rounds batched, its difficulty scores online
+        one = Llm(RoleSettings("openai/fake", fake.base, 0.0, None, 1024),
+                  dspy.LM("openai/fake", api_base=fake.base, api_key="test", cache=False), structured=True)
+        mixed = compare(CompareOptions(**options, api_base=fake.base, out="mixed", batch="evol"), evol=one)
+        assert fake.batches_created and fake.chat_calls
+    assert split.costs["evol"].usd == pytest.approx(priced(split.calls["evol"], BATCH))
+    assert split.costs["evol"].batch_calls == split.calls["evol"]["calls"] == online.calls["evol"]["calls"]
+    assert split.costs["judge"].usd == pytest.approx(priced(split.calls["judge"], ONLINE))
+    assert online.costs["evol"].usd == pytest.approx(priced(online.calls["evol"], ONLINE))
+    assert not online.costs["evol"].batch_calls
+
+    [spent] = mixed.costs.values()
+    usage = mixed.calls["evol"]
+    assert usage["calls"] == online.calls["evol"]["calls"] + online.calls["judge"]["calls"]
+    part = {"input_tokens": spent.batch_input_tokens, "output_tokens": spent.batch_output_tokens}
+    assert spent.batch_calls == online.calls["evol"]["calls"] < usage["calls"]
+    assert spent.usd == pytest.approx(priced(minus(usage, part), ONLINE) + priced(part, BATCH))
+    written = json.loads((compare_project / "mixed" / "summary.json").read_text())
+    assert written["cost"]["total_usd"] == pytest.approx(spent.usd)
+    assert written["cost"]["evol"]["batch"]["calls"] == spent.batch_calls
+
+
+def test_dry_runs_with_batch_show_batch_prices(project, fake_prices):
+    data = project / "seeds.jsonl"
+    data.write_text("\n".join(json.dumps({"instruction": f"Question number {i}?"}) for i in range(12)))
+    kw = dict(data=str(data), out=str(project / "o.jsonl"), rounds=2, evol_model="openai/fake")
+    online = evolve(EvolveOptions(**kw), dry_run=True)
+    batched = evolve(EvolveOptions(**kw, batch="all"), dry_run=True)
+    mixed = evolve(EvolveOptions(**kw, batch="answer"), dry_run=True)
+    for role in ("evol", "answer"):
+        r = online["roles"][role]
+        assert r["price"] == "online" and r["cost_usd"] == pytest.approx(priced(r, ONLINE), abs=1e-6)
+        b = batched["roles"][role]
+        assert b["price"] == "batch" and b["cost_usd"] == pytest.approx(priced(b, BATCH), abs=1e-6)
+        assert b["calls"] == r["calls"] and b["cost_usd"] < r["cost_usd"] / 2
+    assert mixed["roles"]["evol"]["cost_usd"] == online["roles"]["evol"]["cost_usd"]
+    assert mixed["roles"]["answer"]["cost_usd"] == batched["roles"]["answer"]["cost_usd"]
+    assert "batch prices" in batched["assumes"] and "online (not batch)" in online["assumes"]
+
+    args = ["optimize", "--data", "questions.jsonl", "--init-method", "init.md", "--steps", "2", "-m", "2",
+            "--batch-size", "3", "--dev-size", "8", "--evol-model", "openai/gpt-4o-mini", "--optimizer-model",
+            "openai/gpt-4o-mini", "--dry-run"]
+    plain, with_batch = (json.loads(CliRunner().invoke(app, a).stdout) for a in (args, args + ["--batch", "all"]))
+    phases = with_batch["phases"]
+    on_batch = {name for name, p in phases.items() if p["price"] == "batch"}
+    assert on_batch == {"baseline", "dev evaluation", "champion check"}
+    assert {p["price"] for p in plain["phases"].values()} == {"online"}
+    evol = with_batch["roles"]["evol"]
+    expected = sum(priced(p, BATCH if name in on_batch else ONLINE) for name, p in phases.items()
+                   if p["role"] == "evol")
+    assert evol["cost_usd"] == pytest.approx(expected, abs=1e-5) and evol["calls"] == plain["roles"]["evol"]["calls"]
+    assert evol["cost_usd"] < plain["roles"]["evol"]["cost_usd"]
+    assert with_batch["roles"]["optimizer"] == plain["roles"]["optimizer"]     # online either way
+    assert "batch prices" in with_batch["assumes"]
