@@ -12,14 +12,14 @@ information-gain verdicts, the answers. Optimize batches its dev evaluation (the
 the optimizer stay online) and compare its rounds and difficulty judge, each such phase with all its items
 in flight on one event loop (runner.Runner.amap): two batches a phase, evolutions then answers.
 
-Providers, one row each of ``PROVIDERS``, chosen from the model string: ``openai/...`` (OpenAI, or any
+Providers (batch_providers.py), one row each of ``PROVIDERS``, chosen from the model string: ``openai/...`` (OpenAI, or any
 OpenAI-compatible server offering the Files and Batches APIs at ``--api-base``: a JSONL file uploaded with
 purpose "batch", then a batch on /v1/chat/completions with a 24 h window) and ``anthropic/...`` (Message
 Batches). Anything else is refused before any call. Not carried to Anthropic: the JSON-schema reply format
 (its batch requests ask for free text; evolve reads the method's fields from free text alike) and the
 sampling seed (Anthropic has none).
 
-The journal (``batches.jsonl``: evolve's in its work folder, an optimize run's ``mlruns/batches/RUN_ID.jsonl``
+The journal (batch_journal.py; ``batches.jsonl``: evolve's in its work folder, an optimize run's ``mlruns/batches/RUN_ID.jsonl``
 which --resume reads, compare's in its report folder), one fsynced line per event, is what keeps a
 kill -9 or Ctrl-C from paying twice:
 - ``{"intent": KEY, "custom_ids": [...], "provider", "model", "time"}`` before a batch is submitted;
@@ -63,12 +63,10 @@ requests sharing one result in this process count it once (the others are ``cach
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-import sys
 import threading
 import time
 import uuid
@@ -76,8 +74,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import locks
-from .checkpoint import Journal, read
+from .batch_journal import BatchJournal
+from .batch_providers import (PROVIDERS, Done, Failed, NotCreated, Progress, RequestFailed, check_batchable,
+                              provider_name, refusal, stderr_progress)
 from .errors import Outage, UserError, first_line
 from .llm import LLMError, Llm, Reply, Usage, refuses_request
 
@@ -118,406 +117,6 @@ class BatchConfig:
             seconds = float(value)
             overrides = {"poll": seconds, "poll_max": seconds, "quiet": min(0.2, seconds), **overrides}
         return cls(**overrides)
-
-
-# --- results -----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Done:
-    text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    truncated: bool = False
-    cached: bool = False           # already delivered (and counted) once by this process
-
-
-@dataclass(frozen=True)
-class Failed:
-    reason: str
-    status: int | None = None      # the HTTP status the request got, where one was given
-    resubmit: bool = True          # False: the batch may still hold its answer (a rerun attaches again)
-
-    @property
-    def retryable(self) -> bool:
-        """Expired, cancelled, server errors, a batch that failed: worth another batch. A request refused
-        as invalid (400) would be refused again."""
-        return self.resubmit and self.status != 400
-
-
-class _RequestFailed(Exception):
-    def __init__(self, failed: Failed) -> None:
-        super().__init__(failed.reason)
-        self.failed = failed
-
-
-class NotCreated(Exception):
-    """A submission that certainly made no batch (its upload failed: a batch needs its file); the
-    provider's error is its ``__cause__``."""
-
-
-def _refusal(status: int | None) -> bool:
-    """An HTTP status that says the request was refused, so nothing was made: a 4xx other than a 408
-    (a timeout, which says nothing of what the server did)."""
-    return status is not None and 400 <= status < 500 and status != 408
-
-
-@dataclass(frozen=True)
-class Progress:
-    batch: str
-    status: str
-    done: int
-    failed: int
-    total: int
-    label: str = ""
-
-    def line(self) -> str:
-        return (f"batch {self.batch} ({self.label}): {self.done}/{self.total} done"
-                + (f", {self.failed} failed" if self.failed else "") + f" ({self.status})")
-
-
-def stderr_progress(progress: Progress) -> None:
-    print(f"note: {progress.line()}", file=sys.stderr, flush=True)
-
-
-# --- providers ---------------------------------------------------------------------------------------
-
-class _Provider:
-    """What every provider of the PROVIDERS table shares: an SDK client made on first use (``client``),
-    closed with the batcher."""
-
-    _client = None
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
-
-class OpenAIBatches(_Provider):
-    """OpenAI's Files + Batches API (or an OpenAI-compatible server's, at --api-base)."""
-
-    name = "openai"
-    limit = 50_000
-    endpoint = "/v1/chat/completions"
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self._client = None
-
-    def client(self):
-        if self._client is None:
-            import openai
-
-            from .http_engine import split_credentials
-
-            base, basic = (split_credentials(self.settings.api_base) if self.settings.api_base else (None, None))
-            key = os.environ.get("OPENAI_API_KEY") or ("unused" if base else None)
-            headers = {"Authorization": f"Basic {basic}"} if basic else None
-            self._client = openai.AsyncOpenAI(api_key=key, base_url=base, default_headers=headers)
-        return self._client
-
-    def body(self, request) -> tuple[dict, bool]:
-        """The request's chat-completions body, and whether its reply format was carried."""
-        from .http_engine import openai_body
-        from .providers import is_reasoning_model
-
-        body = openai_body(request)
-        if is_reasoning_model(self.settings.model) and "max_tokens" in body:
-            body["max_completion_tokens"] = body.pop("max_tokens")   # as LiteLLM sends it online
-        return body, True
-
-    async def submit(self, intent: str, requests: list[tuple[str, dict]]) -> str:
-        lines = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": self.endpoint, "body": body},
-                                   ensure_ascii=False) + "\n" for cid, body in requests)
-        client = self.client()
-        try:   # the SDK's retries are harmless here: a file is no batch (a duplicate costs nothing)
-            uploaded = await client.files.create(file=(f"auto_evol_{intent}.jsonl", lines.encode()), purpose="batch")
-        except Exception as exc:
-            raise NotCreated(first_line(exc)) from exc
-        # Not retried by the SDK: a create that timed out may have made its batch, and a retry another one.
-        # The Batcher looks for it (by the intent in its metadata) before submitting again.
-        batch = await client.with_options(max_retries=0).batches.create(
-            input_file_id=uploaded.id, endpoint=self.endpoint, completion_window="24h",
-            metadata={"auto_evol_intent": intent})
-        return batch.id
-
-    async def status(self, batch_id: str) -> tuple[bool, Progress]:
-        batch = await self.client().batches.retrieve(batch_id)
-        counts = batch.request_counts
-        progress = Progress(batch_id, batch.status, getattr(counts, "completed", 0) or 0,
-                            getattr(counts, "failed", 0) or 0, getattr(counts, "total", 0) or 0)
-        return batch.status in ("completed", "failed", "expired", "cancelled"), progress
-
-    async def results(self, batch_id: str) -> dict[str, Done | Failed]:
-        client = self.client()
-        batch = await client.batches.retrieve(batch_id)
-        found: dict[str, Done | Failed] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
-            if not file_id:
-                continue
-            content = await client.files.content(file_id)
-            for line in content.text.splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    found[row["custom_id"]] = self._result(row)
-        if batch.status != "completed" and not found:
-            errors = getattr(batch.errors, "data", None) or []
-            why = first_line(Exception(errors[0].message)) if errors and errors[0].message else f"batch {batch.status}"
-            return {"*": Failed(f"batch {batch.status}: {why}")}   # every request of the batch
-        return found
-
-    @staticmethod
-    def _result(row: dict) -> Done | Failed:
-        error, response = row.get("error"), row.get("response") or {}
-        if error:
-            return Failed(f"{error.get('code') or 'error'}: {error.get('message') or ''}".strip())
-        status, body = response.get("status_code"), response.get("body") or {}
-        if status != 200:
-            message = ((body.get("error") or {}).get("message") if isinstance(body, dict) else None) or str(body)[:200]
-            return Failed(f"{status}: {first_line(Exception(message))}", status)
-        try:
-            choice = body["choices"][0]
-            usage = body.get("usage") or {}
-            return Done(choice["message"].get("content") or "", usage.get("prompt_tokens", 0) or 0,
-                        usage.get("completion_tokens", 0) or 0, choice.get("finish_reason") == "length")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return Failed(f"the batch's reply is not a chat completion: {str(body)[:120]!r}")
-
-    async def find(self, intent: dict, known: set[str]) -> str | None:
-        """The batch an intent made, by the intent's key in its metadata (newest first, back to an
-        hour before the intent)."""
-        async for batch in self.client().batches.list(limit=100):
-            if (batch.metadata or {}).get("auto_evol_intent") == intent["intent"]:
-                return batch.id
-            if batch.created_at < intent["time"] - 3600:
-                return None
-        return None
-
-
-class AnthropicBatches(_Provider):
-    """Anthropic's Message Batches API."""
-
-    name = "anthropic"
-    limit = 100_000
-    SLACK = 60.0   # seconds of clock skew allowed between this machine and the provider
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self._client = None
-
-    def client(self):
-        if self._client is None:
-            import anthropic
-
-            base = self.settings.api_base
-            if base:
-                base = base.rstrip("/").removesuffix("/v1")
-            key = os.environ.get("ANTHROPIC_API_KEY") or ("unused" if base else None)
-            self._client = anthropic.AsyncAnthropic(api_key=key, base_url=base or None)
-        return self._client
-
-    def body(self, request) -> tuple[dict, bool]:
-        """Messages API params; the reply format is not carried (free text), nor is a seed."""
-        params: dict = {"model": request.model.split("/", 1)[-1], "max_tokens": request.config.max_tokens,
-                        "messages": [{"role": m.role, "content": m.text or ""} for m in request.messages]}
-        if request.system is not None:
-            params["system"] = request.system if isinstance(request.system, str) else "".join(
-                getattr(p, "text", "") for p in request.system)
-        for name in ("temperature", "top_p"):
-            value = getattr(request.config, name)
-            if value is not None:
-                params[name] = value
-        return params, False
-
-    async def submit(self, intent: str, requests: list[tuple[str, dict]]) -> str:
-        # Not retried by the SDK (see OpenAIBatches.submit): the Batcher looks for the batch first.
-        batch = await self.client().with_options(max_retries=0).messages.batches.create(
-            requests=[{"custom_id": cid, "params": body} for cid, body in requests])
-        return batch.id
-
-    async def status(self, batch_id: str) -> tuple[bool, Progress]:
-        batch = await self.client().messages.batches.retrieve(batch_id)
-        c = batch.request_counts
-        failed = c.errored + c.canceled + c.expired
-        progress = Progress(batch_id, batch.processing_status, c.succeeded, failed,
-                            c.processing + c.succeeded + failed)
-        return batch.processing_status == "ended", progress
-
-    async def results(self, batch_id: str) -> dict[str, Done | Failed]:
-        found: dict[str, Done | Failed] = {}
-        async for row in await self.client().messages.batches.results(batch_id):
-            result = row.result
-            if result.type == "succeeded":
-                message = result.message
-                text = "".join(getattr(block, "text", "") for block in message.content if block.type == "text")
-                found[row.custom_id] = Done(text, message.usage.input_tokens, message.usage.output_tokens,
-                                            message.stop_reason == "max_tokens")
-            elif result.type == "errored":
-                error = getattr(result.error, "error", None)
-                kind = getattr(error, "type", "error")
-                status = 400 if kind == "invalid_request_error" else None
-                found[row.custom_id] = Failed(f"{kind}: {getattr(error, 'message', '')}", status)
-            else:
-                found[row.custom_id] = Failed(f"request {result.type}")
-        return found
-
-    async def find(self, intent: dict, known: set[str]) -> str | None:
-        """No metadata on Anthropic batches: the earliest batch created since the intent (less SLACK)
-        with the same number of requests that no journal line names (see the module's docstring)."""
-        since, best = intent["time"] - self.SLACK, None
-        async for batch in self.client().messages.batches.list(limit=100):
-            created = batch.created_at.timestamp()
-            if created < since:
-                break
-            c = batch.request_counts
-            total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
-            if batch.id not in known and total == len(intent["custom_ids"]):
-                if best is None or created <= best[0]:
-                    best = (created, batch.id)
-        return best[1] if best else None
-
-
-PROVIDERS = {"openai": OpenAIBatches, "anthropic": AnthropicBatches}
-
-
-def provider_name(settings) -> str | None:
-    """The batch provider of a role's model string, or None when it has no batch endpoint."""
-    model = settings.model or ""
-    for name in PROVIDERS:
-        if model.startswith(f"{name}/"):
-            return name
-    return None
-
-
-def check_batchable(settings) -> None:
-    if provider_name(settings) is None:
-        raise UserError(f"--batch: {settings.label} has no batch endpoint (OpenAI-compatible and Anthropic "
-                        f"models do)")
-
-
-# --- the journal ---------------------------------------------------------------------------------------
-
-class BatchJournal:
-    """``batches.jsonl``: intents, batch ids, done and void marks (see the module's docstring); one line
-    per event, fsynced before the step it guards goes on. Read, under its lock, on first use (``open``);
-    the lock is held until ``close``."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock = threading.RLock()
-        self._held: contextlib.ExitStack | None = None
-        self._intents: dict[str, dict] = {}
-        self._batch_intent: dict[str, str] = {}   # batch id -> intent key
-        self._holding: dict[str, list[str]] = {}  # custom id -> the intents that carried it, in order
-        self._loaded: set[str] = set()            # intent keys read from disk: the only ones recovery resolves
-        self.pending: set[str] = set()            # intent keys this process is submitting now
-        self.delivered: set[str] = set()          # custom ids whose result this process delivered (counted)
-
-    def open(self) -> "BatchJournal":
-        """Take the journal's lock and read it (once; again after ``close``). A journal another process
-        holds is refused in one line naming it."""
-        with self._lock:
-            if self._held is None:
-                held = contextlib.ExitStack()
-                held.enter_context(locks.hold(self.lock_path, f"the batch journal {self.path}"))
-                try:
-                    self._intents, self._batch_intent, self._holding = {}, {}, {}
-                    if self.path.exists():
-                        Journal(self.path).close()   # cuts a line torn by a kill
-                        for row in read(self.path):
-                            self._apply(row)
-                    self._loaded = set(self._intents)
-                except BaseException:
-                    held.close()
-                    raise
-                self._held = held
-        return self
-
-    def close(self) -> None:
-        """Let go of the lock (the verb is done with the journal)."""
-        with self._lock:
-            held, self._held = self._held, None
-            if held is not None:
-                held.close()
-
-    @property
-    def intents(self) -> dict[str, dict]:
-        self.open()
-        return self._intents
-
-    @property
-    def batch_intent(self) -> dict[str, str]:
-        self.open()
-        return self._batch_intent
-
-    def _apply(self, row: dict) -> None:
-        if "custom_ids" in row:
-            self._intents[row["intent"]] = {**row, "batch": None, "done": False, "void": False}
-            for cid in row["custom_ids"]:
-                self._holding.setdefault(cid, []).append(row["intent"])
-        elif "batch" in row and row.get("intent") in self._intents:
-            # A batch id wins over an earlier void: the batch exists, whatever a recovery concluded.
-            self._intents[row["intent"]].update(batch=row["batch"], void=False)
-            self._batch_intent[row["batch"]] = row["intent"]
-        elif "done" in row and row["done"] in self._batch_intent:
-            self._intents[self._batch_intent[row["done"]]]["done"] = True
-        elif "void" in row and row["void"] in self._intents:
-            intent = self._intents[row["void"]]
-            if intent["batch"] is None:
-                intent["void"] = True
-
-    def _write(self, row: dict) -> None:
-        with self._lock:
-            self.open()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._apply(row)
-
-    def intend(self, key: str, custom_ids: list[str], provider: str, model: str) -> None:
-        self._write({"intent": key, "custom_ids": custom_ids, "provider": provider, "model": model,
-                     "time": time.time()})
-
-    def submitted(self, batch_id: str, key: str, **extra) -> None:
-        self._write({"batch": batch_id, "intent": key, **extra})
-
-    def done(self, batch_id: str) -> None:
-        self._write({"done": batch_id})
-
-    def void(self, key: str) -> None:
-        self._write({"void": key})
-
-    def _latest(self, custom_id: str) -> dict | None:
-        """The last intent that carried ``custom_id`` and was not void."""
-        self.open()
-        for key in reversed(self._holding.get(custom_id, ())):
-            intent = self._intents[key]
-            if not intent["void"]:
-                return intent
-        return None
-
-    def batch_of(self, custom_id: str) -> str | None:
-        """The batch that last carried ``custom_id`` (void intents, which made none, left out); None when
-        none did, or when the last intent's batch is not known (recovery resolves those first)."""
-        intent = self._latest(custom_id)
-        return intent["batch"] if intent is not None else None
-
-    def in_doubt(self, custom_id: str) -> bool:
-        """Whether the last intent that carried ``custom_id`` may have made a batch this process could
-        not learn of (a submission interrupted or not looked up, and not under way): submitting it
-        again could pay twice; a rerun's recovery looks for it."""
-        intent = self._latest(custom_id)
-        return intent is not None and intent["batch"] is None and intent["intent"] not in self.pending
-
-    def unresolved(self, provider: str, model: str) -> list[dict]:
-        """The intents read from disk whose batch is not known: those of an earlier process, never one
-        written by this process (its submitter, maybe another role's Batcher, resolves it)."""
-        self.open()
-        return [i for k, i in self._intents.items() if k in self._loaded and i["batch"] is None
-                and not i["void"] and i.get("provider") == provider and i.get("model") == model]
 
 
 # --- the batcher ---------------------------------------------------------------------------------------
@@ -562,7 +161,7 @@ class Batcher:
         return self._state
 
     async def request(self, custom_id: str, body: dict) -> Done:
-        """The result of one request; raises _RequestFailed when it failed for good."""
+        """The result of one request; raises RequestFailed when it failed for good."""
         st = self._here()
         if st.ready is None:
             st.ready = asyncio.ensure_future(self._recover())
@@ -696,7 +295,7 @@ class Batcher:
             if _is_fatal(exc):
                 self.journal.void(key)
                 return None, UserError(f"--batch: {self.label}: the batch was refused ({first_line(error)})")
-            if isinstance(exc, NotCreated) or _refusal(status):   # refused: nothing was made
+            if isinstance(exc, NotCreated) or refusal(status):   # refused: nothing was made
                 self.journal.void(key)
                 if status != 400:
                     await asyncio.sleep(self.config.poll)
@@ -769,7 +368,7 @@ class Batcher:
                 errors += 1
                 if errors >= self.config.poll_errors:   # the batch runs on: a rerun attaches to it again
                     self._fail_all(st, self._members(st, batch_id),
-                                   _RequestFailed(Failed(f"batch {batch_id} could not be polled: {first_line(exc)}")))
+                                   RequestFailed(Failed(f"batch {batch_id} could not be polled: {first_line(exc)}")))
                     return
                 await asyncio.sleep(wait)
                 continue
@@ -828,7 +427,7 @@ class Batcher:
                     self.journal.delivered.add(custom_id)
                     future.set_result(result)
             else:
-                future.set_exception(_RequestFailed(result))
+                future.set_exception(RequestFailed(result))
         st.bodies.pop(custom_id, None)
 
     def _fail_all(self, st: _LoopState, ids: list[str], error: BaseException) -> None:
@@ -910,7 +509,7 @@ class BatchRole:
         started = time.perf_counter()
         try:
             result = await self.batcher.request(custom_id(self.provider.name, body, rollout), body)
-        except _RequestFailed as exc:
+        except RequestFailed as exc:
             failed = exc.failed
             self.usage.add(None, time.perf_counter() - started)
             if fmt is not None and failed.status == 400 and refuses_request(_Refusal(failed.reason)):

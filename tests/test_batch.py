@@ -486,7 +486,7 @@ def test_a_failed_poll_lets_a_later_request_poll_again(tmp_path):
 
     async def main():
         for _ in range(3):   # submitted, then twice attached to: each fails, none hangs
-            with pytest.raises(batch_mod._RequestFailed, match="could not be polled: boom"):
+            with pytest.raises(batch_mod.RequestFailed, match="could not be polled: boom"):
                 await ask(b, "X")
         return dict(b._state.polling)
 
@@ -638,7 +638,7 @@ def test_an_unclear_failure_that_cannot_be_looked_up_is_left_to_a_rerun(tmp_path
 
     async def main():
         for _ in range(2):   # the second fails at once: submitting again could pay twice
-            with pytest.raises(batch_mod._RequestFailed, match="a rerun looks for it"):
+            with pytest.raises(batch_mod.RequestFailed, match="a rerun looks for it"):
                 await ask(b, "X")
 
     asyncio.run(main())
