@@ -140,6 +140,8 @@ class AdaptiveLimit:
         self._done.append((now, now - slot.started))
         binding = self.in_flight + len(self._waiters) >= self.current
         self.in_flight -= 1
+        if now >= self.held_until:   # a hold went by without a refusal: the cuts helped
+            self.strikes = 0
         if slot.epoch == self.epoch and binding:
             if self.limit < self.threshold:        # slow start: doubles per round trip
                 grown = self.limit + 1.0
