@@ -756,15 +756,6 @@ class FakeAnthropicBatch(_FakeBase):
                           "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "service_tier": "batch"}}
 
 
-if __name__ == "__main__":
-    # python tests/fake_batch.py openai|anthropic URL_FILE [POLLS_TO_FINISH]: serve until killed, its base URL written.
-    cls = FakeOpenAIBatch if sys.argv[1] == "openai" else FakeAnthropicBatch
-    with cls(polls_to_finish=int(sys.argv[3]) if len(sys.argv) > 3 else 3) as fake:
-        with open(sys.argv[2], "w") as fh:
-            fh.write(fake.base)
-        threading.Event().wait()
-
-
 # --- for tests of the batch path ----------------------------------------------------------------
 
 def interrupt(monkeypatch, *, calls: int, journaled: bool):
@@ -786,3 +777,12 @@ def interrupt(monkeypatch, *, calls: int, journaled: bool):
 
     monkeypatch.setattr(batch_mod.BatchJournal, "submitted", wrapped)
     return lambda: monkeypatch.setattr(batch_mod.BatchJournal, "submitted", original)
+
+
+if __name__ == "__main__":
+    # python tests/fake_batch.py openai|anthropic URL_FILE [POLLS_TO_FINISH]: serve until killed, its base URL written.
+    cls = FakeOpenAIBatch if sys.argv[1] == "openai" else FakeAnthropicBatch
+    with cls(polls_to_finish=int(sys.argv[3]) if len(sys.argv) > 3 else 3) as fake:
+        with open(sys.argv[2], "w") as fh:
+            fh.write(fake.base)
+        threading.Event().wait()
