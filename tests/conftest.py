@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -95,3 +97,12 @@ def compare_project(workdir):
     for level in (0, 2):
         (workdir / f"level{level}.md").write_text(f"Rewrite (level {level}) this: {{instruction}}\n")
     return workdir
+
+
+def cli(args, cwd):
+    """``auto-evol ARGS`` in a subprocess, as a user without API keys runs it (the project's own store)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MLFLOW_TRACKING_URI")}
+    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+    return subprocess.run([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)

@@ -16,6 +16,8 @@ import asyncio
 
 import pytest
 
+from conftest import cli
+
 from auto_evol import batch as batch_mod
 from auto_evol.evolve import EvolveOptions, evolve
 from fake_batch import FakeAnthropicBatch, FakeOpenAIBatch, _last_user, interrupt
@@ -291,14 +293,6 @@ def test_a_failed_openai_batch_is_resubmitted_and_its_items_rejected_after_the_b
 
 
 # --- refusals ----------------------------------------------------------------------------------------------
-
-def cli(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY",
-                                                           "MLFLOW_TRACKING_URI")}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    return subprocess.run([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
-
 
 @pytest.mark.parametrize("args, message", [
     (["--batch"], "--batch: embedded has no batch endpoint (OpenAI-compatible and Anthropic models do)"),

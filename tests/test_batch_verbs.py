@@ -4,13 +4,12 @@ none online, a batch per wave, and a resumed run that attaches to its journaled 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
+
+from conftest import cli
 
 from auto_evol import batch as batch_mod
 from auto_evol import store
@@ -139,14 +138,6 @@ def test_compare_batch_gives_the_online_summary(compare_project):
     assert rates(batched) == rates(online) == rates(again)
     assert batched.seed_difficulty == online.seed_difficulty
     assert batched.calls["evol"]["calls"] == online.calls["evol"]["calls"]
-
-
-def cli(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY",
-                                                           "MLFLOW_TRACKING_URI")}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    return subprocess.run([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,20 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+from conftest import cli
 
-
-def cli(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "MLFLOW_TRACKING_URI"}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    return subprocess.run([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 @pytest.fixture

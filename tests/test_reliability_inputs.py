@@ -3,26 +3,17 @@ any LLM call; never a traceback, never rows silently merged, dropped or let thro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from conftest import cli
 
 from auto_evol.data import BadRow, load_items, stream_rows
 from auto_evol.errors import UserError
 
-KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 # A provider model on a server where nothing listens: any call would fail, so an error that names the
 # input proves it came first.
 NO_SERVER = ["--evol-model", "openai/x", "--api-base", "http://127.0.0.1:9"]
-
-
-def cli(args, cwd):
-    env = {k: v for k, v in os.environ.items() if k not in KEYS and k != "MLFLOW_TRACKING_URI"}
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    return subprocess.run([sys.executable, "-m", "auto_evol", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
 
 
 def verb(name):
