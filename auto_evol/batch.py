@@ -78,7 +78,7 @@ from .batch_journal import BatchJournal
 from .batch_providers import (PROVIDERS, Done, Failed, NotCreated, Progress, RequestFailed, check_batchable,
                               provider_name, refusal, stderr_progress)
 from .errors import Outage, UserError, first_line
-from .llm import LLMError, Llm, Reply, Usage, refuses_request
+from .llm import LLMError, Llm, Reply, Usage
 
 MODES = ("all", "evol", "answer")
 
@@ -484,10 +484,6 @@ class BatchRole:
         return getattr(self.llm, name)
 
     @property
-    def settings(self):
-        return self.llm.settings
-
-    @property
     def structured(self) -> bool:
         return self.llm.structured
 
@@ -512,7 +508,7 @@ class BatchRole:
         except RequestFailed as exc:
             failed = exc.failed
             self.usage.add(None, time.perf_counter() - started)
-            if fmt is not None and failed.status == 400 and refuses_request(_Refusal(failed.reason)):
+            if fmt is not None and failed.status == 400:   # refused as invalid: drop the schema, as online
                 if llm.settings.structured == "on":
                     raise UserError(f"{llm.settings.label}: structured output refused ({failed.reason}); "
                                     f"use --structured auto or off") from None
@@ -555,11 +551,6 @@ class BatchRole:
         self.batcher.journal.close()
 
 
-class _Refusal(Exception):
-    """A batch request's 400, shaped for llm.refuses_request."""
-    status_code = 400
-
-
 class Throttled:
     """An online role beside batched ones: at most ``limit`` of its calls in flight (evolve raises its
     concurrency to the batch size when batching, which must not reach an online endpoint)."""
@@ -571,10 +562,6 @@ class Throttled:
 
     def __getattr__(self, name):
         return getattr(self.llm, name)
-
-    @property
-    def settings(self):
-        return self.llm.settings
 
     async def aask(self, prompt: str, **options) -> Reply:
         loop = asyncio.get_running_loop()

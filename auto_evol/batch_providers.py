@@ -81,7 +81,9 @@ class _Provider:
     """What every provider of the PROVIDERS table shares: an SDK client made on first use (``client``),
     closed with the batcher."""
 
-    _client = None
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self._client = None
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -95,10 +97,6 @@ class OpenAIBatches(_Provider):
     name = "openai"
     limit = 50_000
     endpoint = "/v1/chat/completions"
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self._client = None
 
     def client(self):
         if self._client is None:
@@ -196,10 +194,6 @@ class AnthropicBatches(_Provider):
     name = "anthropic"
     limit = 100_000
     SLACK = 60.0   # seconds of clock skew allowed between this machine and the provider
-
-    def __init__(self, settings) -> None:
-        self.settings = settings
-        self._client = None
 
     def client(self):
         if self._client is None:

@@ -158,13 +158,11 @@ def optimize(
 
         typer.echo(_json.dumps(estimate(options), indent=2))
         return
-    from .tracking import OptimizeLogger
-
-    observers = [OptimizeLogger()]     # the run in MLflow (inert under --no-track)
+    observers = []   # the verb puts its MLflow logger in front (inert under --no-track)
     if not quiet:
         from .console import OptimizeConsole
 
-        observers.append(OptimizeConsole())   # after the logger: it prints e* once it is on record
+        observers.append(OptimizeConsole())
     result = run(options, observers=observers)
     stopped = getattr(result, "stopped", None)   # --max-cost: the finished steps are kept, --resume goes on
     if quiet:
@@ -237,9 +235,7 @@ def evolve(
     if dry_run:
         typer.echo(_json.dumps(run(options, dry_run=True), indent=2))
         return
-    from .tracking import EvolveLogger
-
-    observers = [EvolveLogger()]       # the finished run in MLflow (inert under --no-track)
+    observers = []   # the verb puts its MLflow logger in front (inert under --no-track)
     if not quiet:
         from .console import EvolveConsole
 
@@ -291,10 +287,8 @@ def compare(
     from .compare import CompareOptions
     from .compare import compare as run
 
-    from .tracking import CompareLogger
-
     options = _options(ctx, CompareOptions, config, from_preset=COMPARE_FROM_PRESET)
-    observers = [CompareLogger()]      # the comparison in MLflow (inert under --no-track)
+    observers = []   # the verb puts its MLflow logger in front (inert under --no-track)
     if not quiet:
         from .console import CompareConsole
 

@@ -183,7 +183,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
 
     observers = list(observers or [])
     if not any(isinstance(o, CompareLogger) for o in observers):
-        observers.append(CompareLogger())
+        observers.insert(0, CompareLogger())   # first: a console after it reports a run already on record
     if len(options.methods) < 1:
         raise UserError("name at least one method with --methods")
     if options.dev_size < stats.MIN_ITEMS:

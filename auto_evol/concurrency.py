@@ -99,7 +99,6 @@ class AdaptiveLimit:
         self.epoch = 0                 # cuts so far
         self.in_flight = 0
         self.paused_until = -math.inf  # no new start before (Retry-After)
-        self.resumes = -math.inf       # when the last pause ends
         self.held_until = -math.inf    # no growth past ``cap`` before (set at each cut)
         self.cap = math.inf
         self.successes = self.throttles = 0
@@ -192,7 +191,7 @@ class AdaptiveLimit:
             self.threshold = self.limit
             self.epoch += 1
         if pause and stubborn and now + pause > self.paused_until:
-            self.paused_until = self.resumes = now + pause
+            self.paused_until = now + pause
             self._schedule_wake(pause)
         self._wake()
 
@@ -210,7 +209,7 @@ class AdaptiveLimit:
             return None
         now = self.clock() if now is None else now
         trip = self._trip()
-        since = max(max(self.first_start or 0.0, self.resumes) + trip, now - _SPAN_TRIPS * trip)
+        since = max(max(self.first_start or 0.0, self.paused_until) + trip, now - _SPAN_TRIPS * trip)
         if trip <= 0 or now - since < 2 * trip:
             return None
         busy = 0.0

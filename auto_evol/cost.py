@@ -258,13 +258,11 @@ def _count(usage: Mapping | None, key: str) -> int:
     return int((usage or {}).get(key, 0) or 0)
 
 
-def role_cost(role: str, usage: Mapping, price: Price | None, model: str | None, batch: bool = False,
+def role_cost(role: str, usage: Mapping, price: Price | None, model: str | None,
               batched: Mapping | None = None) -> Cost:
     """``usage``: every call of the role; ``batched``: the part of it sent through a batch API (priced at
-    the batch price, the rest online); ``batch``: every call was."""
+    the batch price, the rest online; ``usage`` itself when every call was)."""
     name = model or EMBEDDED
-    if batch:
-        batched = usage
     tokens = (_count(usage, "input_tokens"), _count(usage, "output_tokens"))
     part = {k: _count(batched, k) for k in ("calls", "input_tokens", "output_tokens")}
     split = dict(batch_calls=part["calls"], batch_input_tokens=part["input_tokens"],
@@ -276,13 +274,12 @@ def role_cost(role: str, usage: Mapping, price: Price | None, model: str | None,
                 LOCAL_FREE if price.source == LOCAL_FREE else "", **split)
 
 
-def costs(usage: Mapping[str, Mapping], roles: Mapping[str, object], batch: bool = False,
+def costs(usage: Mapping[str, Mapping], roles: Mapping[str, object],
           batched: Mapping[str, Mapping] | None = None) -> dict[str, Cost]:
     """Cost per role: ``usage`` role -> snapshot (all its calls), ``roles`` role -> its RoleSettings (model,
-    api_base); ``batched`` role -> the part of its snapshot sent through a batch API (``batch``: all of
-    every role's)."""
+    api_base); ``batched`` role -> the part of its snapshot sent through a batch API."""
     batched = batched or {}
-    return {role: role_cost(role, u, price_of(roles[role]), roles[role].model, batch, batched.get(role))
+    return {role: role_cost(role, u, price_of(roles[role]), roles[role].model, batched.get(role))
             for role, u in usage.items() if role in roles}
 
 

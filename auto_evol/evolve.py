@@ -342,7 +342,7 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
 
     observers = list(observers or [])
     if not any(isinstance(o, EvolveLogger) for o in observers):
-        observers.append(EvolveLogger())
+        observers.insert(0, EvolveLogger())   # first: a console after it reports a run already on record
     _validate(options)
     options = dataclasses.replace(options, concurrency=concurrency_mod.parse(options.concurrency))
     out = Path(options.out)
@@ -666,13 +666,18 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: WorkFold
         heard.advance(f"round {round_}")
 
     rows = (row for row in read(pool) if row["seed_id"] not in done)
-    calls = 3 if options.judge else 2
+    calls = _calls_per_item(options)
     budget.phase()
     with partial:
         complete = await _drive(rows, work_on, journal_path, options.concurrency, budget, calls_per_item=calls)
     if complete:   # every item of the round is in its journal: the steps kept on the way are spent
         partial_path.unlink(missing_ok=True)
     return complete
+
+
+def _calls_per_item(options: EvolveOptions) -> int:
+    """Calls one item of a round takes at most: its evolution, the judge's verdict (``--judge``), its answer."""
+    return 3 if options.judge else 2
 
 
 def _rollout(seed: int, seed_id: str, round_: int) -> int:
@@ -768,7 +773,7 @@ def _estimate(options: EvolveOptions, methods) -> dict:
         items += 1
         chars += len(seed["instruction"])
         unanswered += not seed["output"]
-    per_item = 3 if options.judge else 2
+    per_item = _calls_per_item(options)
     method_chars = sum(len(m.text) * w for m, w in methods) / sum(w for _, w in methods)
     mean, evolutions = chars / max(items, 1), items * options.rounds
     judged = evolutions if options.judge else 0
@@ -786,7 +791,8 @@ def _estimate(options: EvolveOptions, methods) -> dict:
     for role, r in roles.items():
         settings = r.pop("settings")
         usage = {k: int(v) for k, v in r.items()}
-        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model, batch=batched[role])
+        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model,
+                                   batched=usage if batched[role] else None)
         estimate[role] = {"model": spent.model, **usage,
                           "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note,
                           "price": "batch" if batched[role] else "online"}

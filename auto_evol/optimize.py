@@ -366,8 +366,8 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
     ``evol``/``optimizer`` may be given ready-made (a scripted LM in tests). ``resume=RUN_ID`` goes on
     from the last finished step of an interrupted run, with that run's own settings. ``observers``
     hear the run's events (observer.py); the MLflow logger, which records the run when ``track`` is
-    on (and which --resume reads back), is added when the list holds none (the CLI passes it with the
-    terminal's progress bars and tables).
+    on (and which --resume reads back), is put first when the list holds none (the CLI passes only
+    the terminal's progress bars and tables).
 
     The steps: read back a resumed run's settings and state under its lock; check every setting;
     load the method and the data split; build the roles; run the loop with the observers around it.
@@ -377,7 +377,7 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
     options = dataclasses.replace(options or Options(), **overrides)
     observers = list(observers or [])
     if not any(isinstance(o, tracking.OptimizeLogger) for o in observers):
-        observers.append(tracking.OptimizeLogger())
+        observers.insert(0, tracking.OptimizeLogger())   # first: a console after it reports a run already on record
     with contextlib.ExitStack() as held:
         state: LoopState | None = None
         if options.resume:

@@ -48,40 +48,18 @@ class WorkFolder:
     def __init__(self, out: Path | str) -> None:
         self.out = Path(out)
         self.path = Path(str(out) + SUFFIX)
+        self.lock = self.path / LOCK
+        self.manifest = self.path / MANIFEST
+        self.seeds = self.path / SEEDS
+        self.seeds_done = self.path / SEEDS_DONE
+        self.bad_lines = self.path / BAD_LINES
+        self.stats = self.path / STATS
+        self.batches = self.path / BATCHES   # the journal of --batch (batch_journal.BatchJournal)
 
     def __repr__(self) -> str:
         return f"WorkFolder({str(self.path)!r})"
 
-    # --- names ---------------------------------------------------------------------------------
-
-    @property
-    def lock(self) -> Path:
-        return self.path / LOCK
-
-    @property
-    def manifest(self) -> Path:
-        return self.path / MANIFEST
-
-    @property
-    def seeds(self) -> Path:
-        return self.path / SEEDS
-
-    @property
-    def seeds_done(self) -> Path:
-        return self.path / SEEDS_DONE
-
-    @property
-    def bad_lines(self) -> Path:
-        return self.path / BAD_LINES
-
-    @property
-    def stats(self) -> Path:
-        return self.path / STATS
-
-    @property
-    def batches(self) -> Path:
-        """The batch journal of ``--batch`` (batch.BatchJournal)."""
-        return self.path / BATCHES
+    # --- the rounds' journals ------------------------------------------------------------------
 
     def journal(self, round_: int, *, partial: bool = False) -> Path:
         """Round ``round_``'s journal (0: the seeds' answers); ``partial``: the finished steps of its
