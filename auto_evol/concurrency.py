@@ -21,9 +21,10 @@ multiplicative decrease), with what a rate limit needs on top:
   ~5% of the time (``PROBE_COST``). A server that answers "Retry-After: 1" at 200 calls/s would
   otherwise stop the run for a second every few round trips;
 - a Retry-After is waited out by the throttled call itself (DSPy's retry); it holds every new start
-  too (60 s at most; calls in flight go on) only when the cuts do not help: refused twice in a row
-  while held, or at the minimum. Holding every start on each 429 cost a token bucket with
-  "Retry-After: 1" a second per probe (0.81 of its rate; 0.87 without those holds);
+  too (60 s at most; calls in flight go on) only when the cuts do not help: refused three times in a
+  row while held, or at the minimum. Holding every start on each 429 cost a token bucket with
+  "Retry-After: 1" a second per probe (0.81 of its rate); holding after two refusals in a row still
+  0.88-0.92 (a burst draws two now and then), after three 0.944-0.953 with 1% refused;
 - the limit grows only while it binds (calls wait at the gate), so a phase that feeds fewer calls
   than the limit does not inflate it. Bounds: ``minimum`` .. ``maximum`` (1 .. 512).
 
@@ -53,6 +54,7 @@ GROWTH = 0.05          # out of slow start the limit grows by 1, or by this shar
 HOLD_TRIPS = 16        # after a cut the limit stays under its ceiling for this many round trips, or for
 PROBE_COST = 0.05      # Retry-After / PROBE_COST seconds if longer: probes' pauses cost at most ~5%
 MAX_PAUSE = 60.0       # a longer Retry-After holds new starts this long (the OpenAI SDK's bound too)
+STUBBORN = 3           # refusals in a row while held that make a Retry-After hold every start
 _SPAN_TRIPS = 16       # the measured level spans at most this many mean round trips
 _KEPT = 4096           # successes remembered for the measure
 
@@ -159,15 +161,15 @@ class AdaptiveLimit:
         pause = min(retry_after, MAX_PAUSE) if retry_after is not None and retry_after > 0 else 0.0
         # The refused call honours its Retry-After itself (DSPy waits it out before the retry). Every
         # new start waits it out too only when cuts did not help: calls started after the last cut
-        # were refused twice in a row while the limit was held, or it is at its minimum. Pausing all
+        # were refused three times in a row while the limit was held, or it is at its minimum. Pausing all
         # starts on every 429 cost a token-bucket server's whole second per probe: 0.81 of its rate
         # instead of 0.93 (benchmarks/ratelimit_bench.py, "Retry-After: 1" at 200 calls/s).
         if slot.epoch == self.epoch:
             # Refusals of calls started since the last cut, while the limit is held under its ceiling:
-            # a token bucket's bursts draw one such refusal now and then (not stubborn); a second in
-            # the same hold says the cuts do not help.
+            # a token bucket's bursts draw one or two such refusals now and then (not stubborn); a
+            # third in a row says the cuts do not help.
             self.strikes = self.strikes + 1 if now < self.held_until else 0
-        stubborn = slot.epoch == self.epoch and (self.strikes >= 2 or self.limit <= self.minimum)
+        stubborn = slot.epoch == self.epoch and (self.strikes >= STUBBORN or self.limit <= self.minimum)
         if slot.epoch == self.epoch:   # the first throttle of a call started since the last cut
             level = self.sustained(now)
             before = self.limit

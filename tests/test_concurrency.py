@@ -99,11 +99,12 @@ def test_a_retry_after_stops_every_start_only_when_a_cut_did_not_help():
     # which stays under its ceiling for 16 round trips before it probes again.
     assert limit.paused_for() == 0 and limit.room() == limit.current > 0
     assert now < limit.held_until < now + 2.0
-    # Refused again, for a call started after the cut and while held: a burst may do that once (no pause);
-    # refused once more, in the next hold: the cuts do not help, every start waits the Retry-After out,
-    # and probing waits 20 x the Retry-After (each probe may cost a pause of every start).
-    limit.throttle(limit.start(), retry_after=2.0)
-    assert limit.paused_for() == 0
+    # Refused again, for calls started after the cut and while held: a burst may do that once or twice
+    # (no pause); refused a third time in a row: the cuts do not help, every start waits the Retry-After
+    # out, and probing waits 20 x the Retry-After (each probe may cost a pause of every start).
+    for _ in range(concurrency.STUBBORN - 1):
+        limit.throttle(limit.start(), retry_after=2.0)
+        assert limit.paused_for() == 0
     limit.throttle(limit.start(), retry_after=2.0)
     assert limit.room() == 0 and limit.paused_for() == pytest.approx(2.0)
     assert limit.held_until == pytest.approx(now + 2.0 / concurrency.PROBE_COST)
@@ -115,12 +116,14 @@ def test_a_retry_after_stops_every_start_only_when_a_cut_did_not_help():
 
 def test_the_async_gate_starts_nothing_before_retry_after_and_then_resumes():
     async def scenario():
-        limit = AdaptiveLimit(initial=2)
+        limit = AdaptiveLimit(initial=8)            # room for three cuts above the minimum
         first, second = await limit.acquire(), await limit.acquire()
         limit.throttle(first, retry_after=0.3)      # a cut: the others go on
         limit.success(second)
         assert limit.paused_for() == 0
-        limit.throttle(await limit.acquire(), retry_after=0.3)   # refused again while held: a burst, maybe
+        for _ in range(concurrency.STUBBORN - 1):                # refused again while held: a burst, maybe
+            limit.throttle(await limit.acquire(), retry_after=0.3)
+            assert limit.paused_for() == 0
         third = await limit.acquire()
         throttled_at = time.monotonic()
         limit.throttle(third, retry_after=0.3)      # and again: the cuts do not help, everyone waits
