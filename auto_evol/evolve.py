@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import json
 import time
@@ -32,14 +31,14 @@ from . import cost as cost_mod
 from . import llm as llm_mod
 from . import locks, output
 from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
-from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows, with_input
+from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
 from .errors import UserError
-from .failure import Failure, Rules
-from .llm import LLMError, Llm, RoleSettings
-from .method import CLASSIC, Method, pick
+from .llm import Llm, RoleSettings
+from .method import CLASSIC, Method
 from .observer import Observer, Observers
 from .registry import resolve_methods
-from .trajectory import arun_steps, evolution_steps
+from .rounds import RoundPlan, round_item, seed_answer
+from .trajectory import arun_steps
 from .workfolder import WorkFolder
 
 
@@ -541,14 +540,7 @@ async def _answer_seeds(options, work: WorkFolder, seeds_path, answerer, budget,
     todo = (row for row in read(seeds_path) if not row["output"] and row["seed_id"] not in done)
 
     async def work_on(row, journal):
-        entry = {"seed_id": row["seed_id"], "instruction": row["instruction"], "input": row["input"]}
-        try:
-            text = (await answerer.aask(with_input(row["instruction"], row["input"]))).text
-            reason = None if text.strip() else Failure.EMPTY_ANSWER
-        except LLMError:
-            reason = Failure.LLM_ERROR
-        # A failed call or an empty reply fails this seed only: it goes to the rejects.
-        journal.append({**entry, "output": text} if reason is None else {**entry, "output": "", "reason": reason.value})
+        journal.append(await arun_steps(seed_answer(row), answerer, answerer))
         heard.advance("answer seeds")
 
     budget.phase()
@@ -633,7 +625,7 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: WorkFold
     done = work.resume(round_)
     total = sum(1 for _ in read(pool))
     heard.phase(f"round {round_}", total, len(done))
-    evol_label, answer_label = evol.settings.label, answerer.settings.label
+    plan = round_plan(round_, options, methods, evol, answerer)
 
     # Steps an earlier run finished for items it did not finish (the evolution, the judge's verdict):
     # a rerun starts those items after them, so without a reply cache it pays for no finished call.
@@ -642,64 +634,28 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: WorkFold
     partial = Journal(partial_path, flush=False)   # a kill may cost its last lines: calls paid again, nothing lost
 
     async def work_on(row, journal):
-        # The evolver sees the instruction with its input (Evol-Instruct evolves the two together);
-        # an evolved instruction carries whatever input it kept, so its own input is empty.
-        instruction, input_text = row["instruction"], row.get("input", "")
-        parent = with_input(instruction, input_text)
-        method = pick(methods, options.seed, row["seed_id"], round_)
-        record = {"seed_id": row["seed_id"], "round": round_, "parent_instruction": parent, "input": input_text,
-                  "method": method.name, "method_hash": method.hash,
-                  "evol_model": evol_label, "answer_model": answer_label}
-        retry = row.get("status") == "rejected"
-        failure, evolved, answer = await _evolve_one(
-            parent, method, evol, answerer, options.judge,
-            rollout=_rollout(options.seed, row["seed_id"], round_),
-            temperature=options.retry_temperature if retry and not options.evol_temperature else None,
-            known=known.pop(row["seed_id"], {}),
-            keep=lambda step: partial.append({"seed_id": row["seed_id"], **step}))
-        if failure is None:
-            record.update(status="kept", instruction=evolved, input="", output=answer)
-        else:
-            record.update(status="rejected", instruction=instruction, rejected_instruction=evolved or "",
-                          rejected_output=answer or "", reason=failure.value)
-        journal.append(record)
+        steps = round_item(row, plan, known=known.pop(row["seed_id"], {}),
+                           keep=lambda step: partial.append({"seed_id": row["seed_id"], **step}))
+        journal.append(await arun_steps(steps, evol, answerer))
         heard.advance(f"round {round_}")
 
     rows = (row for row in read(pool) if row["seed_id"] not in done)
-    calls = _calls_per_item(options)
     budget.phase()
     with partial:
-        complete = await _drive(rows, work_on, journal_path, options.concurrency, budget, calls_per_item=calls)
+        complete = await _drive(rows, work_on, journal_path, options.concurrency, budget,
+                                calls_per_item=plan.calls_per_item)
     if complete:   # every item of the round is in its journal: the steps kept on the way are spent
         partial_path.unlink(missing_ok=True)
     return complete
 
 
-def _calls_per_item(options: EvolveOptions) -> int:
-    """Calls one item of a round takes at most: its evolution, the judge's verdict (``--judge``), its answer."""
-    return 3 if options.judge else 2
-
-
-def _rollout(seed: int, seed_id: str, round_: int) -> int:
-    """A stable id per (seed, item, round): each round's attempt at an item is its own sample and its
-    own cache entry, so a failed item tried again next round is drawn anew, while a rerun of the
-    same command with --cache-dir still finds every finished call in the cache."""
-    digest = hashlib.sha256(f"{seed}:{seed_id}:{round_}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
-async def _evolve_one(text: str, method: Method, evol: Llm, answerer: Llm, judge: bool, *, rollout: int,
-                      temperature: float | None, known: dict | None = None,
-                      keep=None) -> tuple[Failure | None, str | None, str | None]:
-    """(failure or None, evolved instruction, answer) for one instruction (with its input below it)
-    in one round: trajectory.evolution_steps under the elimination rules, driven with async calls.
-    ``temperature`` overrides the evol role's for a retry. ``known`` holds the steps an earlier run
-    finished ({"evolved", "judged"}), which are not asked again; ``keep`` is told of each step
-    finished here."""
-    steps = evolution_steps(method, text, rules=Rules.ELIMINATION, answer=True, gain_judge=judge, rollout=rollout,
-                            temperature=temperature, known=known, keep=keep)
-    outcome = await arun_steps(steps, evol, answerer)
-    return outcome.failure, outcome.rewrite, outcome.answer
+def round_plan(round_: int, options: EvolveOptions, methods, evol: Llm, answerer: Llm) -> RoundPlan:
+    """What decides round ``round_``'s records besides the replies (rounds.RoundPlan). An item failed
+    last round is evolved again at --retry-temperature when --evol-temperature is 0 (greedy would
+    repeat the failure)."""
+    return RoundPlan(round_, tuple(methods), options.seed, options.judge,
+                     options.retry_temperature if not options.evol_temperature else None,
+                     evol.settings.label, answerer.settings.label)
 
 
 def _round_stats(work: WorkFolder, rounds: int) -> list[RoundStats]:
@@ -773,7 +729,7 @@ def _estimate(options: EvolveOptions, methods) -> dict:
         items += 1
         chars += len(seed["instruction"])
         unanswered += not seed["output"]
-    per_item = _calls_per_item(options)
+    per_item = 3 if options.judge else 2   # rounds.RoundPlan.calls_per_item
     method_chars = sum(len(m.text) * w for m, w in methods) / sum(w for _, w in methods)
     mean, evolutions = chars / max(items, 1), items * options.rounds
     judged = evolutions if options.judge else 0

@@ -158,6 +158,21 @@ async def arun_steps(steps: Steps, evol: Llm, answerer: Llm | None = None) -> Ou
         return done.value
 
 
+def replay(steps: Generator[Ask, object, object], replies) -> Ask | object:
+    """Send fresh ``steps`` the replies its calls got so far, in order (a Reply, or the LLMError of a
+    call that failed for good): the next call it needs (an Ask), or what it returned once done.
+
+    The steps are pure given their replies, so a Ray worker that holds only an item's replies (plain
+    data that crosses processes) continues it exactly where the last worker left it (pipeline.py)."""
+    try:
+        ask = steps.send(None)
+        for got in replies:
+            ask = steps.throw(got) if isinstance(got, LLMError) else steps.send(got)
+    except StopIteration as done:
+        return done.value
+    return ask
+
+
 def evolve_once(llm: Llm, method: Method, instruction: str, *, rollout: int | None = None,
                 temperature: float | None = None) -> tuple[str | None, str, Failure | None]:
     """(new instruction or None, raw reply, failure or None) for one round of evolution."""

@@ -16,6 +16,7 @@ import pytest
 from auto_evol import candidate as candidate_mod
 from auto_evol import evolve as evolve_mod
 from auto_evol import feedback as feedback_mod
+from auto_evol import rounds as rounds_mod
 from auto_evol import llm as llm_mod
 from auto_evol import backends, selection, trajectory
 from auto_evol.data import Item
@@ -249,7 +250,7 @@ def test_a_failed_seed_is_evolved_again_next_round_as_a_new_sample_past_the_cach
         first, retry = evolver_requests(engine, i)   # both reached the engine: the retry was no cache hit
         assert first[1] == 0.0 and first[3] is None      # round 1: greedy, as the paper evolves
         assert retry[1] == EvolveOptions(data="x").retry_temperature > 0
-        assert retry[3] is not None and retry[3] == evolve_mod._rollout(0, f"s{i}", 2)
+        assert retry[3] is not None and retry[3] == rounds_mod.rollout(0, f"s{i}", 2)
     # A seed that evolved well is evolved further from its new stage, greedily.
     assert [c[1] for c in evolver_requests(engine, 1)] == [0.0]
 
@@ -261,7 +262,7 @@ def test_every_round_of_a_sampled_evolution_is_its_own_rollout(tmp_path, own_cac
     first, retry = evolver_requests(engine, 3)
     assert first[1] == retry[1] == 0.7
     assert None not in (first[3], retry[3]) and first[3] != retry[3]
-    assert evolve_mod._rollout(0, "s3", 1) != evolve_mod._rollout(0, "s3", 2)
+    assert rounds_mod.rollout(0, "s3", 1) != rounds_mod.rollout(0, "s3", 2)
 
 
 # --- 6. llm_error does not enter the failure rate ----------------------------------------------------

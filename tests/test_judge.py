@@ -53,8 +53,9 @@ def test_equality_words_are_not_verdicts():
 
 
 def _run_one(verdict_reply: str):
-    from auto_evol.evolve import _evolve_one
     from auto_evol.method import load
+    from auto_evol.rounds import RoundPlan, round_item
+    from auto_evol.trajectory import arun_steps
     from conftest import scripted_llm
 
     def script(prompt: str) -> str:
@@ -65,8 +66,13 @@ def _run_one(verdict_reply: str):
         return "Adding gives 5 and squaring gives 25, explained step by step."
 
     evol, _ = scripted_llm(script)
-    return asyncio.run(_evolve_one("Add 2 and 3.", load("evol-instruct-reasoning"), evol, evol, True, rollout=1,
-                                   temperature=None))
+    plan = RoundPlan(1, ((load("evol-instruct-reasoning"), 1.0),), judge=True)
+    record = asyncio.run(arun_steps(round_item({"seed_id": "s1", "instruction": "Add 2 and 3."}, plan), evol, evol))
+    from auto_evol.failure import Failure
+
+    if record["status"] == "kept":
+        return None, record["instruction"], record["output"]
+    return Failure(record["reason"]), record["rejected_instruction"], record["rejected_output"] or None
 
 
 @pytest.mark.parametrize("reply", ["Unequal", "NotEqual", "not_equal", "Not Equal.", "They are NOT equal"])
