@@ -206,6 +206,15 @@ def evolve(
     batch_size: Optional[int] = typer.Option(None, help="Requests per batch under --batch. [default: the "
                                                         "provider's limit: OpenAI 50,000, Anthropic 100,000]"),
     judge: bool = typer.Option(True, "--judge/--no-judge", help="The equal / not-equal information-gain judge."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                      help="Run the rounds as Ray Data pipelines on a cluster: --ray alone joins "
+                                           "RAY_ADDRESS or starts a local Ray; --ray HOST:PORT joins that head node. "
+                                           "--out must be on storage every node mounts at the same path."),
+    ray_workers: Optional[int] = typer.Option(None, help="Workers answering LLM calls per phase under --ray. "
+                                                         "[default: 2 per node]"),
+    ray_batch_size: int = typer.Option(64, help="Items one worker takes at once under --ray (its calls in flight)."),
+    vllm_tensor_parallel: int = typer.Option(1, help="GPUs per vLLM engine, for a vllm:MODEL role (runs on Ray)."),
+    vllm_replicas: int = typer.Option(1, help="vLLM engines per vllm:MODEL role."),
     concurrency: str = typer.Option("auto", help="LLM calls in flight: auto (grow while calls succeed, back off on "
                                                  "429/503 and honour Retry-After; for openai/MODEL with --api-base, "
                                                  "other backends keep 64) or a number."),
@@ -366,7 +375,7 @@ def check(
 
 
 # Options whose value may be left out, and the value that means then (`--batch` alone: every role).
-OPTIONAL_VALUES = {"--batch": "all"}
+OPTIONAL_VALUES = {"--batch": "all", "--ray": ""}
 
 
 def _fill_optional_values(argv: list[str]) -> list[str]:

@@ -80,6 +80,12 @@ class EvolveOptions:
     structured: str = "auto"                  # JSON-schema replies from the evolver: auto | on | off
     batch: str | None = None                  # send all | evol | answer calls to the provider's batch API (batch.py)
     batch_size: int | None = None             # requests per batch; None: the provider's limit
+    ray: str | None = None                    # run the phases on a Ray cluster (pipeline.py): its address, ""
+                                              # for RAY_ADDRESS or a local Ray; None: this process alone
+    ray_workers: int | None = None            # workers answering calls per phase; None: 2 per node
+    ray_batch_size: int = 64                  # items a worker takes at once
+    vllm_tensor_parallel: int = 1             # GPUs per vLLM engine (a vllm:MODEL role)
+    vllm_replicas: int = 1                    # vLLM engines per vllm:MODEL role
     # Why no reply cache by default: the work folder's journals keep every finished item and the steps
     # finished of unfinished ones (round*.partial.jsonl), so a rerun pays for no finished call anyway,
     # while the cache's per-call key hashing and SQLite writes held evolve to 0.69 of a bare client's
@@ -360,10 +366,7 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
         check_roles(options.batch, evol.settings if evol else options.evol_settings(),
                     answerer.settings if answerer else options.answer_settings())
     if evol is None or answerer is None:
-        built_evol, built_answerer = backends.build_roles(
-            (options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model"),
-            cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False,
-            max_error_rate=options.max_error_rate, checks_dir=options.cache_dir or backends.DEFAULT_CACHE_DIR)
+        built_evol, built_answerer = _build_roles(options)
         evol, answerer = evol or built_evol, answerer or built_answerer
     if options.batch:   # the roles --batch names go to batch endpoints, a whole batch of items in flight
         from . import batch as batch_mod
@@ -377,8 +380,8 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
     # may drop it on --restart); release lets go of it however the run ends.
     try:
         with locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
-                Observers(observers) as heard:
-            return _run(options, out, fmt, methods, work, evol, answerer, heard)
+                _on_cluster(options, work) as cluster_run, Observers(observers) as heard:
+            return _run(options, out, fmt, methods, work, evol, answerer, heard, cluster_run)
     finally:
         if options.batch:
             batch_mod.release(evol, answerer)
@@ -406,6 +409,7 @@ def _validate(options: EvolveOptions) -> None:
         raise UserError(f"--answer-top-p must be above 0 and at most 1, got {options.answer_top_p}")
     llm_mod.check_error_rate(options.max_error_rate)
     llm_mod.check_structured(options.structured)
+    _validate_cluster(options)
     if options.batch_size is not None and options.batch is None:
         raise UserError("--batch-size is for --batch: add --batch, or leave --batch-size out")
     if options.batch is not None or options.batch_size is not None:
@@ -414,6 +418,72 @@ def _validate(options: EvolveOptions) -> None:
         check_mode(options.batch)
         if options.batch_size is not None and options.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
+
+
+def _uses_cluster(options: EvolveOptions) -> bool:
+    """--ray, or a vllm:MODEL role (its engines run on Ray: a local one without --ray)."""
+    from .pipeline import is_vllm
+
+    return options.ray is not None or is_vllm(options.evol_settings()) or is_vllm(options.answer_settings())
+
+
+def _validate_cluster(options: EvolveOptions) -> None:
+    for name in ("ray_batch_size", "vllm_tensor_parallel", "vllm_replicas"):
+        if getattr(options, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if options.ray_workers is not None and options.ray_workers < 1:
+        raise UserError(f"--ray-workers must be at least 1, got {options.ray_workers}")
+    if not _uses_cluster(options):
+        return
+    what = "--ray" if options.ray is not None else "a vllm:MODEL role (it runs on Ray)"
+    if options.batch is not None:
+        raise UserError(f"--batch and {what} do not go together: batch APIs are a hosted provider's queue, "
+                        f"Ray spreads online calls over a cluster; choose one")
+    if options.max_cost is not None:
+        raise UserError(f"--max-cost is not kept under {what} yet; use --max-calls (kept per phase)")
+    from .cluster import check_address, resolve
+
+    if options.ray is not None:
+        check_address(resolve(options.ray))
+
+
+def _build_roles(options: EvolveOptions) -> tuple[Llm, Llm]:
+    """The evol and answer roles, checked and built (backends.build_roles). A vllm:MODEL role's calls
+    are made by engines on the cluster: the driver keeps only its settings and usage."""
+    from .pipeline import is_vllm
+
+    specs = [(options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model")]
+    own = [spec for spec in specs if not is_vllm(spec[0])]
+    built = iter(backends.build_roles(
+        *own, cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False,
+        max_error_rate=options.max_error_rate, checks_dir=options.cache_dir or backends.DEFAULT_CACHE_DIR)
+        if own else [])
+    roles, engines = [], {}
+    for settings, _ in specs:
+        if is_vllm(settings):
+            roles.append(engines.setdefault(settings, Llm(settings, None)))
+        else:
+            roles.append(next(built))
+    return roles[0], roles[1]
+
+
+@contextlib.contextmanager
+def _on_cluster(options: EvolveOptions, work: WorkFolder):
+    """The Ray phase runner (pipeline.Cluster) for the run, joined to its cluster; None without --ray."""
+    if not _uses_cluster(options):
+        yield None
+        return
+    from . import cluster, pipeline
+
+    specs = {"evol": (options.evol_settings(), "--evol-model"), "answer": (options.answer_settings(), "--answer-model")}
+    with cluster.connected(cluster.resolve(options.ray)):
+        for settings, flag in specs.values():
+            if pipeline.is_vllm(settings) and cluster.gpus() < options.vllm_tensor_parallel:
+                raise UserError(f"{flag} {settings.model}: a vLLM engine needs {options.vllm_tensor_parallel} "
+                                f"GPU(s) (--vllm-tensor-parallel) and the Ray cluster has {cluster.gpus():g}")
+        yield pipeline.Cluster(specs, pipeline.RayOptions(options.ray_workers, options.ray_batch_size,
+                                                          options.vllm_tensor_parallel, options.vllm_replicas),
+                               options.cache_dir, options.concurrency, options.max_error_rate)
 
 
 def _check_out(out: Path, work: WorkFolder) -> None:
@@ -425,7 +495,7 @@ def _check_out(out: Path, work: WorkFolder) -> None:
 
 
 def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder, evol: Llm, answerer: Llm,
-         heard: Observers) -> EvolveResult:
+         heard: Observers, cluster_run=None) -> EvolveResult:
     """The run itself, under the work folder's lock; every event goes to ``heard``."""
     fresh = not work.ingested or options.restart
     try:
@@ -440,12 +510,23 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
     seeds = sum(1 for _ in read(seeds_path))
     heard.start(options, seeds=seeds, methods=methods, concurrency=_live_concurrency(evol, answerer))
     budget = _Budget(options.max_calls, [evol, answerer], options.max_cost)
-    complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, heard))
+    if cluster_run is not None:
+        from .cluster import check_shared
+
+        check_shared(work.path, f"--out {out}")
+        complete = _cluster_seeds(cluster_run, work, seeds_path, evol, answerer, budget, heard)
+    else:
+        complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, heard))
     for round_ in range(1, options.rounds + 1):
         if not complete:
             break
         pool = seeds_path if round_ == 1 else work.journal(round_ - 1)
-        complete = llm_mod.run_async(_round(round_, pool, options, work, methods, evol, answerer, budget, heard))
+        if cluster_run is not None:
+            complete = _cluster_round(cluster_run, round_, pool, options, work, methods, evol, answerer, budget,
+                                      heard)
+        else:
+            complete = llm_mod.run_async(_round(round_, pool, options, work, methods, evol, answerer, budget,
+                                                heard))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
         "evol_and_answer": evol.usage.snapshot()}
     result = EvolveResult(out=out, records=0, rejects=work.rejects,
@@ -647,6 +728,61 @@ async def _round(round_: int, pool: Path, options: EvolveOptions, work: WorkFold
     if complete:   # every item of the round is in its journal: the steps kept on the way are spent
         partial_path.unlink(missing_ok=True)
     return complete
+
+
+# --- the phases on a Ray cluster (--ray): pipeline.py runs the items, the journals stay here ---------
+
+def _cluster_seeds(cluster_run, work: WorkFolder, seeds_path: Path, evol: Llm, answerer: Llm, budget: _Budget,
+                   heard: Observers) -> bool:
+    from .pipeline import Phase
+
+    done = work.resume(0)
+    unanswered = sum(1 for row in read(seeds_path) if not row["output"])
+    if unanswered == len(done):
+        return True
+    return _cluster_phase(cluster_run, Phase(), "answer seeds", seeds_path, work.answers, unanswered, done,
+                          evol, answerer, budget, heard)
+
+
+def _cluster_round(cluster_run, round_: int, pool: Path, options: EvolveOptions, work: WorkFolder, methods,
+                   evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
+    from .pipeline import Phase
+
+    done = work.resume(round_)
+    total = sum(1 for _ in read(pool))
+    complete = _cluster_phase(cluster_run, Phase(round_plan(round_, options, methods, evol, answerer)),
+                              f"round {round_}", pool, work.journal(round_), total, done, evol, answerer, budget,
+                              heard)
+    if complete:   # steps an earlier single-process run kept are spent (this path starts items afresh)
+        work.journal(round_, partial=True).unlink(missing_ok=True)
+    return complete
+
+
+def _cluster_phase(cluster_run, phase, label: str, pool: Path, journal_path: Path, total: int, done: set,
+                   evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
+    """One phase on the cluster: the records journaled as they come back, their calls counted in the
+    roles' usage. --max-calls is kept per phase: only the items whose calls all fit are sent."""
+    heard.phase(label, total, len(done))
+    limit = None
+    if budget.limit is not None:
+        fit = max(0, budget.limit - (budget.used() - budget.start)) // phase.calls_per_item
+        if fit < total - len(done):
+            limit, budget.stopped_by = fit, "--max-calls"
+            if not fit:
+                return False
+    roles = {"evol": evol, "answer": answerer}
+
+    def on_record(record: dict, usage: list[dict]) -> None:
+        journal.append(record)
+        for call in usage:
+            roles[call["role"]].usage.add(None if "error" in call else llm_mod.Reply(
+                "", call.get("input_tokens", 0), call.get("output_tokens", 0), cached=call.get("cached", False)),
+                call.get("seconds", 0.0))
+        heard.advance(label)
+
+    with Journal(journal_path) as journal:
+        cluster_run.run(phase, pool, done, limit, on_record)
+    return limit is None
 
 
 def round_plan(round_: int, options: EvolveOptions, methods, evol: Llm, answerer: Llm) -> RoundPlan:

@@ -1,0 +1,311 @@
+"""Evolve's phases as Ray Data pipelines (``evolve --ray``): the same items, records and journals as
+the single-process path, with the LLM calls spread over a cluster's workers.
+
+A phase (the seeds' answers, or one round) is one Ray Data dataset:
+
+    read_text(pool)            Ray Data's reader, on the workers: the pool is a JSONL file in OUT.work
+    -> start                   the pool rows not journaled yet, as item states {"row", "replies": []}
+    -> LLM stages              each call an item needs, answered and added to its replies
+    -> finish                  each item's journal record (rounds.py), with what its calls cost
+    -> the driver              appends the records to the phase's journal as they stream in
+
+An item is rounds.py's generator; its state is its row plus the replies its calls got so far, plain
+data, and trajectory.replay continues it from there wherever the next call is made. So the rows can
+cross workers and stages, and both paths run the same steps (equal record sets for the same seed).
+
+LLM stages: roles auto-evol's own clients serve (an OpenAI-compatible server, a provider, a GGUF
+file) are answered by ``Asker`` actors, each running its batch of items to the end on one event loop
+(with the adaptive concurrency, retries and structured replies of the single-process path). A
+``vllm:MODEL`` role runs on Ray Data's vLLM engine processor (``vLLMEngineProcessorConfig``), one
+stage per call an item can make (the evolution, the judge's verdict, the answer), with the
+tensor-parallel size and replica count given.
+
+Faults: Ray Data restarts a killed worker and runs its batch again (actor pools retry without
+bound), so a lost worker costs the calls of its batch in flight and nothing else; the journal is the
+driver's, written only as records come back, so a killed driver loses the items in flight and a
+rerun skips every journaled one, as in the single-process path. Cluster needs: every node must read
+the work folder (``--out`` on storage all nodes mount at one path); the driver writes it.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import llm as llm_mod
+from .errors import Outage, UserError
+from .llm import LLMError, Llm, Reply, RoleSettings
+from .rounds import RoundPlan, round_item, seed_answer
+from .trajectory import Ask, replay
+
+VLLM = "vllm:"   # --evol-model vllm:MODEL: a vLLM engine per replica on the cluster's GPUs
+
+
+def is_vllm(settings: RoleSettings) -> bool:
+    return (settings.model or "").startswith(VLLM)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How a phase spreads over the cluster."""
+    workers: int | None = None      # Asker actors (items' calls) per phase; None: 2 per alive node
+    batch_size: int = 64            # items a worker takes at once (its calls in flight, at most)
+    tensor_parallel: int = 1        # GPUs per vLLM engine
+    replicas: int = 1               # vLLM engines per vLLM role
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The items of one phase: a round's (``plan``) or, with no plan, the seeds' answers."""
+    plan: RoundPlan | None = None
+
+    def steps(self, row: dict):
+        return round_item(row, self.plan) if self.plan is not None else seed_answer(row)
+
+    @property
+    def calls_per_item(self) -> int:
+        return self.plan.calls_per_item if self.plan is not None else 1
+
+
+# --- an item's state: its row and its replies so far, as JSON ------------------------------------
+
+def _entry(role: str, got: Reply | LLMError, seconds: float) -> dict:
+    """One call's reply as the state keeps it (its text and fields, or the error), with its usage."""
+    if isinstance(got, LLMError):
+        return {"role": role, "error": str(got) or type(got).__name__, "seconds": seconds}
+    return {"role": role, "text": got.text, "fields": got.fields, "input_tokens": got.input_tokens,
+            "output_tokens": got.output_tokens, "cached": got.cached, "truncated": got.truncated,
+            "seconds": seconds}
+
+
+def _reply(entry: dict) -> Reply | LLMError:
+    if "error" in entry:
+        return LLMError(entry["error"])
+    return Reply(entry["text"], entry.get("input_tokens", 0), entry.get("output_tokens", 0),
+                 entry.get("truncated", False), entry.get("cached", False), entry.get("fields"))
+
+
+def _resume(steps, got):
+    """Send (or throw) one reply into suspended ``steps``: its next Ask, or what it returned."""
+    try:
+        return steps.throw(got) if isinstance(got, LLMError) else steps.send(got)
+    except StopIteration as done:
+        return done.value
+
+
+def _next(phase: Phase, state: dict):
+    """A fresh copy of the item's steps brought up to its replies, and what it wants next."""
+    steps = phase.steps(state["row"])
+    return steps, replay(steps, [_reply(e) for e in state["replies"]])
+
+
+def start(batch: dict, *, phase: Phase, done: frozenset) -> dict:
+    """Pool lines -> the states of the phase's items not journaled yet (the seeds' answers: the seeds
+    that came without one)."""
+    states = []
+    for line in batch["text"]:
+        row = json.loads(line)
+        if row["seed_id"] not in done and (phase.plan is not None or not row["output"]):
+            states.append(json.dumps({"row": row, "replies": []}, ensure_ascii=False))
+    return {"state": states}
+
+
+def finish(batch: dict, *, phase: Phase) -> dict:
+    """States whose calls are all answered -> their journal records, and their calls' usage."""
+    records, usages = [], []
+    for text in batch["state"]:
+        state = json.loads(text)
+        _, got = _next(phase, state)
+        if isinstance(got, Ask):   # no stage served this role: a bug, never a silent loss
+            raise RuntimeError(f"item {state['row'].get('seed_id')} still needs a {got.role} call")
+        records.append(json.dumps(got, ensure_ascii=False))
+        usages.append(json.dumps([{k: v for k, v in e.items() if k not in ("text", "fields")}
+                                  for e in state["replies"]]))
+    return {"record": records, "usage": usages}
+
+
+# --- the roles auto-evol's own clients serve -------------------------------------------------------
+
+class Asker:
+    """A Ray Data actor: answers the calls its roles get from a batch of items, all on one event loop.
+    ``one_call``: each item makes at most one call here (a stage among vLLM stages); otherwise items
+    go on until they finish or need a role served elsewhere."""
+
+    def __init__(self, phase: Phase, roles: dict[str, tuple[RoleSettings, str]], *, cache_dir: str | None,
+                 concurrency, max_error_rate: float, one_call: bool = False) -> None:
+        from . import backends
+
+        names = list(roles)
+        built = backends.build_roles(*roles.values(), cache_dir=cache_dir, concurrency=concurrency,
+                                     memory=False, max_error_rate=max_error_rate)
+        self.phase, self.one_call = phase, one_call
+        self.llms: dict[str, Llm] = dict(zip(names, built))
+
+    def __call__(self, batch: dict) -> dict:
+        states = [json.loads(text) for text in batch["state"]]
+
+        async def run_all():
+            try:
+                await asyncio.gather(*(self._advance(state) for state in states))
+            finally:
+                for llm in {id(x): x for x in self.llms.values()}.values():
+                    await llm.aclose()
+
+        llm_mod.run_async(run_all())
+        return {"state": [json.dumps(s, ensure_ascii=False) for s in states]}
+
+    async def _advance(self, state: dict) -> None:
+        steps, got = _next(self.phase, state)
+        calls = 0
+        while isinstance(got, Ask) and got.role in self.llms and not (self.one_call and calls):
+            began = time.perf_counter()
+            try:
+                reply = await self.llms[got.role].aask(got.prompt, **got.options())
+            except LLMError as exc:
+                reply = exc
+            state["replies"].append(_entry(got.role, reply, round(time.perf_counter() - began, 4)))
+            calls += 1
+            got = _resume(steps, reply)
+
+
+# --- vLLM engines through Ray Data's LLM processor -----------------------------------------------
+
+def engine_config(settings: RoleSettings, options: RayOptions, batch_size: int):
+    """Ray Data's vLLM processor config for a ``vllm:MODEL`` role."""
+    from ray.data.llm import vLLMEngineProcessorConfig
+
+    return vLLMEngineProcessorConfig(
+        model_source=settings.model.removeprefix(VLLM),
+        engine_kwargs={"tensor_parallel_size": options.tensor_parallel,
+                       "max_model_len": 8192, "enable_prefix_caching": True},
+        concurrency=options.replicas, batch_size=batch_size,
+        should_continue_on_error=True)   # a failed request is that item's failed call, not the phase's
+
+
+def needs(row: dict, *, phase: Phase, role: str) -> bool:
+    """Whether this item's next call goes to ``role``."""
+    _, got = _next(phase, json.loads(row["state"]))
+    return isinstance(got, Ask) and got.role == role
+
+
+def to_engine(row: dict, *, phase: Phase, role: str, settings: RoleSettings) -> dict:
+    """An item's next call as the vLLM processor takes it: chat messages and sampling parameters (the
+    role's, with the call's own temperature and its rollout id as the seed)."""
+    _, ask = _next(phase, json.loads(row["state"]))
+    temperature = ask.temperature if ask.temperature is not None else settings.temperature
+    params = {"temperature": temperature if temperature is not None else 0.0, "max_tokens": settings.max_tokens}
+    if settings.top_p is not None:
+        params["top_p"] = settings.top_p
+    if ask.rollout is not None:
+        params["seed"] = ask.rollout
+    return {"state": row["state"], "messages": [{"role": "user", "content": ask.prompt}], "sampling_params": params}
+
+
+def from_engine(row: dict, *, role: str) -> dict:
+    """The processor's output row -> the item's state with the reply (or the failed call) added."""
+    state = json.loads(row["state"])
+    error = row.get("__inference_error__")
+    seconds = float(row.get("time_taken_llm") or 0.0)
+    if error:
+        got = LLMError(str(error))
+    else:
+        got = Reply(str(row.get("generated_text") or ""), int(row.get("num_input_tokens") or 0),
+                    int(row.get("num_generated_tokens") or 0))
+    state["replies"].append(_entry(role, got, max(seconds, 0.0)))
+    return {"state": json.dumps(state, ensure_ascii=False)}
+
+
+def build_engine_stage(settings: RoleSettings, options: RayOptions, batch_size: int,
+                       preprocess: Callable, postprocess: Callable):
+    """The vLLM processor for one role (a function of datasets). Tests stand in for it (they have no GPU)."""
+    from ray.data.llm import build_processor
+
+    return build_processor(engine_config(settings, options, batch_size), preprocess=preprocess,
+                           postprocess=postprocess)
+
+
+# --- a phase -------------------------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    """A phase runner on the Ray cluster ``evolve`` is connected to (cluster.connected)."""
+    roles: dict[str, tuple[RoleSettings, str]]   # "evol", "answer" -> (settings, flag)
+    options: RayOptions
+    cache_dir: str | None
+    concurrency: object
+    max_error_rate: float
+
+    def workers(self) -> int:
+        if self.options.workers is not None:
+            return self.options.workers
+        from .cluster import alive_nodes
+
+        return 2 * max(1, len(alive_nodes()))
+
+    def run(self, phase: Phase, pool: Path, done: set[str], limit: int | None,
+            on_record: Callable[[dict, list[dict]], None]) -> None:
+        """Run ``phase`` over ``pool``'s items not in ``done`` (the first ``limit`` of them, if given),
+        handing each finished item's record and calls' usage to ``on_record`` as it comes back."""
+        import ray.data
+
+        ds = ray.data.read_text(str(pool.resolve()), num_cpus=0.1)
+        ds = ds.map_batches(start, fn_kwargs={"phase": phase, "done": frozenset(done)}, batch_format="numpy", num_cpus=0.1)
+        if limit is not None:
+            ds = ds.limit(limit)
+        ds = self._llm_stages(ds, phase)
+        ds = ds.map_batches(finish, fn_kwargs={"phase": phase}, batch_format="numpy", num_cpus=0.1)
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for record, usage in zip(batch["record"], batch["usage"]):
+                    on_record(json.loads(record), json.loads(usage))
+        except Exception as exc:   # an outage or a bad setting a worker met: its own one line
+            raise _cause(exc) from None
+
+    def _llm_stages(self, ds, phase: Phase):
+        own = {role: spec for role, spec in self.roles.items() if not is_vllm(spec[0])}
+        engines = {role: spec for role, spec in self.roles.items() if is_vllm(spec[0])}
+        size = self.options.batch_size
+        if not engines:   # every call answered by Asker actors, items run to the end in one stage
+            return self._ask(ds, phase, own, one_call=False)
+        for _ in range(phase.calls_per_item):   # one stage per call an item can make
+            for role, (settings, _) in engines.items():
+                wanted = functools.partial(needs, phase=phase, role=role)
+                stage = build_engine_stage(
+                    settings, self.options, size,
+                    functools.partial(to_engine, phase=phase, role=role, settings=settings),
+                    functools.partial(from_engine, role=role))
+                ds = stage(ds.filter(wanted)).union(ds.filter(lambda row, w=wanted: not w(row)))
+            if own:
+                ds = self._ask(ds, phase, own, one_call=True)
+        return ds
+
+    def _ask(self, ds, phase: Phase, roles: dict, *, one_call: bool):
+        import ray.data
+
+        return ds.map_batches(
+            Asker, batch_size=self.options.batch_size, batch_format="numpy", num_cpus=0.1,
+            compute=ray.data.ActorPoolStrategy(size=self.workers()),
+            fn_constructor_kwargs={"phase": phase, "roles": roles, "cache_dir": self.cache_dir,
+                                   "concurrency": self.concurrency, "max_error_rate": self.max_error_rate,
+                                   "one_call": one_call})
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The Outage or UserError behind a Ray error (raised by a worker), if any, else ``exc``."""
+    seen, todo = set(), [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        cause = getattr(err, "cause", None)   # ray.exceptions.RayTaskError: the worker's own exception
+        if isinstance(cause, (Outage, UserError)):
+            return cause
+        if isinstance(err, (Outage, UserError)) and cause is None:
+            return err
+        todo += [err.__cause__, err.__context__, cause]
+    return exc
