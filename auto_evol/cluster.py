@@ -1,8 +1,9 @@
 """Joining a Ray cluster for ``--ray [ADDRESS]``: the address, its checks, and what the cluster must offer.
 
 ADDRESS is what ``ray.init`` takes: ``HOST:PORT`` of a head node (``ray start --head`` prints it),
-``ray://HOST:PORT`` for Ray Client, or ``auto``. Left out, ``RAY_ADDRESS`` is used when set, and
-otherwise a local Ray is started in this process (and stopped with it).
+``ray://HOST:PORT`` for Ray Client, or ``auto`` (a cluster started on this machine). Left out,
+``RAY_ADDRESS`` is used when set, and otherwise a local Ray is started in this process (and stopped
+with it).
 
 Everything that can be wrong is found before any LLM call, in one line each (UserError, exit 2):
 an address nobody answers at (a TCP connect with a 3 s bound first: ``ray.init`` itself retries an
@@ -64,8 +65,8 @@ def connected(address: str | None):
     ours = not ray.is_initialized()
     if ours:
         kwargs = {"logging_level": "ERROR", "log_to_driver": False, "configure_logging": True}
-        if address is None:
-            kwargs["include_dashboard"] = False
+        if address is None:   # a fresh Ray of this process ("auto" joins one started on this machine)
+            address, kwargs["include_dashboard"] = "local", False
         ray.init(address=address, **kwargs)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

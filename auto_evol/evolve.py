@@ -379,8 +379,9 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
     # The batch journal is read and locked on the first call, so after the lock and work.claim (which
     # may drop it on --restart); release lets go of it however the run ends.
     try:
-        with locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
-                _on_cluster(options, work) as cluster_run, Observers(observers) as heard:
+        with _on_cluster(options) as cluster_run, \
+                locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
+                Observers(observers) as heard:
             return _run(options, out, fmt, methods, work, evol, answerer, heard, cluster_run)
     finally:
         if options.batch:
@@ -468,7 +469,7 @@ def _build_roles(options: EvolveOptions) -> tuple[Llm, Llm]:
 
 
 @contextlib.contextmanager
-def _on_cluster(options: EvolveOptions, work: WorkFolder):
+def _on_cluster(options: EvolveOptions):
     """The Ray phase runner (pipeline.Cluster) for the run, joined to its cluster; None without --ray."""
     if not _uses_cluster(options):
         yield None

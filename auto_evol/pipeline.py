@@ -288,7 +288,7 @@ class Cluster:
 
         return ds.map_batches(
             Asker, batch_size=self.options.batch_size, batch_format="numpy", num_cpus=0.1,
-            compute=ray.data.ActorPoolStrategy(size=self.workers()),
+            compute=ray.data.ActorPoolStrategy(size=self.workers()), scheduling_strategy="SPREAD",
             fn_constructor_kwargs={"phase": phase, "roles": roles, "cache_dir": self.cache_dir,
                                    "concurrency": self.concurrency, "max_error_rate": self.max_error_rate,
                                    "one_call": one_call})

@@ -1,0 +1,144 @@
+"""``evolve --ray`` on a real Ray cluster: two nodes (two raylets, ray.cluster_utils.Cluster) on this
+machine, the loopback OpenAI-compatible server answering, ``auto-evol`` run as a user runs it.
+
+Small enough for CI on 2 cores (a cluster start is ~5 s; each evolve ~15-30 s); marked ``ray`` so
+they can be picked (-m ray) or left out (-m "not ray"); scripts/test.sh runs them with the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+from fake_openai import FakeOpenAI
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head node and a second node; the second declares a GPU (a logical one: the vLLM tests
+    need the check to pass, and stand in for the engine)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2, num_gpus=1)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+def _seeds(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"s{i}", "instruction": f"Question number {i}?",
+                                        "output": "4" if i % 3 else ""}) + "\n" for i in range(n)))
+    return path
+
+
+def _evolve(tmp_path: Path, base: str, out: str, *extra: str, n: int = 40):
+    return cli(["evolve", "--data", str(_seeds(tmp_path / "seeds.jsonl", n)), "--out", str(tmp_path / out),
+                "--evol-model", "openai/fake", "--api-base", base, "--rounds", "2", "--no-track", "-q", *extra],
+               tmp_path)
+
+
+def _lines(path: Path) -> list[str]:
+    return sorted(path.read_text().splitlines())
+
+
+def _journaled_once(work: Path, items: int) -> None:
+    """Each phase's journal holds every item of its phase once (round 0: the seeds' answers)."""
+    for name in ("round0.jsonl", "round1.jsonl", "round2.jsonl"):
+        ids = [json.loads(line)["seed_id"] for line in (work / name).read_text().splitlines()]
+        assert len(ids) == len(set(ids)), name
+        assert len(ids) == (items if name != "round0.jsonl" else sum(1 for i in range(items) if not i % 3))
+
+
+def test_evolve_on_two_nodes_writes_the_records_of_a_local_run(tmp_path, two_nodes):
+    with FakeOpenAI() as fake:
+        local = _evolve(tmp_path, fake.base, "local.jsonl")
+        assert local.returncode == 0, local.stderr
+        calls = fake.calls
+        spread = _evolve(tmp_path, fake.base, "ray.jsonl", "--ray", two_nodes.address, "--ray-workers", "2",
+                         "--ray-batch-size", "8")
+        assert spread.returncode == 0, spread.stderr
+        assert fake.calls == 2 * calls   # the same calls again, none lost or doubled
+    # the same records (and rejects) with the same provenance; the seeded shuffle even puts them in order
+    assert _lines(tmp_path / "ray.jsonl") == _lines(tmp_path / "local.jsonl")
+    assert len(_lines(tmp_path / "ray.jsonl")) > 40
+    assert _lines(tmp_path / "ray.rejects.jsonl") == _lines(tmp_path / "local.rejects.jsonl")
+    stats = json.loads((tmp_path / "ray.jsonl.work" / "stats.json").read_text())
+    local_stats = json.loads((tmp_path / "local.jsonl.work" / "stats.json").read_text())
+    assert stats["rounds"] == local_stats["rounds"] and stats["complete"]
+    assert {k: stats["calls"]["evol"][k] for k in ("calls", "input_tokens", "output_tokens")} == \
+        {k: local_stats["calls"]["evol"][k] for k in ("calls", "input_tokens", "output_tokens")}
+    _journaled_once(tmp_path / "ray.jsonl.work", 40)
+
+
+def _asker_pids() -> list[int]:
+    """Processes of Ray workers running auto-evol's Asker (Ray titles them after the operator)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"Asker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_a_worker_killed_mid_run_loses_nothing(tmp_path, two_nodes):
+    with FakeOpenAI(latency=0.05) as fake:
+        local = _evolve(tmp_path, fake.base, "local.jsonl", n=120)
+        assert local.returncode == 0, local.stderr
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MLFLOW_TRACKING_URI")}
+        run = subprocess.Popen(
+            [sys.executable, "-m", "auto_evol", "evolve", "--data", str(tmp_path / "seeds.jsonl"),
+             "--out", str(tmp_path / "ray.jsonl"), "--evol-model", "openai/fake", "--api-base", fake.base,
+             "--rounds", "2", "--no-track", "-q", "--ray", two_nodes.address, "--ray-workers", "2",
+             "--ray-batch-size", "4", "--concurrency", "4"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        journal = tmp_path / "ray.jsonl.work" / "round1.jsonl"
+        killed = None
+        deadline = time.time() + 90
+        while killed is None and time.time() < deadline and run.poll() is None:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 8 and _asker_pids():
+                killed = _asker_pids()[0]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+        out, err = run.communicate(timeout=240)
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert run.returncode == 0, err
+    assert _lines(tmp_path / "ray.jsonl") == _lines(tmp_path / "local.jsonl")
+    _journaled_once(tmp_path / "ray.jsonl.work", 120)   # the killed worker's batch redone, not doubled
+
+
+@pytest.mark.parametrize("address, says", [("127.0.0.1:1", "no Ray cluster answers there"),
+                                           ("not-an-address", "not a Ray address")])
+def test_a_bad_ray_address_is_one_line_and_exit_2(tmp_path, address, says):
+    began = time.time()
+    result = _evolve(tmp_path, "http://127.0.0.1:9/v1", "out.jsonl", "--ray", address)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and address in lines[0], result.stderr
+    assert time.time() - began < 30
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.work").exists()
+
+
+def test_a_vllm_role_on_a_cluster_without_gpus_says_so_before_any_call(tmp_path):
+    # No --ray: a vllm:MODEL role starts a local Ray, which has no GPU here.
+    result = _evolve(tmp_path, "http://127.0.0.1:9/v1", "out.jsonl", "--answer-model", "vllm:Qwen/Qwen2.5-0.5B-Instruct",
+                     "--vllm-tensor-parallel", "2")
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "--answer-model vllm:Qwen/Qwen2.5-0.5B-Instruct" in line and "needs 2 GPU(s)" in line and "has 0" in line
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.work").exists()
