@@ -139,6 +139,13 @@ def optimize(
                                              "check's) to the evol model's batch API (OpenAI-compatible, Anthropic); "
                                              "trajectories and the optimizer stay online. Journaled per run: "
                                              "--resume attaches to the batches already submitted."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]",
+                                      help="Spread the dev evaluation (the bulk of the calls) over a Ray cluster: "
+                                           "--ray alone joins RAY_ADDRESS or starts a local Ray; --ray HOST:PORT "
+                                           "joins that head node. Trajectories and the optimizer stay here."),
+    ray_workers: Optional[int] = typer.Option(None, help="Workers judging dev pairs under --ray. [default: 2 per node]"),
+    ray_batch_size: Optional[int] = typer.Option(None, help="Dev pairs one worker takes at once under --ray. "
+                                                            "[default: 16]"),
     max_cost: Optional[float] = typer.Option(None, help="Start no step that would take this process's spending past "
                                                         "this many USD (LiteLLM's price table); stops after the "
                                                         "finished step (exit 3): go on with --resume RUN_ID."),

@@ -59,8 +59,8 @@ def connected(address: str | None):
     import ray
     import ray.data
 
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("ray", "ray.data"):   # a worker's error reaches the user as auto-evol's own one line
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     check_address(address)
     ours = not ray.is_initialized()
     if ours:

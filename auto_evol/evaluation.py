@@ -15,7 +15,7 @@ from .data import Item
 from .failure import Failure
 from .llm import Llm
 from .method import Method
-from .trajectory import aevolve_and_answer, evolve_and_answer, stage0
+from .trajectory import aevolve_and_answer, evolution_steps, evolve_and_answer, stage0
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,16 @@ async def ajudge_item(llm: Llm, method: Method, item: Item) -> DevResult:
     """``judge_item`` from an event loop (a batched evol role: every dev pair in flight at once)."""
     outcome = await aevolve_and_answer(llm, method, stage0(item))
     return DevResult(item, outcome.evolved, outcome.answer_text, outcome.failure, outcome.reply)
+
+
+def dev_steps(method: Method, item: Item):
+    """``judge_item`` as steps (trajectory.py's generator of calls) that return the result as plain data
+    (``dev_result`` reads it back): what a Ray worker runs for one (method, dev item) pair."""
+    outcome = yield from evolution_steps(method, stage0(item), answer=True)
+    return {"evolved": outcome.evolved, "answer": outcome.answer_text, "reply": outcome.reply,
+            "failure": outcome.failure.value if outcome.failure is not None else None}
+
+
+def dev_result(item: Item, data: dict) -> DevResult:
+    failure = Failure(data["failure"]) if data["failure"] is not None else None
+    return DevResult(item, data["evolved"], data["answer"], failure, data["reply"])

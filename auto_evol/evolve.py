@@ -771,14 +771,11 @@ def _cluster_phase(cluster_run, phase, label: str, pool: Path, journal_path: Pat
             limit, budget.stopped_by = fit, "--max-calls"
             if not fit:
                 return False
-    roles = {"evol": evol, "answer": answerer}
+    from .pipeline import add_usage
 
     def on_record(record: dict, usage: list[dict]) -> None:
         journal.append(record)
-        for call in usage:
-            roles[call["role"]].usage.add(None if "error" in call else llm_mod.Reply(
-                "", call.get("input_tokens", 0), call.get("output_tokens", 0), cached=call.get("cached", False)),
-                call.get("seconds", 0.0))
+        add_usage({"evol": evol, "answer": answerer}, usage)
         heard.advance(label)
 
     with Journal(journal_path) as journal:

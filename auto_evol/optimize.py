@@ -73,6 +73,10 @@ class Options:
     structured: str = "auto"        # JSON-schema replies (evolver, analysis, optimization): auto | on | off
     max_cost: float | None = None   # USD this process may spend: no step starts that would pass it (cost.py)
     batch: str | None = None        # all | evol (the same): the dev evaluation's calls go to the provider's batch API
+    ray: str | None = None          # the dev evaluation spreads over a Ray cluster (pipeline.py): its address, ""
+                                    # for RAY_ADDRESS or a local Ray; the trajectories and the optimizer stay here
+    ray_workers: int | None = None  # workers judging dev pairs under --ray; None: 2 per node
+    ray_batch_size: int = 16        # dev pairs one worker takes at once (its calls in flight)
 
     def evol_settings(self) -> RoleSettings:
         return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, self.evol_top_p,
@@ -101,6 +105,11 @@ class Options:
             from .batch import check_mode
 
             check_mode(self.batch, "optimize")
+        if self.ray is not None and self.batch is not None:
+            raise UserError("--batch and --ray do not go together: batch APIs are a hosted provider's queue, Ray "
+                            "spreads online calls over a cluster; choose one")
+        if self.ray_batch_size < 1 or (self.ray_workers is not None and self.ray_workers < 1):
+            raise UserError("--ray-workers and --ray-batch-size must be at least 1")
         if self.max_cost is not None and not self.track:
             raise UserError("--max-cost stops a run for --resume to go on with, which needs its MLflow record: "
                             "drop --no-track")
@@ -329,6 +338,8 @@ def _judge(runner: Runner, evol: Llm, batched, pairs: list) -> list:
     """Each (method, dev item) pair judged by the evol role: on the run's thread pool, or under --batch
     (``batched``: the evol role as a BatchRole) every pair in flight at once on an event loop of the
     phase's, the calls going out in batches (evolutions, then answers)."""
+    if runner.cluster is not None:   # --ray: the pairs spread over the cluster's workers
+        return runner.spread("dev evaluation", pairs, lambda items, done: runner.cluster.judge(items, evol, done))
     if batched is None:
         return runner.map("dev evaluation", lambda p: judge_item(evol, *p), pairs)
     return runner.amap("dev evaluation", lambda p: ajudge_item(batched, *p), pairs, after=batched.aclose)
@@ -398,7 +409,12 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
             from .batch import check_batchable
 
             check_batchable(evol.settings if evol else options.evol_settings())
+        if options.ray is not None:
+            from .cluster import check_address, resolve
+
+            check_address(resolve(options.ray))
         evol, optimizer = _llms(options, evol, optimizer)
+        cluster_run = _on_cluster(options, evol, held)
         heard = Observers(observers)
         try:
             with heard:
@@ -406,7 +422,7 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
                 batched = _batched(options, evol, heard.run_id)
                 if batched is not None:
                     held.callback(batched.close)   # its journal's lock, held to the end of the run
-                result = _run(options, state, split, init, evol, optimizer, heard, batched)
+                result = _run(options, state, split, init, evol, optimizer, heard, batched, cluster_run)
                 result.run_id = heard.run_id
                 heard.finish(result)
         except Outage as exc:
@@ -416,11 +432,26 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
     return result
 
 
+def _on_cluster(options: Options, evol: Llm, held: contextlib.ExitStack):
+    """--ray: joined to the cluster for the run (left when ``held`` closes), and the runner the dev
+    evaluations spread over (its workers build the evol role from its settings, with the same reply
+    cache); None without --ray."""
+    if options.ray is None:
+        return None
+    from . import cluster, pipeline
+
+    held.enter_context(cluster.connected(cluster.resolve(options.ray)))
+    role = (evol.settings, "--evol-model")   # a dev pair's evolution and its answer: the evol role's
+    return pipeline.Cluster({"evol": role, "answer": role},
+                            pipeline.RayOptions(options.ray_workers, options.ray_batch_size),
+                            options.cache_dir, options.ray_batch_size, options.max_error_rate)
+
+
 def _run(options: Options, state: LoopState | None, split: Split, init: Method, evol: Llm, optimizer: Llm,
-         heard: Observers, batched=None) -> OptimizeResult:
+         heard: Observers, batched=None, cluster_run=None) -> OptimizeResult:
     """The loop itself: e0 on the dev set (unless resumed past it), the steps until a stop rule holds,
     then e* saved and registered. Every event goes to ``heard``; ``batched``: the evol role the dev
-    evaluations use under --batch."""
+    evaluations use under --batch; ``cluster_run``: the Ray cluster they spread over under --ray."""
     started = time.perf_counter()
     spent_before = dict(state.spent) if state else {}
     batch_before = dict(state.spent_batch) if state else {}
@@ -450,7 +481,8 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
 
     with ThreadPoolExecutor(options.concurrency) as pool:
         # the batched evol role counts its calls apart: the phases' call counts take it in too
-        runner = Runner(pool, heard, (evol, optimizer) + ((batched,) if batched is not None else ()))
+        runner = Runner(pool, heard, (evol, optimizer) + ((batched,) if batched is not None else ()),
+                        cluster=cluster_run)
         initial = None
         if state is None:
             initial = evaluate(init, split.dev, evol, runner, batched)
@@ -567,7 +599,8 @@ def _resumed_options(stored: dict, given: Options) -> Options:
     # What may change on a resume: how fast it runs, and how many failed calls it puts up with.
     # --max-cost caps this process's spending, so a resumed run takes the one given now (none: no cap).
     # --batch given again replaces the run's own (left out, the run keeps it).
-    keep = {"concurrency": given.concurrency, "max_cost": given.max_cost}
+    keep = {"concurrency": given.concurrency, "max_cost": given.max_cost, "ray": given.ray,
+            "ray_workers": given.ray_workers, "ray_batch_size": given.ray_batch_size}
     if given.batch is not None:
         keep["batch"] = given.batch
     if given.max_error_rate != llm_mod.MAX_ERROR_RATE:

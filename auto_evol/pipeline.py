@@ -60,15 +60,38 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class Phase:
-    """The items of one phase: a round's (``plan``) or, with no plan, the seeds' answers."""
+    """The items of one evolve phase: a round's (``plan``) or, with no plan, the seeds' answers."""
     plan: RoundPlan | None = None
 
     def steps(self, row: dict):
         return round_item(row, self.plan) if self.plan is not None else seed_answer(row)
 
+    def wants(self, row: dict) -> bool:
+        """Whether a pool row is an item of this phase (the seeds' answers: seeds that came without)."""
+        return self.plan is not None or not row["output"]
+
     @property
     def calls_per_item(self) -> int:
         return self.plan.calls_per_item if self.plan is not None else 1
+
+
+@dataclass(frozen=True)
+class DevPhase:
+    """Optimize's dev evaluation: (method, dev item) pairs, each evolved once, answered and judged
+    (evaluation.dev_steps); a row names its pair by index."""
+    pairs: tuple
+
+    def steps(self, row: dict):
+        from .evaluation import dev_steps
+
+        return dev_steps(*self.pairs[int(row["seed_id"])])
+
+    def wants(self, row: dict) -> bool:
+        return True
+
+    @property
+    def calls_per_item(self) -> int:
+        return 2
 
 
 # --- an item's state: its row and its replies so far, as JSON ------------------------------------
@@ -97,24 +120,24 @@ def _resume(steps, got):
         return done.value
 
 
-def _next(phase: Phase, state: dict):
+def _next(phase: Phase | DevPhase, state: dict):
     """A fresh copy of the item's steps brought up to its replies, and what it wants next."""
     steps = phase.steps(state["row"])
     return steps, replay(steps, [_reply(e) for e in state["replies"]])
 
 
-def start(batch: dict, *, phase: Phase, done: frozenset) -> dict:
+def start(batch: dict, *, phase: Phase | DevPhase, done: frozenset) -> dict:
     """Pool lines -> the states of the phase's items not journaled yet (the seeds' answers: the seeds
     that came without one)."""
     states = []
     for line in batch["text"]:
         row = json.loads(line)
-        if row["seed_id"] not in done and (phase.plan is not None or not row["output"]):
+        if row["seed_id"] not in done and phase.wants(row):
             states.append(json.dumps({"row": row, "replies": []}, ensure_ascii=False))
     return {"state": states}
 
 
-def finish(batch: dict, *, phase: Phase) -> dict:
+def finish(batch: dict, *, phase: Phase | DevPhase) -> dict:
     """States whose calls are all answered -> their journal records, and their calls' usage."""
     records, usages = [], []
     for text in batch["state"]:
@@ -122,6 +145,8 @@ def finish(batch: dict, *, phase: Phase) -> dict:
         _, got = _next(phase, state)
         if isinstance(got, Ask):   # no stage served this role: a bug, never a silent loss
             raise RuntimeError(f"item {state['row'].get('seed_id')} still needs a {got.role} call")
+        if isinstance(phase, DevPhase):
+            got = {**got, "index": state["row"]["seed_id"]}
         records.append(json.dumps(got, ensure_ascii=False))
         usages.append(json.dumps([{k: v for k, v in e.items() if k not in ("text", "fields")}
                                   for e in state["replies"]]))
@@ -246,13 +271,29 @@ class Cluster:
 
         return 2 * max(1, len(alive_nodes()))
 
-    def run(self, phase: Phase, pool: Path, done: set[str], limit: int | None,
+    def judge(self, pairs: list, evol: Llm, done: Callable[[int, object], None]) -> None:
+        """Optimize's dev evaluation of (method, dev item) pairs on the cluster: ``done(index, DevResult)``
+        as each comes back, its calls counted in ``evol``'s usage."""
+        from .evaluation import dev_result
+
+        def on_record(record: dict, usage: list[dict]) -> None:
+            add_usage({"evol": evol, "answer": evol}, usage)
+            index = int(record.pop("index"))
+            done(index, dev_result(pairs[index][1], record))
+
+        self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None, on_record)
+
+    def run(self, phase: Phase | DevPhase, pool: Path | list[dict], done: set[str], limit: int | None,
             on_record: Callable[[dict, list[dict]], None]) -> None:
-        """Run ``phase`` over ``pool``'s items not in ``done`` (the first ``limit`` of them, if given),
-        handing each finished item's record and calls' usage to ``on_record`` as it comes back."""
+        """Run ``phase`` over the items of ``pool`` (a JSONL file, or rows) not in ``done`` (the first
+        ``limit`` of them, if given), handing each finished item's record and calls' usage to
+        ``on_record`` as it comes back."""
         import ray.data
 
-        ds = ray.data.read_text(str(pool.resolve()), num_cpus=0.1)
+        if isinstance(pool, Path):   # Ray Data's reader, on the workers (the path: storage they all see)
+            ds = ray.data.read_text(str(pool.resolve()), num_cpus=0.1)
+        else:
+            ds = ray.data.from_items([{"text": json.dumps(row)} for row in pool])
         ds = ds.map_batches(start, fn_kwargs={"phase": phase, "done": frozenset(done)}, batch_format="numpy", num_cpus=0.1)
         if limit is not None:
             ds = ds.limit(limit)
@@ -288,10 +329,23 @@ class Cluster:
 
         return ds.map_batches(
             Asker, batch_size=self.options.batch_size, batch_format="numpy", num_cpus=0.1,
-            compute=ray.data.ActorPoolStrategy(size=self.workers()), scheduling_strategy="SPREAD",
+            compute=ray.data.ActorPoolStrategy(size=self.workers()),
+            ray_remote_args_fn=_spread,   # the workers over the nodes, not packed on the first
             fn_constructor_kwargs={"phase": phase, "roles": roles, "cache_dir": self.cache_dir,
                                    "concurrency": self.concurrency, "max_error_rate": self.max_error_rate,
                                    "one_call": one_call})
+
+
+def _spread() -> dict:
+    return {"scheduling_strategy": "SPREAD"}
+
+
+def add_usage(roles: dict[str, Llm], usage: list[dict]) -> None:
+    """Count the calls a worker made (their entries, as ``finish`` gives them) in the driver's roles."""
+    for call in usage:
+        roles[call["role"]].usage.add(None if "error" in call else Reply(
+            "", call.get("input_tokens", 0), call.get("output_tokens", 0), cached=call.get("cached", False)),
+            call.get("seconds", 0.0))
 
 
 def _cause(exc: BaseException) -> BaseException:

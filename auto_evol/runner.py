@@ -1,5 +1,7 @@
 """Running one phase's independent LLM tasks on a thread pool, counting calls, cache hits and seconds.
 
+Under ``--ray`` a phase can ``spread`` over a Ray cluster instead (pipeline.Cluster).
+
 A phase whose calls go to a provider's batch endpoint (``--batch``: a BatchRole's ``aask``) runs with
 ``amap`` instead: every item in flight at once on one event loop, so the phase's requests wait for
 their batch together (a thread per item would not scale to thousands of dev pairs).
@@ -22,8 +24,9 @@ R = TypeVar("R")
 class Runner:
     """Runs one phase's independent LLM tasks concurrently and counts its calls and seconds."""
 
-    def __init__(self, pool: ThreadPoolExecutor, observers, llms: Iterable[Llm]) -> None:
+    def __init__(self, pool: ThreadPoolExecutor, observers, llms: Iterable[Llm], *, cluster=None) -> None:
         self.pool, self.observers, self.llms = pool, observers, list(llms)
+        self.cluster = cluster   # a pipeline.Cluster under --ray: the dev evaluation spreads over it
         self.calls: dict[str, int] = {}
         self.cached: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
@@ -78,6 +81,22 @@ class Runner:
                     await after()
 
         results = run_async(every())
+        self._count(phase, before, started)
+        return results
+
+    def spread(self, phase: str, items: list[T], run: Callable[[list[T], Callable[[int, R], None]], None]) -> list[R]:
+        """``map`` on a Ray cluster (--ray): ``run(items, done)`` sends them off and calls ``done(index,
+        result)`` for each as it comes back (counting its calls in this runner's roles)."""
+        before = self._counts()
+        started = time.perf_counter()
+        self.observers.phase(phase, len(items))
+        results: list = [None] * len(items)
+
+        def done(index: int, result: R) -> None:
+            results[index] = result
+            self.observers.advance(phase)
+
+        run(items, done)
         self._count(phase, before, started)
         return results
 

@@ -142,3 +142,28 @@ def test_a_vllm_role_on_a_cluster_without_gpus_says_so_before_any_call(tmp_path)
     line = result.stderr.strip().splitlines()[-1]
     assert "--answer-model vllm:Qwen/Qwen2.5-0.5B-Instruct" in line and "needs 2 GPU(s)" in line and "has 0" in line
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.work").exists()
+
+
+def _optimize(folder: Path, base: str, *extra: str):
+    (folder / "questions.jsonl").write_text(
+        "\n".join(json.dumps({"id": i, "prompt": f"Question number {i}?"}) for i in range(40)))
+    (folder / "init.md").write_text("Rewrite (level 0) this: {instruction}\n")   # fake_openai's world
+    return cli(["optimize", "--data", "questions.jsonl", "--init-method", "init.md", "--steps", "2", "-m", "2",
+                "--batch-size", "3", "--dev-size", "12", "--seed", "1", "--evol-model", "openai/fake",
+                "--optimizer-model", "openai/fake", "--api-base", base, "--cache-dir", str(folder / "cache"),
+                "--no-track", "--name", "best", "--quiet", *extra], folder)
+
+
+def test_optimize_judges_the_dev_set_on_the_cluster_and_finds_the_same_method(tmp_path, two_nodes):
+    local, spread = tmp_path / "local", tmp_path / "spread"
+    local.mkdir(), spread.mkdir()
+    with FakeOpenAI() as fake:
+        alone = _optimize(local, fake.base)
+        assert alone.returncode == 0, alone.stderr
+        calls = fake.calls
+        on_ray = _optimize(spread, fake.base, "--ray", two_nodes.address, "--ray-workers", "2")
+        assert on_ray.returncode == 0, on_ray.stderr
+        assert fake.calls == 2 * calls   # the same calls (each run has its own cache)
+    best = (local / "methods" / "best.md").read_text()
+    assert (spread / "methods" / "best.md").read_text() == best
+    assert "level 2" in best   # two accepted steps: the world's optimizer adds a level each
