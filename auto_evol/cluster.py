@@ -54,10 +54,14 @@ def connected(address: str | None):
     and progress bars stay quiet: auto-evol reports progress itself."""
     import logging
 
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise UserError("--ray needs Ray Data: pip install 'auto-evol[ray]' (and 'ray[llm]' on GPU nodes for "
+                        "vllm:MODEL roles)") from None
     # Ray Data's progress and plan lines would bury auto-evol's; they stay in Ray's session logs
     # (/tmp/ray/session_latest/logs).
-    import ray
-    import ray.data
 
     for name in ("ray", "ray.data"):   # a worker's error reaches the user as auto-evol's own one line
         logging.getLogger(name).setLevel(logging.CRITICAL)

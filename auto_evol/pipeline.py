@@ -330,14 +330,9 @@ class Cluster:
         return ds.map_batches(
             Asker, batch_size=self.options.batch_size, batch_format="numpy", num_cpus=0.1,
             compute=ray.data.ActorPoolStrategy(size=self.workers()),
-            ray_remote_args_fn=_spread,   # the workers over the nodes, not packed on the first
             fn_constructor_kwargs={"phase": phase, "roles": roles, "cache_dir": self.cache_dir,
                                    "concurrency": self.concurrency, "max_error_rate": self.max_error_rate,
                                    "one_call": one_call})
-
-
-def _spread() -> dict:
-    return {"scheduling_strategy": "SPREAD"}
 
 
 def add_usage(roles: dict[str, Llm], usage: list[dict]) -> None:
