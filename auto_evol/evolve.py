@@ -779,7 +779,7 @@ def _cluster_phase(cluster_run, phase, label: str, pool: Path, journal_path: Pat
         heard.advance(label)
 
     with Journal(journal_path) as journal:
-        cluster_run.run(phase, pool, done, limit, on_record)
+        cluster_run.run(phase, pool, done, limit, on_record, rows=total)
     return limit is None
 
 
