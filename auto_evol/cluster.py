@@ -75,6 +75,10 @@ def connected(address: str | None):
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # A worker's own exception (an outage, a missing key) comes back as itself, not as a Ray wrapper
+    # whose cause was lost in pickling: auto-evol then reports it in its one line and exit code.
+    if hasattr(context, "raise_original_map_exception"):
+        context.raise_original_map_exception = True
     try:
         yield
     finally:

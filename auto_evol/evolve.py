@@ -32,7 +32,7 @@ from . import llm as llm_mod
 from . import locks, output
 from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
 from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
-from .errors import UserError
+from .errors import Outage, UserError
 from .llm import Llm, RoleSettings
 from .method import CLASSIC, Method
 from .observer import Observer, Observers
@@ -476,15 +476,28 @@ def _on_cluster(options: EvolveOptions):
         return
     from . import cluster, pipeline
 
-    specs = {"evol": (options.evol_settings(), "--evol-model"), "answer": (options.answer_settings(), "--answer-model")}
+    # Workers run elsewhere: a relative cache folder or GGUF file is made absolute here, where it was meant.
+    specs = {"evol": (_absolute(options.evol_settings()), "--evol-model"),
+             "answer": (_absolute(options.answer_settings()), "--answer-model")}
+    ray_options = pipeline.RayOptions(options.ray_workers, options.ray_batch_size, options.vllm_tensor_parallel,
+                                      options.vllm_replicas)
     with cluster.connected(cluster.resolve(options.ray)):
-        for settings, flag in specs.values():
-            if pipeline.is_vllm(settings) and cluster.gpus() < options.vllm_tensor_parallel:
-                raise UserError(f"{flag} {settings.model}: a vLLM engine needs {options.vllm_tensor_parallel} "
-                                f"GPU(s) (--vllm-tensor-parallel) and the Ray cluster has {cluster.gpus():g}")
-        yield pipeline.Cluster(specs, pipeline.RayOptions(options.ray_workers, options.ray_batch_size,
-                                                          options.vllm_tensor_parallel, options.vllm_replicas),
-                               options.cache_dir, options.concurrency, options.max_error_rate)
+        needed = pipeline.engines_gpus(specs.values(), ray_options)
+        if needed > cluster.gpus():
+            flag, settings = next((f, s) for s, f in specs.values() if pipeline.is_vllm(s))
+            raise UserError(f"{flag} {settings.model}: its vLLM engines need {needed} GPU(s) (--vllm-replicas "
+                            f"{options.vllm_replicas} x --vllm-tensor-parallel {options.vllm_tensor_parallel}) "
+                            f"and the Ray cluster has {cluster.gpus():g}")
+        yield pipeline.Cluster(specs, ray_options, str(Path(options.cache_dir).resolve()) if options.cache_dir else None,
+                               options.concurrency, options.max_error_rate)
+
+
+def _absolute(settings: RoleSettings) -> RoleSettings:
+    """A role whose model is a GGUF file named by a relative path, with the path made absolute."""
+    model = settings.model or ""
+    if model.startswith("gguf:") and not Path(model[5:]).expanduser().is_absolute():
+        return dataclasses.replace(settings, model="gguf:" + str(Path(model[5:]).expanduser().resolve()))
+    return settings
 
 
 def _check_out(out: Path, work: WorkFolder) -> None:
@@ -500,6 +513,11 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
     """The run itself, under the work folder's lock; every event goes to ``heard``."""
     fresh = not work.ingested or options.restart
     try:
+        if cluster_run is not None:   # before a --restart drops anything: every node must see the folder
+            from .cluster import check_shared
+
+            work.path.mkdir(parents=True, exist_ok=True)
+            check_shared(work.path, f"--out {out}")
         work.claim(options.fingerprint(methods), restart=options.restart)
         seeds_path, bad = _ingest(options, work)
     except BaseException:
@@ -512,9 +530,6 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
     heard.start(options, seeds=seeds, methods=methods, concurrency=_live_concurrency(evol, answerer))
     budget = _Budget(options.max_calls, [evol, answerer], options.max_cost)
     if cluster_run is not None:
-        from .cluster import check_shared
-
-        check_shared(work.path, f"--out {out}")
         complete = _cluster_seeds(cluster_run, work, seeds_path, evol, answerer, budget, heard)
     else:
         complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, heard))
@@ -773,13 +788,22 @@ def _cluster_phase(cluster_run, phase, label: str, pool: Path, journal_path: Pat
                 return False
     from .pipeline import add_usage
 
+    came: set[str] = set()
+
     def on_record(record: dict, usage: list[dict]) -> None:
+        add_usage({"evol": evol, "answer": answerer}, usage)   # a record twice: its calls were paid twice
+        if record["seed_id"] in came or record["seed_id"] in done:
+            return   # journaled once, whatever a cluster hands back
+        came.add(record["seed_id"])
         journal.append(record)
-        add_usage({"evol": evol, "answer": answerer}, usage)
         heard.advance(label)
 
     with Journal(journal_path) as journal:
         cluster_run.run(phase, pool, done, limit, on_record, rows=total)
+    expected = total - len(done) if limit is None else limit
+    if len(came) < expected:   # never a phase called complete with items missing
+        raise Outage(f"{label}: {len(came)} of {expected} items came back from the Ray cluster; the rest are "
+                     f"not journaled, rerun the same command to go on")
     return limit is None
 
 

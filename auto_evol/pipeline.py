@@ -167,7 +167,8 @@ class Asker:
 
         names = list(roles)
         built = backends.build_roles(*roles.values(), cache_dir=cache_dir, concurrency=concurrency,
-                                     memory=False, max_error_rate=max_error_rate)
+                                     memory=False, max_error_rate=max_error_rate,
+                                     checks_dir=cache_dir or backends.DEFAULT_CACHE_DIR)
         self.phase, self.one_call = phase, one_call
         self.llms: dict[str, Llm] = dict(zip(names, built))
         self.loop = None
@@ -213,36 +214,47 @@ def engine_config(settings: RoleSettings, options: RayOptions, batch_size: int):
         should_continue_on_error=True)   # a failed request is that item's failed call, not the phase's
 
 
-def needs(row: dict, *, phase: Phase, role: str) -> bool:
-    """Whether this item's next call goes to ``role``."""
+def needs(row: dict, *, phase: Phase, roles: tuple[str, ...]) -> bool:
+    """Whether this item's next call goes to one of ``roles`` (those one engine serves)."""
     _, got = _next(phase, json.loads(row["state"]))
-    return isinstance(got, Ask) and got.role == role
+    return isinstance(got, Ask) and got.role in roles
 
 
-def to_engine(row: dict, *, phase: Phase, role: str, settings: RoleSettings) -> dict:
-    """An item's next call as the vLLM processor takes it: chat messages and sampling parameters (the
+def to_engine(row: dict, *, phase: Phase, settings: dict[str, RoleSettings]) -> dict:
+    """An item's next call as the vLLM processor takes it: chat messages and sampling parameters (its
     role's, with the call's own temperature and its rollout id as the seed)."""
     _, ask = _next(phase, json.loads(row["state"]))
-    temperature = ask.temperature if ask.temperature is not None else settings.temperature
-    params = {"temperature": temperature if temperature is not None else 0.0, "max_tokens": settings.max_tokens}
-    if settings.top_p is not None:
-        params["top_p"] = settings.top_p
+    role = settings[ask.role]
+    temperature = ask.temperature if ask.temperature is not None else role.temperature
+    params = {"temperature": temperature if temperature is not None else 0.0, "max_tokens": role.max_tokens}
+    if role.top_p is not None:
+        params["top_p"] = role.top_p
     if ask.rollout is not None:
         params["seed"] = ask.rollout
     return {"state": row["state"], "messages": [{"role": "user", "content": ask.prompt}], "sampling_params": params}
 
 
-def from_engine(row: dict, *, role: str) -> dict:
-    """The processor's output row -> the item's state with the reply (or the failed call) added."""
+def from_engine(row: dict, *, phase: Phase) -> dict:
+    """The processor's output row -> the item's state with the reply added. (Rows whose request failed
+    skip this in Ray's processor: ``settle`` adds their failed call.)"""
     state = json.loads(row["state"])
+    _, ask = _next(phase, state)
+    got = Reply(str(row.get("generated_text") or ""), int(row.get("num_input_tokens") or 0),
+                int(row.get("num_generated_tokens") or 0))
+    state["replies"].append(_entry(ask.role, got, max(float(row.get("time_taken_llm") or 0.0), 0.0)))
+    return {"state": json.dumps(state, ensure_ascii=False)}
+
+
+def settle(row: dict, *, phase: Phase) -> dict:
+    """After an engine stage: a row whose request failed in the engine (``__inference_error__``; Ray's
+    processor passes it by the postprocess) gets that call as failed, the item's own ``llm_error``; every
+    row comes out as its state alone."""
     error = row.get("__inference_error__")
-    seconds = float(row.get("time_taken_llm") or 0.0)
-    if error:
-        got = LLMError(str(error))
-    else:
-        got = Reply(str(row.get("generated_text") or ""), int(row.get("num_input_tokens") or 0),
-                    int(row.get("num_generated_tokens") or 0))
-    state["replies"].append(_entry(role, got, max(seconds, 0.0)))
+    if not error:
+        return {"state": row["state"]}
+    state = json.loads(row["state"])
+    _, ask = _next(phase, state)
+    state["replies"].append(_entry(ask.role, LLMError(str(error).splitlines()[0]), 0.0))
     return {"state": json.dumps(state, ensure_ascii=False)}
 
 
@@ -315,18 +327,23 @@ class Cluster:
 
     def _llm_stages(self, ds, phase: Phase):
         own = {role: spec for role, spec in self.roles.items() if not is_vllm(spec[0])}
-        engines = {role: spec for role, spec in self.roles.items() if is_vllm(spec[0])}
-        size = self.options.batch_size
-        if not engines:   # every call answered by Asker actors, items run to the end in one stage
+        if len(own) == len(self.roles):   # every call answered by Asker actors, items run to the end in one stage
             return self._ask(ds, phase, own, one_call=False)
+        models: dict[str, dict[str, RoleSettings]] = {}   # one engine per model, serving every role that names it
+        for role, (settings, _) in self.roles.items():
+            if is_vllm(settings):
+                models.setdefault(settings.model, {})[role] = settings
         for _ in range(phase.calls_per_item):   # one stage per call an item can make
-            for role, (settings, _) in engines.items():
-                wanted = functools.partial(needs, phase=phase, role=role)
-                stage = build_engine_stage(
-                    settings, self.options, size,
-                    functools.partial(to_engine, phase=phase, role=role, settings=settings),
-                    functools.partial(from_engine, role=role))
-                ds = stage(ds.filter(wanted)).union(ds.filter(lambda row, w=wanted: not w(row)))
+            for settings in models.values():
+                # The rows go two ways (to the engine, or by it) and meet again: computed once before the
+                # split, or Ray Data would run everything upstream once per way (and pay its calls twice).
+                ds = ds.materialize()
+                wanted = functools.partial(needs, phase=phase, roles=tuple(settings))
+                stage = build_engine_stage(next(iter(settings.values())), self.options, self.options.batch_size,
+                                           functools.partial(to_engine, phase=phase, settings=settings),
+                                           functools.partial(from_engine, phase=phase))
+                served = stage(ds.filter(wanted)).map(settle, fn_kwargs={"phase": phase}, num_cpus=0.1)
+                ds = served.union(ds.filter(functools.partial(_not, wanted)))
             if own:
                 ds = self._ask(ds, phase, own, one_call=True)
         return ds
@@ -348,6 +365,15 @@ def add_usage(roles: dict[str, Llm], usage: list[dict]) -> None:
         roles[call["role"]].usage.add(None if "error" in call else Reply(
             "", call.get("input_tokens", 0), call.get("output_tokens", 0), cached=call.get("cached", False)),
             call.get("seconds", 0.0))
+
+
+def _not(test: Callable[[dict], bool], row: dict) -> bool:
+    return not test(row)
+
+
+def engines_gpus(roles, options: RayOptions) -> int:
+    """GPUs the vLLM engines of one stage take: an engine pool per model, one model's at a time."""
+    return options.replicas * options.tensor_parallel if any(is_vllm(s) for s, _ in roles) else 0
 
 
 def _cause(exc: BaseException) -> BaseException:

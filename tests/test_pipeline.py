@@ -76,23 +76,41 @@ def test_finish_gives_the_record_and_the_calls_usage_without_their_text():
 
 def test_the_vllm_stage_gets_the_call_as_chat_messages_and_sampling_params():
     settings = RoleSettings("vllm:Qwen/Qwen2.5-0.5B-Instruct", temperature=0.0, top_p=0.9, max_tokens=512)
+    answers = RoleSettings("vllm:Qwen/Qwen2.5-0.5B-Instruct", temperature=1.0, max_tokens=2048)
+    roles = {EVOL: settings, ANSWER: answers}   # one engine serves both roles of one model
     phase = pipeline.Phase(_plan())
     row = {"state": json.dumps({"row": _row(5, status="rejected"), "replies": []})}   # failed last round
-    assert pipeline.needs(row, phase=phase, role=EVOL) and not pipeline.needs(row, phase=phase, role=ANSWER)
-    sent = pipeline.to_engine(row, phase=phase, role=EVOL, settings=settings)
+    assert pipeline.needs(row, phase=phase, roles=(EVOL, ANSWER))
+    assert not pipeline.needs(row, phase=phase, roles=(ANSWER,))
+    sent = pipeline.to_engine(row, phase=phase, settings=roles)
     ask = pipeline._next(phase, json.loads(row["state"]))[1]
     assert sent["messages"] == [{"role": "user", "content": ask.prompt}]
     assert "Question number 5?" in ask.prompt
     assert sent["sampling_params"] == {"temperature": 1.0, "max_tokens": 512, "top_p": 0.9, "seed": ask.rollout}
     back = pipeline.from_engine({**sent, "generated_text": "#Finally Rewritten Instruction#: Question number 5, "
-                                 "with a twist?", "num_input_tokens": 40, "num_generated_tokens": 9}, role=EVOL)
+                                 "with a twist?", "num_input_tokens": 40, "num_generated_tokens": 9}, phase=phase)
+    back = pipeline.settle({**back, "__inference_error__": ""}, phase=phase)   # as a processor's success row
     state = json.loads(back["state"])
-    assert state["replies"][0]["input_tokens"] == 40
+    assert state["replies"][0]["input_tokens"] == 40 and state["replies"][0]["role"] == EVOL
     nxt = pipeline._next(phase, state)[1]
     assert isinstance(nxt, Ask) and nxt.prompt.startswith("Compare two instructions")   # the judge, next
-    failed = pipeline.from_engine({**sent, "__inference_error__": "CUDA out of memory"}, role=EVOL)
+    # A request that failed in the engine skips the postprocess (Ray's processor): settle marks it failed.
+    failed = pipeline.settle({**sent, "__inference_error__": "ValueError: prompt too long\ntraceback"}, phase=phase)
+    assert set(failed) == {"state"}
     record = pipeline._next(phase, json.loads(failed["state"]))[1]
     assert record["status"] == "rejected" and record["reason"] == "llm_error"
+    assert json.loads(failed["state"])["replies"][0]["error"] == "ValueError: prompt too long"
+    # the answer call goes to the same engine, with the answer role's sampling
+    answered = {"state": json.dumps({**state, "replies": state["replies"] + [
+        pipeline._entry(EVOL, Reply("Not Equal"), 0.0)]})}
+    assert pipeline.to_engine(answered, phase=phase, settings=roles)["sampling_params"]["max_tokens"] == 2048
+
+
+def test_a_gpu_count_covers_every_engine_of_a_stage():
+    vllm, http = RoleSettings("vllm:m"), RoleSettings("openai/m", "http://h/v1")
+    opts = pipeline.RayOptions(tensor_parallel=2, replicas=3)
+    assert pipeline.engines_gpus([(vllm, "--evol-model"), (http, "--answer-model")], opts) == 6
+    assert pipeline.engines_gpus([(http, "--evol-model")], opts) == 0
 
 
 def test_the_vllm_engine_config_carries_the_model_and_the_cluster_flags():

@@ -140,7 +140,7 @@ def test_a_vllm_role_on_a_cluster_without_gpus_says_so_before_any_call(tmp_path)
                      "--vllm-tensor-parallel", "2")
     assert result.returncode == 2, result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert "--answer-model vllm:Qwen/Qwen2.5-0.5B-Instruct" in line and "needs 2 GPU(s)" in line and "has 0" in line
+    assert "--answer-model vllm:Qwen/Qwen2.5-0.5B-Instruct" in line and "need 2 GPU(s)" in line and "has 0" in line
     assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.jsonl.work").exists()
 
 
@@ -185,7 +185,11 @@ def _stand_in_engine(base: str):
 
     def build(settings, options, batch_size, preprocess, postprocess):
         assert settings.model == "vllm:Qwen/Qwen2.5-0.5B-Instruct" and options.tensor_parallel == 1
-        return lambda ds: ds.map(preprocess).map(generate).map(postprocess)
+
+        def postprocess_or_pass(row: dict) -> dict:   # as Ray's processor: failed rows pass by it
+            return {**postprocess(row), "__inference_error__": ""}
+
+        return lambda ds: ds.map(preprocess).map(generate).map(postprocess_or_pass)
 
     return build
 
@@ -211,3 +215,17 @@ def test_a_vllm_evol_role_runs_as_engine_stages_and_writes_the_same_records(tmp_
     assert records(tmp_path / "vllm.jsonl") == records(tmp_path / "local.jsonl")
     assert engines.calls["evol"]["calls"] == local.calls["evol"]["calls"]
     assert engines.calls["answer"]["calls"] == local.calls["answer"]["calls"]
+
+
+def test_an_outage_on_a_worker_stops_the_run_in_one_line_and_a_rerun_goes_on(tmp_path, two_nodes):
+    with FakeOpenAI() as fake:
+        fake.failing = True   # every call 500: the workers' roles trip their error window
+        down = _evolve(tmp_path, fake.base, "out.jsonl", "--ray", two_nodes.address, "--ray-workers", "1",
+                       "--max-error-rate", "0.5")
+        assert down.returncode == 4, down.stderr
+        lines = [x for x in down.stderr.strip().splitlines() if x.startswith("auto-evol")]
+        assert len(lines) == 1 and "calls failed" in lines[0], down.stderr
+        fake.failing = False
+        again = _evolve(tmp_path, fake.base, "out.jsonl", "--ray", two_nodes.address, "--ray-workers", "1")
+        assert again.returncode == 0, again.stderr
+    _journaled_once(tmp_path / "out.jsonl.work", 40)

@@ -144,6 +144,8 @@ def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypat
     optimize_mod = importlib.import_module("auto_evol.optimize")
 
     class Inline:
+        cluster = None   # not on Ray
+
         def map(self, phase, fn, items):
             return [fn(item) for item in items]
 
