@@ -229,3 +229,31 @@ def test_an_outage_on_a_worker_stops_the_run_in_one_line_and_a_rerun_goes_on(tmp
         again = _evolve(tmp_path, fake.base, "out.jsonl", "--ray", two_nodes.address, "--ray-workers", "1")
         assert again.returncode == 0, again.stderr
     _journaled_once(tmp_path / "out.jsonl.work", 40)
+
+
+def test_a_node_removed_mid_run_loses_nothing(tmp_path, two_nodes):
+    extra = two_nodes.add_node(num_cpus=2)   # a third node, to take away while its workers have calls in flight
+    two_nodes.wait_for_nodes()
+    with FakeOpenAI(latency=0.05) as fake:
+        local = _evolve(tmp_path, fake.base, "local.jsonl", n=120)
+        assert local.returncode == 0, local.stderr
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "MLFLOW_TRACKING_URI")}
+        run = subprocess.Popen(
+            [sys.executable, "-m", "auto_evol", "evolve", "--data", str(tmp_path / "seeds.jsonl"),
+             "--out", str(tmp_path / "ray.jsonl"), "--evol-model", "openai/fake", "--api-base", fake.base,
+             "--rounds", "2", "--no-track", "-q", "--ray", two_nodes.address, "--ray-workers", "3",
+             "--ray-batch-size", "4", "--concurrency", "4"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        journal = tmp_path / "ray.jsonl.work" / "round1.jsonl"
+        removed = False
+        deadline = time.time() + 90
+        while not removed and time.time() < deadline and run.poll() is None:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 8:
+                two_nodes.remove_node(extra)
+                removed = True
+            time.sleep(0.05)
+        out, err = run.communicate(timeout=300)
+    assert removed, "the run ended before the node could be removed"
+    assert run.returncode == 0, err
+    assert _lines(tmp_path / "ray.jsonl") == _lines(tmp_path / "local.jsonl")
+    _journaled_once(tmp_path / "ray.jsonl.work", 120)
