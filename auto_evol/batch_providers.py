@@ -8,6 +8,7 @@ batch_journal.py) never look inside a provider.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -154,6 +155,9 @@ class OpenAIBatches(_Provider):
                 if line.strip():
                     row = json.loads(line)
                     found[row["custom_id"]] = self._result(row)
+        if batch.input_file_id:   # the requests' upload is spent once its batch ended: it would only take
+            with contextlib.suppress(Exception):   # up the account's file storage (best effort)
+                await client.files.delete(batch.input_file_id)
         if batch.status != "completed" and not found:
             errors = getattr(batch.errors, "data", None) or []
             why = first_line(Exception(errors[0].message)) if errors and errors[0].message else f"batch {batch.status}"

@@ -208,8 +208,8 @@ def engine_config(settings: RoleSettings, options: RayOptions, batch_size: int):
 
     return vLLMEngineProcessorConfig(
         model_source=settings.model.removeprefix(VLLM),
-        engine_kwargs={"tensor_parallel_size": options.tensor_parallel,
-                       "max_model_len": 8192, "enable_prefix_caching": True},
+        # The model's own context length; prefix caching shares the method's text across an item's prompts.
+        engine_kwargs={"tensor_parallel_size": options.tensor_parallel, "enable_prefix_caching": True},
         concurrency=options.replicas, batch_size=batch_size,
         should_continue_on_error=True)   # a failed request is that item's failed call, not the phase's
 

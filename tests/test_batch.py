@@ -100,6 +100,9 @@ def test_openai_batches_give_the_records_of_an_online_run(tmp_path, capfd):
         # Greedy, and a retry of last round's failure at --retry-temperature: as online.
         assert {b["temperature"] for b in evolutions} == {0.0, 1.0}
         assert all(b["max_tokens"] == 1024 for b in evolutions)
+        # Each batch's upload is deleted once its results are read (it only takes up file storage).
+        uploads = {b.meta["input_file_id"] for b in fake.batches.values()}
+        assert uploads and uploads <= set(fake.deleted_files)
     assert records(result.out) == records(online)
     assert result.calls["evol"]["calls"] > 0 and result.calls["evol"]["input_tokens"] > 0
     journal = read_jsonl(tmp_path / "batch.jsonl.work" / "batches.jsonl")
