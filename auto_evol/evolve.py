@@ -477,8 +477,8 @@ def _on_cluster(options: EvolveOptions):
     from . import cluster, pipeline
 
     # Workers run elsewhere: a relative cache folder or GGUF file is made absolute here, where it was meant.
-    specs = {"evol": (_absolute(options.evol_settings()), "--evol-model"),
-             "answer": (_absolute(options.answer_settings()), "--answer-model")}
+    specs = {"evol": (pipeline.absolute(options.evol_settings()), "--evol-model"),
+             "answer": (pipeline.absolute(options.answer_settings()), "--answer-model")}
     ray_options = pipeline.RayOptions(options.ray_workers, options.ray_batch_size, options.vllm_tensor_parallel,
                                       options.vllm_replicas)
     with cluster.connected(cluster.resolve(options.ray)):
@@ -488,16 +488,8 @@ def _on_cluster(options: EvolveOptions):
             raise UserError(f"{flag} {settings.model}: its vLLM engines need {needed} GPU(s) (--vllm-replicas "
                             f"{options.vllm_replicas} x --vllm-tensor-parallel {options.vllm_tensor_parallel}) "
                             f"and the Ray cluster has {cluster.gpus():g}")
-        yield pipeline.Cluster(specs, ray_options, str(Path(options.cache_dir).resolve()) if options.cache_dir else None,
-                               options.concurrency, options.max_error_rate)
-
-
-def _absolute(settings: RoleSettings) -> RoleSettings:
-    """A role whose model is a GGUF file named by a relative path, with the path made absolute."""
-    model = settings.model or ""
-    if model.startswith("gguf:") and not Path(model[5:]).expanduser().is_absolute():
-        return dataclasses.replace(settings, model="gguf:" + str(Path(model[5:]).expanduser().resolve()))
-    return settings
+        yield pipeline.Cluster(specs, ray_options, pipeline.absolute_dir(options.cache_dir), options.concurrency,
+                               options.max_error_rate)
 
 
 def _check_out(out: Path, work: WorkFolder) -> None:
@@ -511,13 +503,17 @@ def _check_out(out: Path, work: WorkFolder) -> None:
 def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder, evol: Llm, answerer: Llm,
          heard: Observers, cluster_run=None) -> EvolveResult:
     """The run itself, under the work folder's lock; every event goes to ``heard``."""
+    if cluster_run is not None:   # before a --restart drops anything: every node must see the folder
+        from .cluster import check_shared
+
+        try:
+            check_shared(work.path, f"--out {out}")
+        except UserError:
+            if not work.ingested:   # only the lock's folder was made: nothing of a run is there
+                work.remove()
+            raise
     fresh = not work.ingested or options.restart
     try:
-        if cluster_run is not None:   # before a --restart drops anything: every node must see the folder
-            from .cluster import check_shared
-
-            work.path.mkdir(parents=True, exist_ok=True)
-            check_shared(work.path, f"--out {out}")
         work.claim(options.fingerprint(methods), restart=options.restart)
         seeds_path, bad = _ingest(options, work)
     except BaseException:

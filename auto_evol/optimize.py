@@ -441,10 +441,10 @@ def _on_cluster(options: Options, evol: Llm, held: contextlib.ExitStack):
     from . import cluster, pipeline
 
     held.enter_context(cluster.connected(cluster.resolve(options.ray)))
-    role = (evol.settings, "--evol-model")   # a dev pair's evolution and its answer: the evol role's
+    role = (pipeline.absolute(evol.settings), "--evol-model")   # a dev pair's evolution and answer: the evol role's
     return pipeline.Cluster({"evol": role, "answer": role},
                             pipeline.RayOptions(options.ray_workers, options.ray_batch_size),
-                            options.cache_dir, options.ray_batch_size, options.max_error_rate)
+                            pipeline.absolute_dir(options.cache_dir), options.ray_batch_size, options.max_error_rate)
 
 
 def _run(options: Options, state: LoopState | None, split: Split, init: Method, evol: Llm, optimizer: Llm,

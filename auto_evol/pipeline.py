@@ -29,6 +29,7 @@ the work folder (``--out`` on storage all nodes mount at one path); the driver w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import time
@@ -48,6 +49,20 @@ MAX_BLOCKS = 4096   # a phase's pool is cut into at most this many blocks (each 
 
 def is_vllm(settings: RoleSettings) -> bool:
     return (settings.model or "").startswith(VLLM)
+
+
+def absolute(settings: RoleSettings) -> RoleSettings:
+    """A role whose model is a GGUF file named by a relative path, with the path made absolute: workers
+    run in other folders (and on other nodes)."""
+    model = settings.model or ""
+    if model.startswith("gguf:") and not Path(model[5:]).expanduser().is_absolute():
+        return dataclasses.replace(settings, model="gguf:" + str(Path(model[5:]).expanduser().resolve()))
+    return settings
+
+
+def absolute_dir(folder: str | None) -> str | None:
+    """A cache folder as workers must name it (None stays None)."""
+    return str(Path(folder).expanduser().resolve()) if folder else None
 
 
 @dataclass(frozen=True)
@@ -165,19 +180,28 @@ class Asker:
                  concurrency, max_error_rate: float, one_call: bool = False) -> None:
         from . import backends
 
-        names = list(roles)
-        built = backends.build_roles(*roles.values(), cache_dir=cache_dir, concurrency=concurrency,
-                                     memory=False, max_error_rate=max_error_rate,
-                                     checks_dir=cache_dir or backends.DEFAULT_CACHE_DIR)
         self.phase, self.one_call = phase, one_call
-        self.llms: dict[str, Llm] = dict(zip(names, built))
+        self.llms: dict[str, Llm] = {}
         self.loop = None
+        # A role this worker cannot build (no key in its environment, no GGUF file on its node) is raised
+        # from the first batch, where Ray passes the error on as itself (from a constructor it comes
+        # back as a dead actor, its message only).
+        self.failed: Exception | None = None
+        try:
+            built = backends.build_roles(*roles.values(), cache_dir=cache_dir, concurrency=concurrency,
+                                         memory=False, max_error_rate=max_error_rate,
+                                         checks_dir=cache_dir or backends.DEFAULT_CACHE_DIR)
+            self.llms = dict(zip(roles, built))
+        except (UserError, Outage) as exc:
+            self.failed = exc
 
     async def __call__(self, batch: dict) -> dict:
         # Async: Ray Data runs a few batches of a worker at once on the worker's one event loop, which
         # keeps its connections from batch to batch. A batch per fresh loop (asyncio.run) ran 0.19 of a
         # bare client's calls/s in benchmarks/ray_bench.py: every batch waited for its slowest item and
         # reconnected.
+        if self.failed is not None:
+            raise self.failed
         loop = asyncio.get_running_loop()
         if self.loop is not loop:   # the tuning llm.run_async gives its own loops (DSPy's calls inline)
             self.loop = loop
@@ -226,11 +250,10 @@ def to_engine(row: dict, *, phase: Phase, settings: dict[str, RoleSettings]) -> 
     _, ask = _next(phase, json.loads(row["state"]))
     role = settings[ask.role]
     temperature = ask.temperature if ask.temperature is not None else role.temperature
-    params = {"temperature": temperature if temperature is not None else 0.0, "max_tokens": role.max_tokens}
-    if role.top_p is not None:
-        params["top_p"] = role.top_p
-    if ask.rollout is not None:
-        params["seed"] = ask.rollout
+    # Every key on every row: one engine serves both roles, and a block of rows with and without a key
+    # would hand the engine None for it (top_p=None is no valid setting; seed=None is "unseeded").
+    params = {"temperature": temperature if temperature is not None else 0.0, "max_tokens": role.max_tokens,
+              "top_p": role.top_p if role.top_p is not None else 1.0, "seed": ask.rollout}
     return {"state": row["state"], "messages": [{"role": "user", "content": ask.prompt}], "sampling_params": params}
 
 
@@ -295,7 +318,18 @@ class Cluster:
             index = int(record.pop("index"))
             done(index, dev_result(pairs[index][1], record))
 
-        self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None, on_record)
+        came: set[int] = set()
+
+        def once(record: dict, usage: list[dict]) -> None:
+            if int(record["index"]) not in came:
+                came.add(int(record["index"]))
+                on_record(record, usage)
+            else:
+                add_usage({"evol": evol, "answer": evol}, usage)
+
+        self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None, once)
+        if len(came) < len(pairs):
+            raise Outage(f"dev evaluation: {len(came)} of {len(pairs)} pairs came back from the Ray cluster")
 
     def run(self, phase: Phase | DevPhase, pool: Path | list[dict], done: set[str], limit: int | None,
             on_record: Callable[[dict, list[dict]], None], *, rows: int | None = None) -> None:

@@ -87,6 +87,7 @@ def test_the_vllm_stage_gets_the_call_as_chat_messages_and_sampling_params():
     assert sent["messages"] == [{"role": "user", "content": ask.prompt}]
     assert "Question number 5?" in ask.prompt
     assert sent["sampling_params"] == {"temperature": 1.0, "max_tokens": 512, "top_p": 0.9, "seed": ask.rollout}
+    assert ask.rollout is not None
     back = pipeline.from_engine({**sent, "generated_text": "#Finally Rewritten Instruction#: Question number 5, "
                                  "with a twist?", "num_input_tokens": 40, "num_generated_tokens": 9}, phase=phase)
     back = pipeline.settle({**back, "__inference_error__": ""}, phase=phase)   # as a processor's success row
@@ -103,7 +104,9 @@ def test_the_vllm_stage_gets_the_call_as_chat_messages_and_sampling_params():
     # the answer call goes to the same engine, with the answer role's sampling
     answered = {"state": json.dumps({**state, "replies": state["replies"] + [
         pipeline._entry(EVOL, Reply("Not Equal"), 0.0)]})}
-    assert pipeline.to_engine(answered, phase=phase, settings=roles)["sampling_params"]["max_tokens"] == 2048
+    judged = pipeline.to_engine(answered, phase=phase, settings=roles)["sampling_params"]
+    # the answer call goes to the same engine with the answer role's sampling, every key present
+    assert judged == {"temperature": 1.0, "max_tokens": 2048, "top_p": 1.0, "seed": judged["seed"]}
 
 
 def test_a_gpu_count_covers_every_engine_of_a_stage():
@@ -140,3 +143,19 @@ def test_a_worker_outage_reaches_the_driver_as_itself():
     assert pipeline._cause(plain) is plain
     assert isinstance(pipeline._cause(RuntimeError("y").with_traceback(None)), RuntimeError)
     assert isinstance(pipeline._cause(Wrapped(UserError("bad key"))), UserError)
+
+
+def test_a_role_a_worker_cannot_build_is_raised_as_itself_from_its_first_batch(tmp_path):
+    # (from the constructor Ray would hand the driver a dead actor with the message only)
+    missing = RoleSettings(f"gguf:{tmp_path / 'no-such.gguf'}")
+    asker = pipeline.Asker(pipeline.Phase(_plan()), {EVOL: (missing, "--evol-model")}, cache_dir=None,
+                           concurrency=4, max_error_rate=0.5)
+    with pytest.raises(UserError, match="no-such.gguf"):
+        asyncio.run(asker({"state": [json.dumps({"row": _row(1), "replies": []})]}))
+
+
+def test_workers_get_absolute_paths():
+    relative = RoleSettings("gguf:models/x.gguf")
+    assert pipeline.absolute(relative).model.startswith("gguf:/")
+    assert pipeline.absolute(RoleSettings("openai/x")).model == "openai/x"
+    assert pipeline.absolute_dir("cache").startswith("/") and pipeline.absolute_dir(None) is None
