@@ -313,21 +313,16 @@ class Cluster:
         as each comes back, its calls counted in ``evol``'s usage."""
         from .evaluation import dev_result
 
-        def on_record(record: dict, usage: list[dict]) -> None:
-            add_usage({"evol": evol, "answer": evol}, usage)
-            index = int(record.pop("index"))
-            done(index, dev_result(pairs[index][1], record))
-
         came: set[int] = set()
 
-        def once(record: dict, usage: list[dict]) -> None:
-            if int(record["index"]) not in came:
-                came.add(int(record["index"]))
-                on_record(record, usage)
-            else:
-                add_usage({"evol": evol, "answer": evol}, usage)
+        def on_record(record: dict, usage: list[dict]) -> None:
+            add_usage({"evol": evol, "answer": evol}, usage)   # a pair twice: its calls were paid twice
+            index = int(record.pop("index"))
+            if index not in came:   # taken once, whatever a cluster hands back
+                came.add(index)
+                done(index, dev_result(pairs[index][1], record))
 
-        self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None, once)
+        self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None, on_record)
         if len(came) < len(pairs):
             raise Outage(f"dev evaluation: {len(came)} of {len(pairs)} pairs came back from the Ray cluster")
 
@@ -350,9 +345,9 @@ class Cluster:
                             num_cpus=0.1)
         if limit is not None:
             ds = ds.limit(limit)
-        ds = self._llm_stages(ds, phase)
-        ds = ds.map_batches(finish, fn_kwargs={"phase": phase}, batch_format="numpy", num_cpus=0.1)
-        try:
+        try:   # (the vLLM stages run part of the pipeline as they are built: materialize)
+            ds = self._llm_stages(ds, phase)
+            ds = ds.map_batches(finish, fn_kwargs={"phase": phase}, batch_format="numpy", num_cpus=0.1)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for record, usage in zip(batch["record"], batch["usage"]):
                     on_record(json.loads(record), json.loads(usage))
