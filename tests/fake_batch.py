@@ -212,6 +212,13 @@ class _FakeBase:
 
     # ---- shared helpers -------------------------------------------------------------------------------------
 
+    def _poll(self, batch: _Batch):
+        """A client polls ``batch``: it moves on as the provider's would (``_advance``), and is shown."""
+        batch.polls += 1
+        self.polls += 1
+        self._advance(batch)
+        return self._json(200, self._view(batch), "batch")
+
     def _json(self, status: int, obj, kind: str | None = None):
         if kind:
             self.sent.append((kind, obj))
@@ -322,10 +329,7 @@ class FakeOpenAIBatch(_FakeBase):
             if batch is None:
                 return self._error(404, f"No batch found with id '{parts[1]}'.")
             if len(parts) == 2 and method == "GET":
-                batch.polls += 1
-                self.polls += 1
-                self._advance(batch)
-                return self._json(200, self._view(batch), "batch")
+                return self._poll(batch)
             if parts[2:] == ["cancel"] and method == "POST":
                 if batch.ended or batch.status in ("cancelling",):
                     return self._error(400, f"Cannot cancel a batch with status '{batch.status}'.")
@@ -625,10 +629,7 @@ class FakeAnthropicBatch(_FakeBase):
         if batch is None:
             return self._error(404, f"No message batch found with id '{parts[0]}'.")
         if len(parts) == 1 and method == "GET":
-            batch.polls += 1
-            self.polls += 1
-            self._advance(batch)
-            return self._json(200, self._view(batch), "batch")
+            return self._poll(batch)
         if len(parts) == 1 and method == "DELETE":
             if not batch.ended:
                 return self._error(400, "A message batch must finish processing before it can be deleted.")

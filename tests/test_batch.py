@@ -54,6 +54,13 @@ def options(tmp_path: Path, out: str, base: str, **extra) -> EvolveOptions:
                             "evol_model": "openai/fake", "api_base": base, "track": False, **extra})
 
 
+def batch_evolve(tmp_path: Path, fake, provider: str, out: str, **overrides):
+    """``evolve --batch`` into ``out`` against ``fake`` (anthropic: with roles built for the fake)."""
+    evol, answerer = anthropic_roles(fake.base) if provider == "anthropic" else (None, None)
+    return evolve(options(tmp_path, out, fake.base, batch="all", **overrides), evol=evol, answerer=answerer,
+                  observers=[])
+
+
 def anthropic_roles(base: str):
     """Evol and answer roles on an Anthropic model whose batches go to the fake (built without the provider
     probe, which would call the Messages API online)."""
@@ -158,11 +165,7 @@ def test_a_run_killed_around_submitting_attaches_on_rerun_and_never_submits_twic
     fake_cls = FakeOpenAIBatch if provider == "openai" else FakeAnthropicBatch
     with fake_cls(polls_to_finish=3) as fake:
         def go(out):
-            evol = answerer = None
-            if provider == "anthropic":
-                evol, answerer = anthropic_roles(fake.base)
-            return evolve(options(tmp_path, out, fake.base, batch="all"), evol=evol, answerer=answerer,
-                          observers=[])
+            return batch_evolve(tmp_path, fake, provider, out)
 
         # The second batch of round 1 (the verdicts): the evolutions' batch is done by then.
         restore = interrupt(monkeypatch, calls=2, journaled=moment == "after_id")
@@ -245,11 +248,7 @@ def test_expired_and_failed_requests_are_resubmitted_then_rejected_and_a_rerun_r
     fake_cls = FakeOpenAIBatch if provider == "openai" else FakeAnthropicBatch
     with fake_cls(polls_to_finish=1) as fake:
         def go(out):
-            evol = answerer = None
-            if provider == "anthropic":
-                evol, answerer = anthropic_roles(fake.base)
-            return evolve(options(tmp_path, out, fake.base, batch="all", rounds=1), evol=evol, answerer=answerer,
-                          observers=[])
+            return batch_evolve(tmp_path, fake, provider, out, rounds=1)
 
         # Seed 1's answer expires once and seed 2's fails once: both answered on their second submission.
         # Seed 0's answer fails every time: after 3 submissions it is an llm_error reject.
