@@ -166,8 +166,7 @@ class CompareSummary:
                "methods": {name: m.to_dict() for name, m in self.methods.items()},
                "seed_difficulty": self.seed_difficulty, "unscored_difficulty": self.unscored_difficulty,
                "calls": {role: dict(usage) for role, usage in self.calls.items()}, "seconds": self.seconds,
-               "cost": {**{role: c.to_dict() for role, c in self.costs.items()},
-                        "total_usd": cost_mod.total(self.costs)},
+               "cost": cost_mod.report(self.costs),
                "diversity": self.diversity.to_dict()}
         if self.run_id is not None:
             out["run_id"] = self.run_id

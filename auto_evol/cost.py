@@ -289,6 +289,24 @@ def total(role_costs: Mapping[str, Cost]) -> float | None:
     return None if any(v is None for v in values) else sum(values)
 
 
+def report(role_costs: Mapping[str, Cost]) -> dict:
+    """Each role's tokens and USD (Cost.to_dict) and the total, as summary.json and stats.json hold them."""
+    return {**{role: c.to_dict() for role, c in role_costs.items()}, "total_usd": total(role_costs)}
+
+
+def estimate(role_costs: Mapping[str, Cost]) -> tuple[dict[str, dict], float | str]:
+    """--dry-run's figures from the costs of estimated usage: per role the model, the usage and the USD
+    (rounded; the reason instead where the price is unknown), and the total (a line naming the models
+    with no known price instead, as a partial sum would understate it)."""
+    rows = {role: {"model": c.model, "calls": c.calls, "input_tokens": c.input_tokens,
+                   "output_tokens": c.output_tokens, "cost_usd": round(c.usd, 6) if c.usd is not None else c.note}
+            for role, c in role_costs.items()}
+    unknown = [c.model for c in role_costs.values() if c.usd is None]
+    whole = (f"no known price for {', '.join(dict.fromkeys(unknown))}" if unknown else
+             round(sum(c.usd for c in role_costs.values()), 6))
+    return rows, whole
+
+
 def summary(role_costs: Mapping[str, Cost]) -> str:
     """One line for a terminal: each role's tokens and cost, then the total."""
     if not role_costs:

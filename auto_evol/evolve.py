@@ -143,11 +143,10 @@ class EvolveStats:
 
     @classmethod
     def of(cls, result: "EvolveResult", notices: list[str]) -> "EvolveStats":
-        spent = {role: c.to_dict() for role, c in result.costs.items()}
         return cls(records=result.records, complete=result.complete, rounds=tuple(result.rounds),
                    bad_lines=len(result.bad_lines), calls=result.calls, seconds=result.seconds,
                    notices=tuple(dict.fromkeys(notices)),
-                   cost={**spent, "total_usd": cost_mod.total(result.costs)} if spent else {})
+                   cost=cost_mod.report(result.costs) if result.costs else {})
 
     def to_dict(self) -> dict:
         return {"records": self.records, "complete": self.complete, "rounds": [s.to_dict() for s in self.rounds],
@@ -896,24 +895,22 @@ def _estimate(options: EvolveOptions, methods) -> dict:
                    "input_tokens": (unanswered * mean + evolutions * mean * 1.3) / 4,
                    "output_tokens": (unanswered + evolutions) * options.answer_max_tokens / 4},
     }
-    estimate = {}
     batched = {"evol": options.batch in ("all", "evol"), "answer": options.batch in ("all", "answer")}
+    spent = {}
     for role, r in roles.items():
         settings = r.pop("settings")
         usage = {k: int(v) for k, v in r.items()}
-        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model,
-                                   batched=usage if batched[role] else None)
-        estimate[role] = {"model": spent.model, **usage,
-                          "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note,
-                          "price": "batch" if batched[role] else "online"}
-    unknown = [r["model"] for r in estimate.values() if isinstance(r["cost_usd"], str)]
+        spent[role] = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model,
+                                         batched=usage if batched[role] else None)
+    estimate, cost_usd = cost_mod.estimate(spent)
+    for role, row in estimate.items():
+        row["price"] = "batch" if batched[role] else "online"
     return {"items": items, "bad_rows": bad, "seeds_without_answer": unanswered, "rounds": options.rounds,
             "calls": unanswered + items * options.rounds * per_item,
             "prompt_tokens_estimate": sum(r["input_tokens"] for r in estimate.values()),
             "output_tokens_estimate": sum(r["output_tokens"] for r in estimate.values()),
             "roles": estimate,
-            "cost_usd": (f"no known price for {', '.join(dict.fromkeys(unknown))}" if unknown else
-                         round(sum(r["cost_usd"] for r in estimate.values()), 6)),
+            "cost_usd": cost_usd,
             "assumes": "every evolution kept; the evolver's reply about as long as the evolved instruction "
                        "(a multi-step method such as e0 writes several times more); answers average a quarter "
                        "of --answer-max-tokens; "

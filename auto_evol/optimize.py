@@ -301,21 +301,18 @@ def estimate(options: Options) -> dict:
                        "output_tokens": int(calls * per_out), "price": "batch" if name in batched else "online"}
                 for name, (role, calls, per_in, per_out) in phases.items()}
     roles = {"evol": options.evol_settings(), "optimizer": options.optimizer_settings()}
-    by_role = {}
+    spent = {}
     for role, settings in roles.items():
         keys = ("calls", "input_tokens", "output_tokens")
         usage = {k: sum(p[k] for p in by_phase.values() if p["role"] == role) for k in keys}
         part = {k: sum(p[k] for name, p in by_phase.items() if p["role"] == role and name in batched) for k in keys}
-        spent = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model, batched=part)
-        by_role[role] = {"model": spent.model, **usage,
-                         "cost_usd": round(spent.usd, 6) if spent.usd is not None else spent.note}
-    unknown = [r["model"] for r in by_role.values() if isinstance(r["cost_usd"], str)]
+        spent[role] = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model, batched=part)
+    by_role, cost_usd = cost_mod.estimate(spent)
     calls = sum(r["calls"] for r in by_role.values())
     return {"upper_bound": True, "data": split.name, "dev_items": dev, "batch": size, "steps": steps,
             "candidates": m, "rounds": options.rounds, "phases": by_phase, "roles": by_role,
             "calls": calls, "paper_calls": PAPER_CALLS,
-            "cost_usd": (f"no known price for {', '.join(dict.fromkeys(unknown))}" if unknown else
-                         round(sum(r["cost_usd"] for r in by_role.values()), 6)),
+            "cost_usd": cost_usd,
             "assumes": "an upper bound: every step runs, every candidate is new and judged on every dev item "
                        "(halving, racing, duplicates and failed evolutions call less), every reply uses its whole "
                        "--*-max-tokens, no reply comes from the cache; input tokens are estimates (characters / 4, "
@@ -470,14 +467,13 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
     def process_cost() -> float | None:
         return cost_mod.total(costs_since(process_start))
 
-    def checkpoint() -> None:
-        state.spent = _usage(spent_before, evol, optimizer, batched)
-        state.spent_batch = _batch_usage(batch_before, batched)
-        heard.checkpoint(state.to_dict())
-
     def run_usage() -> tuple[dict, dict]:
         """The run's usage over all its processes, and of it the calls sent to batches."""
         return _usage(spent_before, evol, optimizer, batched), _batch_usage(batch_before, batched)
+
+    def checkpoint() -> None:
+        state.spent, state.spent_batch = run_usage()
+        heard.checkpoint(state.to_dict())
 
     with ThreadPoolExecutor(options.concurrency) as pool:
         # the batched evol role counts its calls apart: the phases' call counts take it in too
