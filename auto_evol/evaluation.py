@@ -15,7 +15,7 @@ from .data import Item
 from .failure import Failure
 from .llm import Llm
 from .method import Method
-from .trajectory import aevolve_and_answer, evolution_steps, evolve_and_answer, stage0
+from .trajectory import arun_steps, evolution_steps, run_steps, stage0
 
 
 @dataclass(frozen=True)
@@ -70,19 +70,17 @@ def _failed(result: DevResult) -> bool:
 
 def judge_item(llm: Llm, method: Method, item: Item) -> DevResult:
     """Evolve one dev item with ``method`` and judge the evol LLM's answer to it (two calls at most)."""
-    outcome = evolve_and_answer(llm, method, stage0(item))
-    return DevResult(item, outcome.evolved, outcome.answer_text, outcome.failure, outcome.reply)
+    return dev_result(item, run_steps(dev_steps(method, item), llm))
 
 
 async def ajudge_item(llm: Llm, method: Method, item: Item) -> DevResult:
     """``judge_item`` from an event loop (a batched evol role: every dev pair in flight at once)."""
-    outcome = await aevolve_and_answer(llm, method, stage0(item))
-    return DevResult(item, outcome.evolved, outcome.answer_text, outcome.failure, outcome.reply)
+    return dev_result(item, await arun_steps(dev_steps(method, item), llm))
 
 
 def dev_steps(method: Method, item: Item):
     """``judge_item`` as steps (trajectory.py's generator of calls) that return the result as plain data
-    (``dev_result`` reads it back): what a Ray worker runs for one (method, dev item) pair."""
+    (``dev_result`` reads it back): driven here, or by a Ray worker for one (method, dev item) pair."""
     outcome = yield from evolution_steps(method, stage0(item), answer=True)
     return {"evolved": outcome.evolved, "answer": outcome.answer_text, "reply": outcome.reply,
             "failure": outcome.failure.value if outcome.failure is not None else None}

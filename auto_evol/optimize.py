@@ -34,7 +34,7 @@ from .llm import LLMError, Llm, RoleSettings
 from .method import Method
 from .observer import Observer, Observers
 from .runner import Runner
-from .trajectory import Trajectory, evolve_rounds
+from .trajectory import Trajectory, evolve_rounds, rollout_id
 
 @dataclass
 class Options:
@@ -323,8 +323,7 @@ def estimate(options: Options) -> dict:
 
 def _rollout(seed: int, step: int, index: int) -> int:
     """A stable id per (seed, step, candidate): separates the m sampled optimizer calls in the cache."""
-    digest = hashlib.sha256(f"{seed}:{step}:{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+    return rollout_id(seed, step, index)
 
 
 def evaluate(method: Method, dev: list, evol: Llm, runner: Runner, batched=None) -> Evaluation:

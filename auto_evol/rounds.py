@@ -10,7 +10,6 @@ stages as plain data. Both paths run this code, which is why their record sets a
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ from .data import with_input
 from .failure import Failure, Rules
 from .llm import LLMError
 from .method import Method, pick
-from .trajectory import ANSWER, Ask, evolution_steps
+from .trajectory import ANSWER, Ask, evolution_steps, rollout_id
 
 ItemSteps = Generator[Ask, object, dict]   # yields calls, returns the journal record
 
@@ -44,8 +43,7 @@ def rollout(seed: int, seed_id: str, round_: int) -> int:
     """A stable id per (seed, item, round): each round's attempt at an item is its own sample and its
     own cache entry, so a failed item tried again next round is drawn anew, while a rerun of the
     same command with --cache-dir still finds every finished call in the cache."""
-    digest = hashlib.sha256(f"{seed}:{seed_id}:{round_}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+    return rollout_id(seed, seed_id, round_)
 
 
 def round_item(row: dict, plan: RoundPlan, *, known: dict | None = None, keep=None) -> ItemSteps:

@@ -11,6 +11,7 @@ says why; so does an LLM call that failed after its retries.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
@@ -41,6 +42,13 @@ class Evolution:
 # settings and judge the replies alike.
 
 EVOL, ANSWER = "evol", "answer"   # the role a call goes to
+
+
+def rollout_id(*parts) -> int:
+    """A stable sampling id from ``parts`` (a seed and what names one sampled call): the same call gets
+    the same id on every rerun (and cache entry), different calls different ones."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 @dataclass(frozen=True)
