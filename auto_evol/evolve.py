@@ -32,7 +32,7 @@ from . import llm as llm_mod
 from . import locks, output
 from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
 from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
-from .errors import Outage, UserError
+from .errors import UserError
 from .llm import Llm, RoleSettings
 from .method import CLASSIC, Method
 from .observer import Observer, Observers
@@ -781,24 +781,13 @@ def _cluster_phase(cluster_run, phase, label: str, pool: Path, journal_path: Pat
             limit, budget.stopped_by = fit, "--max-calls"
             if not fit:
                 return False
-    from .pipeline import add_usage
-
-    came: set[str] = set()
-
-    def on_record(record: dict, usage: list[dict]) -> None:
-        add_usage({"evol": evol, "answer": answerer}, usage)   # a record twice: its calls were paid twice
-        if record["seed_id"] in came or record["seed_id"] in done:
-            return   # journaled once, whatever a cluster hands back
-        came.add(record["seed_id"])
+    def on_record(key: str, record: dict) -> None:
         journal.append(record)
         heard.advance(label)
 
     with Journal(journal_path) as journal:
-        cluster_run.run(phase, pool, done, limit, on_record, rows=total)
-    expected = total - len(done) if limit is None else limit
-    if len(came) < expected:   # never a phase called complete with items missing
-        raise Outage(f"{label}: {len(came)} of {expected} items came back from the Ray cluster; the rest are "
-                     f"not journaled, rerun the same command to go on")
+        cluster_run.run(phase, pool, done, limit, on_record, roles={"evol": evol, "answer": answerer}, label=label,
+                        items=total)
     return limit is None
 
 

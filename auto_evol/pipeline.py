@@ -154,19 +154,19 @@ def start(batch: dict, *, phase: Phase | DevPhase, done: frozenset) -> dict:
 
 
 def finish(batch: dict, *, phase: Phase | DevPhase) -> dict:
-    """States whose calls are all answered -> their journal records, and their calls' usage."""
-    records, usages = [], []
+    """States whose calls are all answered -> their keys (the rows' seed_id), journal records, and their
+    calls' usage."""
+    keys, records, usages = [], [], []
     for text in batch["state"]:
         state = json.loads(text)
         _, got = _next(phase, state)
         if isinstance(got, Ask):   # no stage served this role: a bug, never a silent loss
             raise RuntimeError(f"item {state['row'].get('seed_id')} still needs a {got.role} call")
-        if isinstance(phase, DevPhase):
-            got = {**got, "index": state["row"]["seed_id"]}
+        keys.append(state["row"]["seed_id"])
         records.append(json.dumps(got, ensure_ascii=False))
         usages.append(json.dumps([{k: v for k, v in e.items() if k not in ("text", "fields")}
                                   for e in state["replies"]]))
-    return {"record": records, "usage": usages}
+    return {"key": keys, "record": records, "usage": usages}
 
 
 # --- the roles auto-evol's own clients serve -------------------------------------------------------
@@ -313,30 +313,24 @@ class Cluster:
         as each comes back, its calls counted in ``evol``'s usage."""
         from .evaluation import dev_result
 
-        came: set[int] = set()
-
-        def on_record(record: dict, usage: list[dict]) -> None:
-            add_usage({"evol": evol, "answer": evol}, usage)   # a pair twice: its calls were paid twice
-            index = int(record.pop("index"))
-            if index not in came:   # taken once, whatever a cluster hands back
-                came.add(index)
-                done(index, dev_result(pairs[index][1], record))
-
-        self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None, on_record)
-        if len(came) < len(pairs):
-            raise Outage(f"dev evaluation: {len(came)} of {len(pairs)} pairs came back from the Ray cluster")
+        self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None,
+                 lambda key, record: done(int(key), dev_result(pairs[int(key)][1], record)),
+                 roles={"evol": evol, "answer": evol}, label="dev evaluation")
 
     def run(self, phase: Phase | DevPhase, pool: Path | list[dict], done: set[str], limit: int | None,
-            on_record: Callable[[dict, list[dict]], None], *, rows: int | None = None) -> None:
-        """Run ``phase`` over the items of ``pool`` (a JSONL file of ``rows`` lines, or rows) not in
-        ``done`` (the first ``limit`` of them, if given), handing each finished item's record and calls'
-        usage to ``on_record`` as it comes back."""
+            on_record: Callable[[str, dict], None], *, roles: dict[str, Llm], label: str,
+            items: int | None = None) -> None:
+        """Run ``phase`` over its items in ``pool`` (a JSONL file holding ``items`` of them, or rows) not in
+        ``done`` (the first ``limit`` of them, if given). Each finished item's calls are counted in
+        ``roles`` (the driver's) and its record handed to ``on_record(key, record)`` once, as it comes
+        back, whatever the cluster hands back twice; a phase with items missing at the end is an Outage
+        (the caller's journal holds what came, a rerun goes on), never a phase called complete."""
         import ray.data
 
         # Records come back a block at a time: blocks of ~16 batches keep the journal (and what a killed
         # driver loses) close behind the calls. Ray Data alone cut 3,000 lines into 8 blocks of 375.
-        rows = rows if rows is not None else len(pool)
-        blocks = max(1, min(MAX_BLOCKS, -(-rows // (16 * self.options.batch_size))))
+        items = items if items is not None else len(pool)
+        blocks = max(1, min(MAX_BLOCKS, -(-items // (16 * self.options.batch_size))))
         if isinstance(pool, Path):   # Ray Data's reader, on the workers (the path: storage they all see)
             ds = ray.data.read_text(str(pool.resolve()), num_cpus=0.1, override_num_blocks=blocks)
         else:
@@ -345,14 +339,22 @@ class Cluster:
                             num_cpus=0.1)
         if limit is not None:
             ds = ds.limit(limit)
+        came: set[str] = set()
         try:   # (the vLLM stages run part of the pipeline as they are built: materialize)
             ds = self._llm_stages(ds, phase)
             ds = ds.map_batches(finish, fn_kwargs={"phase": phase}, batch_format="numpy", num_cpus=0.1)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for record, usage in zip(batch["record"], batch["usage"]):
-                    on_record(json.loads(record), json.loads(usage))
+                for key, record, usage in zip(batch["key"], batch["record"], batch["usage"]):
+                    add_usage(roles, json.loads(usage))   # a record twice: its calls were paid twice
+                    if key not in came and key not in done:
+                        came.add(key)
+                        on_record(str(key), json.loads(record))
         except Exception as exc:   # an outage or a bad setting a worker met: its own one line
             raise _cause(exc) from None
+        expected = items - len(done) if limit is None else limit
+        if len(came) < expected:
+            raise Outage(f"{label}: {len(came)} of {expected} items came back from the Ray cluster; the rest "
+                         f"are not journaled, rerun the same command to go on")
 
     def _llm_stages(self, ds, phase: Phase):
         own = {role: spec for role, spec in self.roles.items() if not is_vllm(spec[0])}
