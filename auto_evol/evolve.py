@@ -531,13 +531,14 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
     for round_ in range(1, options.rounds + 1):
         if not complete:
             break
+        # Every round's pool holds every seed once (a round ends only when each of its items has its record).
         pool = seeds_path if round_ == 1 else work.journal(round_ - 1)
         if cluster_run is not None:
-            complete = _cluster_round(cluster_run, round_, pool, options, work, methods, evol, answerer, budget,
-                                      heard)
+            complete = _cluster_round(cluster_run, round_, pool, seeds, options, work, methods, evol, answerer,
+                                      budget, heard)
         else:
-            complete = llm_mod.run_async(_round(round_, pool, options, work, methods, evol, answerer, budget,
-                                                heard))
+            complete = llm_mod.run_async(_round(round_, pool, seeds, options, work, methods, evol, answerer,
+                                                budget, heard))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
         "evol_and_answer": evol.usage.snapshot()}
     result = EvolveResult(out=out, records=0, rejects=work.rejects,
@@ -711,11 +712,10 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int | str, budg
     return not stopped
 
 
-async def _round(round_: int, pool: Path, options: EvolveOptions, work: WorkFolder, methods, evol: Llm,
-                 answerer: Llm, budget: _Budget, heard: Observers) -> bool:
+async def _round(round_: int, pool: Path, total: int, options: EvolveOptions, work: WorkFolder, methods,
+                 evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
     journal_path = work.journal(round_)
     done = work.resume(round_)
-    total = sum(1 for _ in read(pool))
     heard.phase(f"round {round_}", total, len(done))
     plan = round_plan(round_, options, methods, evol, answerer)
 
@@ -755,12 +755,11 @@ def _cluster_seeds(cluster_run, work: WorkFolder, seeds_path: Path, evol: Llm, a
                           evol, answerer, budget, heard)
 
 
-def _cluster_round(cluster_run, round_: int, pool: Path, options: EvolveOptions, work: WorkFolder, methods,
-                   evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
+def _cluster_round(cluster_run, round_: int, pool: Path, total: int, options: EvolveOptions, work: WorkFolder,
+                   methods, evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
     from .pipeline import Phase
 
     done = work.resume(round_)
-    total = sum(1 for _ in read(pool))
     complete = _cluster_phase(cluster_run, Phase(round_plan(round_, options, methods, evol, answerer)),
                               f"round {round_}", pool, work.journal(round_), total, done, evol, answerer, budget,
                               heard)
