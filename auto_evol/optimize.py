@@ -507,29 +507,20 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
             state.advance(record)
             heard.step(record)
             checkpoint()
-        if stopped is not None:   # e* is not made: the run goes on with --resume, from this checkpoint
-            usage, batch_usage = run_usage()
-            return OptimizeResult(best=state.incumbent, rates=list(state.rates), history=history, initial=initial,
-                                  lineage=list(state.lineage),
-                                  accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok],
-                                  usage=usage, costs=cost_mod.costs(usage, roles, batched=batch_usage),
-                                  batch_usage=batch_usage, stopped=stopped,
-                                  process_cost=process_cost(),
-                                  notices=list(dict.fromkeys(evol.notices + optimizer.notices)),
-                                  seconds=round(time.perf_counter() - started, 2))
-        best = _final_method(state, split.name, options)
-        if state.e_star_name != best.name:
-            state.e_star_name = best.name     # written down before the file: a resumed finish reuses it
-            checkpoint()
-        result = OptimizeResult(best=best, rates=list(state.rates), history=history, initial=initial,
+        result = OptimizeResult(best=state.incumbent, rates=list(state.rates), history=history, initial=initial,
                                 lineage=list(state.lineage),
-                                accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok])
-        result.method_path = method_mod.save(best, Path(options.methods_dir))
-        if options.track:
-            if state.registered is None:   # once per run, also when a resumed run finishes again
-                state.registered = _register(best, state, split, evol, runner, batched)
+                                accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok], stopped=stopped)
+        if stopped is None:   # else e* is not made: the run goes on with --resume, from this checkpoint
+            result.best = best = _final_method(state, split.name, options)
+            if state.e_star_name != best.name:
+                state.e_star_name = best.name     # written down before the file: a resumed finish reuses it
                 checkpoint()
-            result.prompt_uri, result.champion = state.registered
+            result.method_path = method_mod.save(best, Path(options.methods_dir))
+            if options.track:
+                if state.registered is None:   # once per run, also when a resumed run finishes again
+                    state.registered = _register(best, state, split, evol, runner, batched)
+                    checkpoint()
+                result.prompt_uri, result.champion = state.registered
         result.usage, result.batch_usage = run_usage()
         result.costs = cost_mod.costs(result.usage, roles, batched=result.batch_usage)
         result.process_cost = process_cost()
