@@ -468,12 +468,12 @@ class BatchRole:
     batched = True   # its calls are billed at the provider's batch price (cost.py)
 
     def __init__(self, llm: Llm, journal: BatchJournal, config: BatchConfig | None = None, *,
-                 progress: Callable[[Progress], None] | None = stderr_progress, usage: Usage | None = None) -> None:
-        """``usage``: where its calls are counted; by default a Usage of its own, which every verb keeps (a
-        role's cost is its online calls' at the online price plus these at the batch price: cost.py)."""
+                 progress: Callable[[Progress], None] | None = stderr_progress) -> None:
+        """Its calls are counted in a Usage of its own, which every verb keeps (a role's cost is its online
+        calls' at the online price plus these at the batch price: cost.py)."""
         check_batchable(llm.settings)
         self.llm = llm
-        self.usage = usage if usage is not None else Usage()
+        self.usage = Usage()
         self.config = config or BatchConfig.from_env()
         self.provider = PROVIDERS[provider_name(llm.settings)](llm.settings)
         self.batcher = Batcher(self.provider, journal, self.config, llm.settings.label, progress)

@@ -130,16 +130,16 @@ def wait_of(headers) -> float | None:
     return _retry_after(headers.get("Retry-After"))
 
 
-def _result(status: int, text: str, retry_after: str | None, model: str):
+def _result(status: int, text: str, retry_after: float | None, model: str):
+    """The reply of ``status`` as lm15 takes it, or its error; ``retry_after``: the wait asked for, in seconds."""
     from dspy import lm15
 
     if status == 429:
-        raise lm15.RateLimitError(f"429 from the server: {text[:200]}", retry_after=_retry_after(retry_after))
+        raise lm15.RateLimitError(f"429 from the server: {text[:200]}", retry_after=retry_after)
     if status in (401, 403):
         raise lm15.AuthError(f"{status} from the server: {text[:200]}")
     if status >= 500:
-        raise lm15.ServerError(f"{status} from the server: {text[:200]}", status=status,
-                               retry_after=_retry_after(retry_after))
+        raise lm15.ServerError(f"{status} from the server: {text[:200]}", status=status, retry_after=retry_after)
     if status >= 400:
         raise lm15.InvalidRequestError(f"{status} from the server: {text[:200]}", status=status)
     try:
@@ -212,7 +212,7 @@ class OpenAICompatEngine(SyncEngine):
             self._local.conn = None
             conn.close()
             raise lm15.TransportError(f"connection failed: {exc}") from None
-        return _result(response.status, text, response.getheader("Retry-After"), request.model)
+        return _result(response.status, text, _retry_after(response.getheader("Retry-After")), request.model)
 
 
 class AsyncOpenAICompatEngine:

@@ -223,8 +223,7 @@ class OptimizeLogger(Observer):
         self._metrics(step_run, {"failure_rate": handed_on, "incumbent_rate": record.incumbent_rate,
                                  "best_candidate_rate": min(record.rates), "llm_calls": sum(record.calls.values()),
                                  "accepted": int(record.accepted is not None), **phase_metrics,
-                                 **{f"{key}.{role}": u[key] for role, u in record.usage.items()
-                                    for key in ("input_tokens", "output_tokens")},
+                                 **_token_metrics(record.usage),
                                  **cost_mod.metrics(record.costs), "cost_usd.dev_evaluation": record.dev_cost},
                       step=record.step)
         self._log_table(step_run, _trajectory_table(record), "trajectory.json")
@@ -279,8 +278,7 @@ class OptimizeLogger(Observer):
             "llm_calls_cached": sum(u["cached"] for u in result.usage.values()),
             "input_tokens": sum(u["input_tokens"] for u in result.usage.values()),
             "output_tokens": sum(u["output_tokens"] for u in result.usage.values()),
-            **{f"{key}.{role}": u[key] for role, u in result.usage.items()
-               for key in ("input_tokens", "output_tokens")},
+            **_token_metrics(result.usage),
             **cost_mod.metrics(result.costs),
             "seconds": result.seconds, "steps_run": len(result.rates) - 1, "paper_budget_share": result.paper_share})
         if result.stopped is not None:   # --max-cost: no e* yet; --resume reopens the run and goes on
@@ -370,3 +368,8 @@ class CompareLogger(Observer):
     def finish(self, summary) -> None:
         if self.options.track:
             self.run_id = log_compare(self.options, summary.to_dict(), self.out)
+
+
+def _token_metrics(usage: dict[str, dict]) -> dict[str, float]:
+    """input_tokens.ROLE and output_tokens.ROLE for each role's usage snapshot."""
+    return {f"{key}.{role}": u[key] for role, u in usage.items() for key in ("input_tokens", "output_tokens")}
