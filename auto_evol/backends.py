@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from . import dspy_tuning, gguf_engine
-from .errors import UserError
+from .core.errors import UserError
 from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, odd_credentials, redact, split_credentials
 from .llm import EMBEDDED, MAX_ERROR_RATE, Llm, RoleSettings
 

@@ -77,7 +77,7 @@ from pathlib import Path
 from .batch_journal import BatchJournal
 from .batch_providers import (PROVIDERS, Done, Failed, NotCreated, Progress, RequestFailed, check_batchable,
                               provider_name, refusal, stderr_progress)
-from .errors import Outage, UserError, first_line
+from .core.errors import Outage, UserError, first_line
 from .llm import LLMError, Llm, Reply, Usage
 
 MODES = ("all", "evol", "answer")

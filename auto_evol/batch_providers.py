@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .errors import UserError, first_line
+from .core.errors import UserError, first_line
 
 
 # --- results -----------------------------------------------------------------------------------------

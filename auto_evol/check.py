@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import build
-from .errors import UserError
+from .core.errors import UserError
 from .llm import LLMError, Llm, RoleSettings
 from .replies import Field, ReplyFormat
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from . import selection as selection_mod
-from .errors import Outage, UserError
+from .core.errors import Outage, UserError
 from .output import format_help
 
 OUTAGE_EXIT = 4   # 2: bad input or setup; 3: stopped at --max-calls / --max-cost; 4: stopped by an LLM outage

@@ -21,12 +21,12 @@ from . import cost as cost_mod
 from . import llm as llm_mod
 from . import stats
 from .devset import load_split
-from .errors import UserError
+from .core.errors import UserError
 from .failure import Failure
 from .judge import DIFFICULTY_PROMPT, difficulty_score
 from .llm import Llm, RoleSettings
 from .method import pick
-from .observer import Observer, Observers
+from .core.observer import Observer, Observers
 from .registry import resolve_methods
 from .runner import Runner
 from .trajectory import aevolve_and_answer, evolve_and_answer, stage0

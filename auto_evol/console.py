@@ -9,7 +9,7 @@ from rich.table import Table
 
 from .cost import summary as cost_summary
 from .cost import usd_text
-from .observer import Observer
+from .core.observer import Observer
 from .optimize import PAPER_CALLS, OptimizeResult, StepRecord
 
 

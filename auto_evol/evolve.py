@@ -32,10 +32,10 @@ from . import llm as llm_mod
 from . import locks, output
 from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
 from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
-from .errors import UserError
+from .core.errors import UserError
 from .llm import Llm, RoleSettings
 from .method import CLASSIC, Method
-from .observer import Observer, Observers
+from .core.observer import Observer, Observers
 from .registry import resolve_methods
 from .rounds import RoundPlan, round_item, seed_answer
 from .trajectory import arun_steps

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import atomic_write
-from .errors import UserError
+from .core.errors import UserError
 
 PLACEHOLDER = "{instruction}"
 INSTRUCTION_LINE = "#Instruction#:"
@@ -102,7 +102,7 @@ def parse(file_text: str, *, source: str, default_name: str) -> Method:
 
 def search_dirs() -> list[Path]:
     """Where method names are looked up: ./methods first, then the methods shipped with auto-evol."""
-    from .resources import shipped_dir
+    from .core.resources import shipped_dir
 
     dirs = [Path.cwd() / "methods", shipped_dir("methods")]
     return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in {x.resolve() for x in dirs[:i]}]

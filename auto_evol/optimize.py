@@ -27,12 +27,12 @@ from . import selection, stats
 from .candidate import Candidate, propose
 from .checkpoint import check_writable
 from .devset import Split, batch, dev_fingerprint, load_split
-from .errors import Outage, UserError
+from .core.errors import Outage, UserError
 from .evaluation import Evaluation, ajudge_item, judge_item
 from .feedback import Feedback, analyse
 from .llm import LLMError, Llm, RoleSettings
 from .method import Method
-from .observer import Observer, Observers
+from .core.observer import Observer, Observers
 from .runner import Runner
 from .trajectory import Trajectory, evolve_rounds, rollout_id
 

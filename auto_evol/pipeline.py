@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import dspy_tuning
-from .errors import Outage, UserError
+from .core.errors import Outage, UserError
 from .llm import LLMError, Llm, Reply, RoleSettings
 from .rounds import RoundPlan, round_item, seed_answer
 from .trajectory import Ask, replay

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from . import method as method_mod
-from .errors import UserError, first_line
+from .core.errors import UserError, first_line
 from .method import Method, text_problem
 from .http_engine import redact
 from .store import client, missing_store, tracking_uri

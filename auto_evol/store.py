@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from . import locks
-from .errors import UserError, first_line
+from .core.errors import UserError, first_line
 from .http_engine import redact
 
 DEFAULT_DIR = Path("mlruns")

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import cost as cost_mod
 from . import store
 from .http_engine import redact
-from .observer import Observer
+from .core.observer import Observer
 from .store import KIND_TAG, OPTIMIZE_RUN_TAG, PARENT_TAG, client, experiment_id, get_run, run_lock, tracking_uri
 
 

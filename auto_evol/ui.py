@@ -12,7 +12,7 @@ import urllib.parse
 from pathlib import Path
 
 from . import process_group, store
-from .errors import UserError
+from .core.errors import UserError
 from .http_engine import redact
 from .store import KIND_TAG, OPTIMIZE_RUN_TAG, PARENT_TAG, client, get_run, missing_store, tracking_uri
 

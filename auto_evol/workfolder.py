@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import atomic_write, read
-from .errors import UserError
+from .core.errors import UserError
 from .failure import Failure
 from .output import provenance_path
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from auto_evol.observer import Observer  # noqa: E402 - neither DSPy nor MLflow comes with it
+from auto_evol.core.observer import Observer  # noqa: E402 - neither DSPy nor MLflow comes with it
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 

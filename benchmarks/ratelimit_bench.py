@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from evolve_bench import write_seeds  # noqa: E402
 
-from auto_evol.observer import Observer  # noqa: E402
+from auto_evol.core.observer import Observer  # noqa: E402
 
 
 class Server:

@@ -539,7 +539,7 @@ def test_one_process_per_batch_journal(tmp_path):
     assert not path.exists() and not first.lock_path.exists()   # nothing read or locked before its first use
     first.intend("k1", ["a"], "openai", "openai/m")
     second = batch_mod.BatchJournal(path)
-    from auto_evol.errors import UserError
+    from auto_evol.core.errors import UserError
 
     with pytest.raises(UserError, match=rf"the batch journal {path} is in use by pid {os.getpid()} on "):
         second.batch_of("a")
@@ -550,7 +550,7 @@ def test_one_process_per_batch_journal(tmp_path):
 
 def test_compare_refuses_a_batch_journal_another_run_holds(compare_project):
     from auto_evol.compare import CompareOptions, compare
-    from auto_evol.errors import UserError
+    from auto_evol.core.errors import UserError
 
     holder = batch_mod.BatchJournal(compare_project / "batched" / "batches.jsonl").open()
     try:

@@ -8,7 +8,7 @@ from dataclasses import FrozenInstanceError, replace
 import pytest
 
 from auto_evol.compare import CompareOptions, compare
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from auto_evol.judge import difficulty_score
 from conftest import scripted_llm
 from fake_openai import compare_world as scripted_world

@@ -13,7 +13,7 @@ import pytest
 
 from auto_evol import concurrency
 from auto_evol.concurrency import AdaptiveLimit
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -295,7 +295,7 @@ def test_the_engine_turns_a_429_into_a_throttle_that_dspy_retries(tmp_path):
 
 def test_evolve_auto_against_a_rate_limited_server_finishes_every_item_and_grows(tmp_path):
     from auto_evol.evolve import EvolveOptions, evolve
-    from auto_evol.observer import Observer
+    from auto_evol.core.observer import Observer
 
     class Watch(Observer):
         def __init__(self) -> None:

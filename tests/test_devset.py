@@ -8,7 +8,7 @@ import pytest
 
 from auto_evol.data import Item, guess_output_field, load_items
 from auto_evol.devset import batch, load_split, near_duplicate_groups, registered
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from auto_evol import output
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from auto_evol.evolve import EvolveOptions, evolve
 from auto_evol.method import CLASSIC_OPERATORS, pick
 from auto_evol.registry import resolve_methods
@@ -285,7 +285,7 @@ def test_a_hugging_face_dataset_is_streamed_in_through_the_datasets_library(tmp_
 
 
 def test_evolve_tells_its_observers_each_phase_and_the_result(tmp_path):
-    from auto_evol.observer import Observer
+    from auto_evol.core.observer import Observer
 
     class Recorder(Observer):
         def __init__(self):

@@ -1,7 +1,7 @@
 import pytest
 
 from auto_evol import backends, llm
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from conftest import scripted_llm
 
 

@@ -1,7 +1,7 @@
 import pytest
 
 from auto_evol import method
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from auto_evol.method import Method
 
 

@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from auto_evol import method, optimize
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from auto_evol.failure import Failure
-from auto_evol.observer import Observer, Observers
+from auto_evol.core.observer import Observer, Observers
 from conftest import scripted_llm
 from fake_openai import world
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from auto_evol import pipeline
-from auto_evol.errors import Outage, UserError
+from auto_evol.core.errors import Outage, UserError
 from auto_evol.llm import LLMError, Reply, RoleSettings
 from auto_evol.method import load
 from auto_evol.rounds import RoundPlan, round_item

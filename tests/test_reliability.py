@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from auto_evol import locks
-from auto_evol.errors import Outage, UserError
+from auto_evol.core.errors import Outage, UserError
 from auto_evol.evolve import EvolveOptions, evolve
 from auto_evol.llm import ErrorWindow
 from auto_evol.optimize import optimize

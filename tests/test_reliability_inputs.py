@@ -9,7 +9,7 @@ import pytest
 from conftest import cli
 
 from auto_evol.data import BadRow, load_items, stream_rows
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 
 # A provider model on a server where nothing listens: any call would fail, so an error that names the
 # input proves it came first.

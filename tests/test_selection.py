@@ -118,7 +118,7 @@ def test_the_incumbent_races_too_and_costs_no_call():
 def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypatch):
     """A strategy added to the table alone is accepted, run and listed."""
     from auto_evol import selection
-    from auto_evol.errors import UserError
+    from auto_evol.core.errors import UserError
     from auto_evol.optimize import Options
 
     assert "full (" in selection.help_text() and "race (" in selection.help_text()

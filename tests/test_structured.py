@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from auto_evol import backends, llm, providers
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from auto_evol.method import Method, load
 from auto_evol.replies import ANALYSIS, OPTIMIZATION, evolution_format
 from auto_evol.trajectory import evolve_rounds

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from auto_evol import method, optimize, registry
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from fake_openai import FakeOpenAI
 
 FAKE_KEY = "sk-fake-9f8e7d6c5b4a-do-not-log"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from auto_evol import output
-from auto_evol.errors import UserError
+from auto_evol.core.errors import UserError
 from auto_evol.evolve import EvolveOptions, EvolveStats, evolve
 from auto_evol.workfolder import WorkFolder
 from conftest import scripted_llm
