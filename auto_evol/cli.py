@@ -10,7 +10,7 @@ import typer
 
 from . import selection as selection_mod
 from .core.errors import Outage, UserError
-from .output import format_help
+from .storage.output import format_help
 
 OUTAGE_EXIT = 4   # 2: bad input or setup; 3: stopped at --max-calls / --max-cost; 4: stopped by an LLM outage
 

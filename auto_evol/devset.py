@@ -19,7 +19,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from .data import Item, hub_name, is_hub, load_items
+from .storage.data import Item, hub_name, is_hub, load_items
 from .core.errors import UserError
 from .core.resources import shipped_dir
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from .data import Item
+from .storage.data import Item
 from .failure import Failure
 from .llm import Llm
 from .method import Method

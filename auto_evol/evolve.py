@@ -29,9 +29,9 @@ from . import backends
 from . import concurrency as concurrency_mod
 from . import cost as cost_mod
 from . import llm as llm_mod
-from . import locks, output
-from .checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
-from .data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
+from .storage import locks, output
+from .storage.checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
+from .storage.data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
 from .core.errors import UserError
 from .llm import Llm, RoleSettings
 from .method import CLASSIC, Method
@@ -39,7 +39,7 @@ from .core.observer import Observer, Observers
 from .registry import resolve_methods
 from .rounds import RoundPlan, round_item, seed_answer
 from .trajectory import arun_steps
-from .workfolder import WorkFolder
+from .storage.workfolder import WorkFolder
 
 
 @dataclass

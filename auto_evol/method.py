@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .storage.checkpoint import atomic_write
 from .core.errors import UserError
 
 PLACEHOLDER = "{instruction}"

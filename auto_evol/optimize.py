@@ -25,7 +25,7 @@ from . import llm as llm_mod
 from . import method as method_mod
 from . import selection, stats
 from .candidate import Candidate, propose
-from .checkpoint import check_writable
+from .storage.checkpoint import check_writable
 from .devset import Split, batch, dev_fingerprint, load_split
 from .core.errors import Outage, UserError
 from .evaluation import Evaluation, ajudge_item, judge_item

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
-from .data import with_input
+from .storage.data import with_input
 from .failure import Failure, Rules
 from .llm import LLMError
 from .method import Method, pick

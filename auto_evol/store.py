@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from . import locks
+from .storage import locks
 from .core.errors import UserError, first_line
 from .http_engine import redact
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
 from . import parsing
-from .data import Item, with_input
+from .storage.data import Item, with_input
 from .failure import Failure, Rules, failure_of
 from .judge import Verdict, gain_prompt, read_verdict
 from .llm import LLMError, Llm

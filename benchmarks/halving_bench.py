@@ -41,7 +41,7 @@ def main() -> None:
     from conftest import scripted_llm
 
     from auto_evol import backends, selection
-    from auto_evol.data import Item
+    from auto_evol.storage.data import Item
     from auto_evol.evaluation import judge_item
     from auto_evol.method import Method
 

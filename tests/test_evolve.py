@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from auto_evol import output
+from auto_evol.storage import output
 from auto_evol.core.errors import UserError
 from auto_evol.evolve import EvolveOptions, evolve
 from auto_evol.method import CLASSIC_OPERATORS, pick

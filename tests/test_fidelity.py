@@ -19,7 +19,7 @@ from auto_evol import feedback as feedback_mod
 from auto_evol import rounds as rounds_mod
 from auto_evol import llm as llm_mod
 from auto_evol import backends, selection, trajectory
-from auto_evol.data import Item
+from auto_evol.storage.data import Item
 from auto_evol.evaluation import DevResult, Evaluation
 from auto_evol.evolve import EvolveOptions
 from auto_evol.failure import Failure

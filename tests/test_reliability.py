@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from auto_evol import locks
+from auto_evol.storage import locks
 from auto_evol.core.errors import Outage, UserError
 from auto_evol.evolve import EvolveOptions, evolve
 from auto_evol.llm import ErrorWindow
@@ -107,7 +107,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, capsys):
 def test_a_held_lock_refuses_and_a_released_one_is_free(tmp_path):
     path = tmp_path / "x.lock"
     with locks.hold(path, "thing X"):
-        probe = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from auto_evol import locks\n"
+        probe = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from auto_evol.storage import locks\n"
                                 "try:\n with locks.hold(Path(sys.argv[1]), 'thing X'): pass\n"
                                 "except Exception as e: print(e); sys.exit(2)", str(path)],
                                capture_output=True, text=True, timeout=60)

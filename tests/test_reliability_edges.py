@@ -33,7 +33,7 @@ def _mode(path: Path) -> int:
 
 @pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_atomic_write_follows_the_umask(tmp_path, mask, expected):
-    from auto_evol.checkpoint import Journal, atomic_write
+    from auto_evol.storage.checkpoint import Journal, atomic_write
 
     def write():
         with atomic_write(tmp_path / "out.jsonl") as fh:
@@ -53,7 +53,7 @@ def test_atomic_write_follows_the_umask(tmp_path, mask, expected):
 
 
 def test_atomic_write_over_an_existing_file_and_a_failed_write(tmp_path):
-    from auto_evol.checkpoint import atomic_write
+    from auto_evol.storage.checkpoint import atomic_write
 
     target = tmp_path / "out.jsonl"
     target.write_text("old\n")
@@ -86,7 +86,7 @@ def test_saved_methods_follow_the_umask(tmp_path, mask, expected):
 def test_written_datasets_follow_the_umask(tmp_path, fmt, name):
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
-    from auto_evol import output
+    from auto_evol.storage import output
 
     records = [{"instruction": "Say hi.", "input": "", "output": "hi", "round": 1}]
     count = _with_umask(0o022, lambda: output.write(records, tmp_path / name, fmt))

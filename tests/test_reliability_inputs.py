@@ -8,7 +8,7 @@ import pytest
 
 from conftest import cli
 
-from auto_evol.data import BadRow, load_items, stream_rows
+from auto_evol.storage.data import BadRow, load_items, stream_rows
 from auto_evol.core.errors import UserError
 
 # A provider model on a server where nothing listens: any call would fail, so an error that names the
@@ -158,7 +158,7 @@ def test_optimize_refuses_an_overlong_instruction_and_a_duplicate_id(tmp_path):
 
 
 def test_evolve_and_optimize_share_the_row_rules(tmp_path):
-    from auto_evol.data import MAX_INSTRUCTION_CHARS, row_problem
+    from auto_evol.storage.data import MAX_INSTRUCTION_CHARS, row_problem
     from auto_evol.evolve import EvolveOptions, _row_problem
 
     options = EvolveOptions(data="x.jsonl", out="o.jsonl")

@@ -16,7 +16,7 @@ from auto_evol.core.errors import UserError
 from auto_evol.method import Method, load
 from auto_evol.replies import ANALYSIS, OPTIMIZATION, evolution_format
 from auto_evol.trajectory import evolve_rounds
-from auto_evol.data import Item
+from auto_evol.storage.data import Item
 from conftest import scripted_llm
 from fake_openai import FakeOpenAI
 

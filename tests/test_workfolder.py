@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from auto_evol import output
+from auto_evol.storage import output
 from auto_evol.core.errors import UserError
 from auto_evol.evolve import EvolveOptions, EvolveStats, evolve
-from auto_evol.workfolder import WorkFolder
+from auto_evol.storage.workfolder import WorkFolder
 from conftest import scripted_llm
 from fake_openai import evolve_world
 

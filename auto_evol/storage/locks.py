@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 try:
     import fcntl

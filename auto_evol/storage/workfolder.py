@@ -28,8 +28,8 @@ import shutil
 from pathlib import Path
 
 from .checkpoint import atomic_write, read
-from .core.errors import UserError
-from .failure import Failure
+from ..core.errors import UserError
+from ..failure import Failure
 from .output import provenance_path
 
 LOCK = "lock"

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 
 class Journal:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write
 from .data import with_input
-from .core.errors import UserError
+from ..core.errors import UserError
 
 PROVENANCE = ("id", "seed_id", "round", "method", "method_hash", "parent_instruction", "evol_model", "answer_model")
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core.errors import UserError, first_line
+from ..core.errors import UserError, first_line
 
 # Column names tried, in order, when the user names none.
 COMMON_INSTRUCTION_FIELDS = ("instruction", "prompt", "question", "query", "input", "text", "problem")
