@@ -327,7 +327,7 @@ def compare(
                       " / ".join("-" if r.difficulty is None else f"{r.difficulty:.1f}" for r in s.per_round),
                       " / ".join(f"{r.length_growth:.2f}x" for r in s.per_round))
     if summary.costs:
-        from .cost import summary as cost_summary
+        from .llm.cost import summary as cost_summary
 
         table.caption = f"cost: {cost_summary(summary.costs)}"
         table.caption_justify = "left"
@@ -352,10 +352,10 @@ def check(
 ) -> None:
     """One tiny call per role: reachable, key accepted, structured output, sampling parameters (the
     paper's defaults per role, adapted to known provider rules)."""
-    from . import backends
-    from . import llm as llm_mod
-    from . import providers
-    from .check import probe
+    from .llm import backends
+    from .llm import client as llm_mod
+    from .llm import providers
+    from .llm.check import probe
     from .optimize import Options
 
     base = _options(ctx, Options, config, skip=("answer_model",))   # evolve's answer role is no optimize option

@@ -16,15 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import backends
-from . import cost as cost_mod
-from . import llm as llm_mod
+from .llm import backends
+from .llm import cost as cost_mod
+from .llm import client as llm_mod
 from . import stats
 from .devset import load_split
 from .core.errors import UserError
 from .failure import Failure
 from .judge import DIFFICULTY_PROMPT, difficulty_score
-from .llm import Llm, RoleSettings
+from .llm.client import Llm, RoleSettings
 from .method import pick
 from .core.observer import Observer, Observers
 from .registry import resolve_methods
@@ -191,7 +191,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
     if options.rounds < 1:
         raise UserError("--rounds must be at least 1")
     if options.batch is not None:
-        from .batch import check_mode
+        from .llm.batch.batcher import check_mode
 
         check_mode(options.batch, "compare")
     families = {spec: resolve_methods([spec]) for spec in options.methods}
@@ -209,7 +209,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
                                  structured=options.structured)
     judge_settings = RoleSettings(options.judge_model or options.evol_model, options.api_base, 0.0, None, 16)
     if options.batch is not None:   # before any call: a batch endpoint for every role --batch names
-        from .batch import check_batchable
+        from .llm.batch.batcher import check_batchable
 
         if options.batch in ("all", "evol"):
             check_batchable(evol.settings if evol else evol_settings)
@@ -228,7 +228,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
             heard.finish(summary)
     finally:
         if options.batch:
-            from .batch import release
+            from .llm.batch.batcher import release
 
             release(*batched)
     return replace(summary, run_id=heard.run_id)
@@ -240,7 +240,7 @@ def _batched(mode: str | None, evol: Llm, judge: Llm, out: Path) -> tuple:
     A BatchRole counts its calls apart (billed at the batch price); the role's usage is the sum."""
     if not mode:
         return None, None
-    from . import batch as batch_mod
+    from .llm.batch import batcher as batch_mod
 
     journal = batch_mod.BatchJournal(out / "batches.jsonl").open()   # one process per journal: refused here
     wrapped: dict[int, object] = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .storage.data import Item
 from .failure import Failure
-from .llm import Llm
+from .llm.client import Llm
 from .method import Method
 from .trajectory import arun_steps, evolution_steps, run_steps, stage0
 

@@ -25,15 +25,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import backends
-from . import concurrency as concurrency_mod
-from . import cost as cost_mod
-from . import llm as llm_mod
+from .llm import backends
+from .llm import concurrency as concurrency_mod
+from .llm import cost as cost_mod
+from .llm import client as llm_mod
 from .storage import locks, output
 from .storage.checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
 from .storage.data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
 from .core.errors import UserError
-from .llm import Llm, RoleSettings
+from .llm.client import Llm, RoleSettings
 from .method import CLASSIC, Method
 from .core.observer import Observer, Observers
 from .registry import resolve_methods
@@ -106,7 +106,7 @@ class EvolveOptions:
                 "answer_model", "api_base", "evol_temperature", "retry_temperature", "evol_max_tokens",
                 "answer_temperature", "answer_top_p", "answer_max_tokens", "judge", "max_instruction_chars",
                 "structured")
-        from .http_engine import redact
+        from .llm.http_engine import redact
 
         # A password in --api-base is never written down; a rerun may give it again, or another one.
         return {**{k: getattr(self, k) for k in keep}, "api_base": redact(self.api_base) or None,
@@ -360,7 +360,7 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
         (evol.settings if evol else options.evol_settings(), "--evol-model"),
         (answerer.settings if answerer else options.answer_settings(), "--answer-model")))
     if options.batch:
-        from .batch import check_roles
+        from .llm.batch.batcher import check_roles
 
         check_roles(options.batch, evol.settings if evol else options.evol_settings(),
                     answerer.settings if answerer else options.answer_settings())
@@ -368,7 +368,7 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
         built_evol, built_answerer = _build_roles(options)
         evol, answerer = evol or built_evol, answerer or built_answerer
     if options.batch:   # the roles --batch names go to batch endpoints, a whole batch of items in flight
-        from . import batch as batch_mod
+        from .llm.batch import batcher as batch_mod
 
         evol, answerer, concurrency = batch_mod.batched_roles(
             options.batch, evol, answerer, work.batches,
@@ -413,7 +413,7 @@ def _validate(options: EvolveOptions) -> None:
     if options.batch_size is not None and options.batch is None:
         raise UserError("--batch-size is for --batch: add --batch, or leave --batch-size out")
     if options.batch is not None or options.batch_size is not None:
-        from .batch import check_mode
+        from .llm.batch.batcher import check_mode
 
         check_mode(options.batch)
         if options.batch_size is not None and options.batch_size < 1:

@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import backends
-from . import cost as cost_mod
-from . import llm as llm_mod
+from .llm import backends
+from .llm import cost as cost_mod
+from .llm import client as llm_mod
 from . import method as method_mod
 from . import selection, stats
 from .candidate import Candidate, propose
@@ -30,7 +30,7 @@ from .devset import Split, batch, dev_fingerprint, load_split
 from .core.errors import Outage, UserError
 from .evaluation import Evaluation, ajudge_item, judge_item
 from .feedback import Feedback, analyse
-from .llm import LLMError, Llm, RoleSettings
+from .llm.client import LLMError, Llm, RoleSettings
 from .method import Method
 from .core.observer import Observer, Observers
 from .runner import Runner
@@ -102,7 +102,7 @@ class Options:
         if self.max_cost is not None and not self.max_cost > 0:
             raise UserError(f"--max-cost must be above 0 (USD), got {self.max_cost}")
         if self.batch is not None:
-            from .batch import check_mode
+            from .llm.batch.batcher import check_mode
 
             check_mode(self.batch, "optimize")
         if self.ray is not None and self.batch is not None:
@@ -350,7 +350,7 @@ def _batched(options: Options, evol: Llm, run_id: str | None):
         return None
     import json
 
-    from . import batch as batch_mod
+    from .llm.batch import batcher as batch_mod
     from . import store
 
     if run_id is not None:
@@ -402,7 +402,7 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
             (evol.settings if evol else options.evol_settings(), "--evol-model"),
             (optimizer.settings if optimizer else options.optimizer_settings(), "--optimizer-model")))
         if options.batch:   # only the evol role is batched (its dev evaluation): it needs a batch endpoint
-            from .batch import check_batchable
+            from .llm.batch.batcher import check_batchable
 
             check_batchable(evol.settings if evol else options.evol_settings())
         if options.ray is not None:
@@ -564,7 +564,7 @@ def _evol_usage(evol: Llm, batched=None) -> tuple[dict, dict]:
 def _resumed_options(stored: dict, given: Options) -> Options:
     """A resumed run's own settings; an --api-base given again must name the same server (its
     user:password, never stored, is taken from it)."""
-    from .http_engine import redact
+    from .llm.http_engine import redact
 
     known = {f.name for f in dataclasses.fields(Options)}
     had_credentials = bool(stored.get("api_base_credentials"))

@@ -37,9 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import dspy_tuning
+from .llm import dspy_tuning
 from .core.errors import Outage, UserError
-from .llm import LLMError, Llm, Reply, RoleSettings
+from .llm.client import LLMError, Llm, Reply, RoleSettings
 from .rounds import RoundPlan, round_item, seed_answer
 from .trajectory import Ask, replay
 
@@ -178,7 +178,7 @@ class Asker:
 
     def __init__(self, phase: Phase, roles: dict[str, tuple[RoleSettings, str]], *, cache_dir: str | None,
                  concurrency, max_error_rate: float, one_call: bool = False) -> None:
-        from . import backends
+        from .llm import backends
 
         self.phase, self.one_call = phase, one_call
         self.llms: dict[str, Llm] = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import method as method_mod
 from .core.errors import UserError, first_line
 from .method import Method, text_problem
-from .http_engine import redact
+from .llm.http_engine import redact
 from .store import client, missing_store, tracking_uri
 
 PREFIX = "prompts:/"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .storage.data import with_input
 from .failure import Failure, Rules
-from .llm import LLMError
+from .llm.client import LLMError
 from .method import Method, pick
 from .trajectory import ANSWER, Ask, evolution_steps, rollout_id
 

@@ -21,9 +21,9 @@ import re
 import time
 from pathlib import Path
 
-from . import cost as cost_mod
+from .llm import cost as cost_mod
 from . import store
-from .http_engine import redact
+from .llm.http_engine import redact
 from .core.observer import Observer
 from .store import KIND_TAG, OPTIMIZE_RUN_TAG, PARENT_TAG, client, experiment_id, get_run, run_lock, tracking_uri
 

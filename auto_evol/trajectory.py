@@ -19,9 +19,9 @@ from . import parsing
 from .storage.data import Item, with_input
 from .failure import Failure, Rules, failure_of
 from .judge import Verdict, gain_prompt, read_verdict
-from .llm import LLMError, Llm
+from .llm.client import LLMError, Llm
 from .method import Method
-from .replies import evolution_format
+from .llm.replies import evolution_format
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,8 @@ def write_data(args, folder: Path) -> tuple[Path, str, str]:
 def main() -> None:
     from conftest import scripted_llm
 
-    from auto_evol import backends, selection
+    from auto_evol.llm import backends
+    from auto_evol import selection
 
     opt_mod = importlib.import_module("auto_evol.optimize")   # the package exports a function of that name
 

@@ -12,7 +12,7 @@ import argparse
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from auto_evol import backends, llm
+from auto_evol.llm import backends, client as llm
 
 
 def prompts(tag: str, n: int) -> list[str]:
@@ -36,7 +36,7 @@ def main() -> None:
 
     backends.configure_cache(None)
     model = backends.build(llm.RoleSettings(max_tokens=args.max_tokens), concurrency=args.slots, cache=False)
-    from auto_evol import gguf_engine
+    from auto_evol.llm import gguf_engine
 
     server = next(iter(gguf_engine._engines.values()))[0]._server  # the same in-process server
 

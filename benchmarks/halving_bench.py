@@ -40,7 +40,8 @@ PROFILES = {"spread": (0.20, 0.35, 0.50, 0.60, 0.70),   # the issue's example: o
 def main() -> None:
     from conftest import scripted_llm
 
-    from auto_evol import backends, selection
+    from auto_evol.llm import backends
+    from auto_evol import selection
     from auto_evol.storage.data import Item
     from auto_evol.evaluation import judge_item
     from auto_evol.method import Method

@@ -64,7 +64,7 @@ def scripted_llm(script: Callable[[str], str], *, temperature: float = 0.0, name
     """An auto_evol Llm over a scripted engine (DSPy's cache off unless asked for)."""
     import dspy
 
-    from auto_evol import llm
+    from auto_evol.llm import client as llm
 
     engine = ScriptedEngine(script)
     lm = dspy.LM(f"test/{name}", engine=engine, async_engine=AsyncScripted(engine), cache=cache, num_retries=0)

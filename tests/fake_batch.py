@@ -763,7 +763,7 @@ def interrupt(monkeypatch, *, calls: int, journaled: bool):
     """Ctrl-C (a real SIGINT to this process) at the ``calls``-th batch the provider created: right after its
     id was journaled, or before (the provider made the batch; its id never reached the journal). Returns
     the undo."""
-    from auto_evol import batch as batch_mod
+    from auto_evol.llm.batch import batcher as batch_mod
 
     original = batch_mod.BatchJournal.submitted
     seen = []

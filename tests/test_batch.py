@@ -18,7 +18,7 @@ import pytest
 
 from conftest import cli
 
-from auto_evol import batch as batch_mod
+from auto_evol.llm.batch import batcher as batch_mod
 from auto_evol.evolve import EvolveOptions, evolve
 from fake_batch import FakeAnthropicBatch, FakeOpenAIBatch, _last_user, interrupt
 
@@ -66,7 +66,7 @@ def anthropic_roles(base: str):
     probe, which would call the Messages API online)."""
     import dspy
 
-    from auto_evol.llm import Llm, RoleSettings
+    from auto_evol.llm.client import Llm, RoleSettings
 
     def role(temperature, top_p, max_tokens):
         settings = RoleSettings("anthropic/claude-test", base, temperature, top_p, max_tokens)
@@ -316,7 +316,7 @@ def test_batch_where_no_batch_endpoint_is_one_line_and_exit_2(tmp_path, args, me
 def test_threads_asking_at_once_share_one_batch(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from auto_evol.llm import LLMError
+    from auto_evol.llm.client import LLMError
 
     with FakeAnthropicBatch(polls_to_finish=1) as fake:
         fake.fail_ids = Where(fake, lambda p: p == "Question number 3?")    # fails every time: 3 batches
@@ -567,7 +567,7 @@ def test_compare_refuses_a_batch_journal_another_run_holds(compare_project):
 def openai_role(base: str):
     import dspy
 
-    from auto_evol.llm import Llm, RoleSettings
+    from auto_evol.llm.client import Llm, RoleSettings
 
     settings = RoleSettings("openai/fake", base, 1.0, 0.9, 2048)
     return Llm(settings, dspy.LM("openai/fake", api_base=base, api_key="test", cache=False), structured=True)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import cli
 
-from auto_evol import batch as batch_mod
+from auto_evol.llm.batch import batcher as batch_mod
 from auto_evol import store
 from auto_evol.compare import CompareOptions, compare
 from auto_evol.optimize import optimize
@@ -63,7 +63,7 @@ def expected_batches(dev: list[int], levels: range) -> int:
 
 
 def test_optimize_batch_reaches_the_online_e_star_with_the_dev_evaluation_in_batches(project, monkeypatch):
-    from auto_evol import backends
+    from auto_evol.llm import backends
 
     monkeypatch.setattr(backends, "DEFAULT_CACHE_DIR", str(project / "cache"))   # an untracked run's journal
     with Recording() as fake:

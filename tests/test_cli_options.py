@@ -69,8 +69,8 @@ def test_compare_flag_beats_preset_beats_default_and_takes_only_its_own_settings
 
 
 def test_check_takes_a_preset_and_a_flag_beats_it(preset, monkeypatch):
-    from auto_evol import backends
-    from auto_evol import check as check_mod
+    from auto_evol.llm import backends
+    from auto_evol.llm import check as check_mod
 
     probed = []
 
@@ -126,8 +126,8 @@ def test_a_default_that_help_shows_is_the_one_a_run_uses(verb, options_type):
 
 
 def test_quiet_check_prints_only_the_roles_that_cannot_work(monkeypatch):
-    from auto_evol import backends, providers
-    from auto_evol import check as check_mod
+    from auto_evol.llm import backends, providers
+    from auto_evol.llm import check as check_mod
 
     def probe(settings, role):
         return check_mod.Verdict(role, settings.label, role == "evol", role == "evol" or None, None, None,

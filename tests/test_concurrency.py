@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from auto_evol import concurrency
-from auto_evol.concurrency import AdaptiveLimit
+from auto_evol.llm import concurrency
+from auto_evol.llm.concurrency import AdaptiveLimit
 from auto_evol.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -261,7 +261,7 @@ def test_the_engine_turns_a_429_into_a_throttle_that_dspy_retries(tmp_path):
     from dspy import lm15
     from dspy.utils.exceptions import LMRateLimitError, is_retryable_lm_error
 
-    from auto_evol.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine
+    from auto_evol.llm.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine
 
     request = lm15.Request(model="openai/fake", messages=(lm15.Message.user("Question number 1?"),),
                            config=lm15.Config(max_tokens=16))

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from auto_evol import cost, optimize
+from auto_evol.llm import cost
+from auto_evol import optimize
 from auto_evol.cli import app
 from auto_evol.evolve import EvolveOptions, evolve
-from auto_evol.llm import Reply, RoleSettings, Usage
+from auto_evol.llm.client import Reply, RoleSettings, Usage
 from conftest import scripted_llm
 from fake_openai import evolve_world
 from test_optimize import World
@@ -98,7 +99,7 @@ def test_cost_arithmetic_counts_paid_tokens_only():
 
 
 def test_the_price_table_is_read_without_importing_litellm():
-    code = ("import sys; from auto_evol import cost; assert cost.lookup('openai/gpt-4o-mini') is not None; "
+    code = ("import sys; from auto_evol.llm import cost; assert cost.lookup('openai/gpt-4o-mini') is not None; "
             "print('litellm' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -305,7 +306,7 @@ ONLINE, BATCH = (1e-4, 4e-4), (3e-5, 1e-4)
 
 @pytest.fixture
 def fake_prices(tmp_path, monkeypatch):
-    from auto_evol import batch as batch_mod
+    from auto_evol.llm.batch import batcher as batch_mod
 
     path = tmp_path / "fake-prices.json"
     path.write_text(json.dumps({"openai/fake": FAKE_PRICE, "openai/gpt-4o-mini": FAKE_PRICE}))
@@ -426,7 +427,7 @@ def test_compare_batch_prices_the_batched_phases_at_the_batch_price(compare_proj
     import dspy
 
     from auto_evol.compare import CompareOptions, compare
-    from auto_evol.llm import Llm
+    from auto_evol.llm.client import Llm
     from fake_batch import FakeOpenAIBatch
     from fake_openai import compare_world
 

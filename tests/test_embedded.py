@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from auto_evol import backends, llm, method
+from auto_evol.llm import backends, client as llm
+from auto_evol import method
 
 pytestmark = pytest.mark.embedded
 

@@ -17,8 +17,9 @@ from auto_evol import candidate as candidate_mod
 from auto_evol import evolve as evolve_mod
 from auto_evol import feedback as feedback_mod
 from auto_evol import rounds as rounds_mod
-from auto_evol import llm as llm_mod
-from auto_evol import backends, selection, trajectory
+from auto_evol.llm import client as llm_mod
+from auto_evol.llm import backends
+from auto_evol import selection, trajectory
 from auto_evol.storage.data import Item
 from auto_evol.evaluation import DevResult, Evaluation
 from auto_evol.evolve import EvolveOptions

@@ -1,6 +1,6 @@
 import pytest
 
-from auto_evol import backends, llm
+from auto_evol.llm import backends, client as llm
 from auto_evol.core.errors import UserError
 from conftest import scripted_llm
 

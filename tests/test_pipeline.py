@@ -9,7 +9,7 @@ import pytest
 
 from auto_evol import pipeline
 from auto_evol.core.errors import Outage, UserError
-from auto_evol.llm import LLMError, Reply, RoleSettings
+from auto_evol.llm.client import LLMError, Reply, RoleSettings
 from auto_evol.method import load
 from auto_evol.rounds import RoundPlan, round_item
 from auto_evol.trajectory import ANSWER, EVOL, Ask, arun_steps, replay

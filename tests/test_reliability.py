@@ -18,7 +18,7 @@ import pytest
 from auto_evol.storage import locks
 from auto_evol.core.errors import Outage, UserError
 from auto_evol.evolve import EvolveOptions, evolve
-from auto_evol.llm import ErrorWindow
+from auto_evol.llm.client import ErrorWindow
 from auto_evol.optimize import optimize
 from conftest import scripted_llm
 from fake_openai import FakeOpenAI, evolve_world

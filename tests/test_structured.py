@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from auto_evol import backends, llm, providers
+from auto_evol.llm import backends, client as llm, providers
 from auto_evol.core.errors import UserError
 from auto_evol.method import Method, load
-from auto_evol.replies import ANALYSIS, OPTIMIZATION, evolution_format
+from auto_evol.llm.replies import ANALYSIS, OPTIMIZATION, evolution_format
 from auto_evol.trajectory import evolve_rounds
 from auto_evol.storage.data import Item
 from conftest import scripted_llm

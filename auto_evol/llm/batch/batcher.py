@@ -74,11 +74,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .batch_journal import BatchJournal
-from .batch_providers import (PROVIDERS, Done, Failed, NotCreated, Progress, RequestFailed, check_batchable,
-                              provider_name, refusal, stderr_progress)
-from .core.errors import Outage, UserError, first_line
-from .llm import LLMError, Llm, Reply, Usage
+from .journal import BatchJournal
+from .endpoints import (PROVIDERS, Done, Failed, NotCreated, Progress, RequestFailed, check_batchable,
+                        provider_name, refusal, stderr_progress)
+from ...core.errors import Outage, UserError, first_line
+from ..client import LLMError, Llm, Reply, Usage
 
 MODES = ("all", "evol", "answer")
 
@@ -282,7 +282,7 @@ class Batcher:
     async def _create(self, key: str, requests: list[tuple[str, dict]]) -> tuple[str | None, object]:
         """Submit the batch of intent ``key``: (its id, None), journaled; or (None, the Failed every request
         gets), or (None, the error every call fails with)."""
-        from .llm import _is_fatal
+        from ..client import _is_fatal
 
         try:
             batch_id = await self.provider.submit(key, requests)

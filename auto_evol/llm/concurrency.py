@@ -61,7 +61,7 @@ _KEPT = 4096           # successes remembered for the measure
 
 def parse(value) -> str | int:
     """``--concurrency``: "auto" or a whole number of calls, at least 1 (UserError otherwise)."""
-    from .core.errors import UserError
+    from ..core.errors import UserError
 
     if isinstance(value, bool):
         raise UserError(f"--concurrency must be auto or a whole number of calls, got {value!r}")

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .core.errors import UserError, first_line
+from ...core.errors import UserError, first_line
 
 
 # --- results -----------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ class OpenAIBatches(_Provider):
         if self._client is None:
             import openai
 
-            from .http_engine import split_credentials
+            from ..http_engine import split_credentials
 
             base, basic = (split_credentials(self.settings.api_base) if self.settings.api_base else (None, None))
             key = os.environ.get("OPENAI_API_KEY") or ("unused" if base else None)
@@ -113,8 +113,8 @@ class OpenAIBatches(_Provider):
 
     def body(self, request) -> tuple[dict, bool]:
         """The request's chat-completions body, and whether its reply format was carried."""
-        from .http_engine import openai_body
-        from .providers import is_reasoning_model
+        from ..http_engine import openai_body
+        from ..providers import is_reasoning_model
 
         body = openai_body(request)
         if is_reasoning_model(self.settings.model) and "max_tokens" in body:

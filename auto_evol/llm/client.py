@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from . import dspy_tuning
-from .core.errors import Outage, UserError, first_line
+from ..core.errors import Outage, UserError, first_line
 
 EMBEDDED = "embedded"   # the model string that, like no model at all, names the embedded default
 

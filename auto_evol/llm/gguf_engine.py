@@ -8,7 +8,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
 from .http_engine import SyncEngine, openai_body
 
 _engines: dict[tuple[str, int], tuple["GgufEngine", "AsyncGguf"]] = {}   # one per GGUF file and slot count

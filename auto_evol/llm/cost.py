@@ -125,7 +125,7 @@ def _table() -> dict:
 
 @functools.cache
 def _read_overrides(path: str, mtime: float) -> dict:
-    from .core.errors import UserError
+    from ..core.errors import UserError
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -143,7 +143,7 @@ def _overrides() -> tuple[dict, str]:
     try:
         mtime = os.stat(path).st_mtime
     except OSError:
-        from .core.errors import UserError
+        from ..core.errors import UserError
 
         raise UserError(f"{PRICES_ENV}={path}: no such file") from None
     return _read_overrides(path, mtime), f"{PRICES_ENV} ({path})"
@@ -233,7 +233,7 @@ def require_prices(max_cost: float | None, roles) -> None:
         return
     for settings, flag in roles:
         if price_of(settings) is None:
-            from .core.errors import UserError
+            from ..core.errors import UserError
 
             raise UserError(f"--max-cost: {no_price(settings.model, settings.api_base)} ({flag}); "
                             f"a cap cannot be kept without a price")

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import build
-from .core.errors import UserError
-from .llm import LLMError, Llm, RoleSettings
+from ..core.errors import UserError
+from .client import LLMError, Llm, RoleSettings
 from .replies import Field, ReplyFormat
 
 PROBE = "Reply with the single word: ready"

@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-from .storage import locks
-from .storage.checkpoint import Journal, read
+from ...storage import locks
+from ...storage.checkpoint import Journal, read
 
 
 # --- the journal ---------------------------------------------------------------------------------------

@@ -22,9 +22,9 @@ import os
 from pathlib import Path
 
 from . import dspy_tuning, gguf_engine
-from .core.errors import UserError
+from ..core.errors import UserError
 from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, odd_credentials, redact, split_credentials
-from .llm import EMBEDDED, MAX_ERROR_RATE, Llm, RoleSettings
+from .client import EMBEDDED, MAX_ERROR_RATE, Llm, RoleSettings
 
 GGUF_PREFIX = "gguf:"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
