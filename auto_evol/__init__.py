@@ -1,5 +1,5 @@
 """auto-evol: Auto Evol-Instruct — optimize the method that evolves instruction data, then use it."""
-from .method import Method
+from .algorithm.method import Method
 from .optimize import OptimizeResult, Options, optimize
 
 __all__ = ["Method", "OptimizeResult", "Options", "optimize"]

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from . import selection as selection_mod
+from .algorithm import selection as selection_mod
 from .core.errors import Outage, UserError
 from .storage.output import format_help
 

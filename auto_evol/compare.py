@@ -19,17 +19,17 @@ from pathlib import Path
 from .llm import backends
 from .llm import cost as cost_mod
 from .llm import client as llm_mod
-from . import stats
-from .devset import load_split
+from .algorithm import stats
+from .algorithm.devset import load_split
 from .core.errors import UserError
-from .failure import Failure
-from .judge import DIFFICULTY_PROMPT, difficulty_score
+from .algorithm.failure import Failure
+from .algorithm.judge import DIFFICULTY_PROMPT, difficulty_score
 from .llm.client import Llm, RoleSettings
-from .method import pick
+from .algorithm.method import pick
 from .core.observer import Observer, Observers
 from .registry import resolve_methods
-from .runner import Runner
-from .trajectory import aevolve_and_answer, evolve_and_answer, stage0
+from .algorithm.runner import Runner
+from .algorithm.trajectory import aevolve_and_answer, evolve_and_answer, stage0
 
 
 @dataclass

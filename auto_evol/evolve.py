@@ -34,11 +34,11 @@ from .storage.checkpoint import Journal, atomic_write, check_writable, read, rem
 from .storage.data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
 from .core.errors import UserError
 from .llm.client import Llm, RoleSettings
-from .method import CLASSIC, Method
+from .algorithm.method import CLASSIC, Method
 from .core.observer import Observer, Observers
 from .registry import resolve_methods
-from .rounds import RoundPlan, round_item, seed_answer
-from .trajectory import arun_steps
+from .algorithm.rounds import RoundPlan, round_item, seed_answer
+from .algorithm.trajectory import arun_steps
 from .storage.workfolder import WorkFolder
 
 
@@ -860,7 +860,7 @@ def _write_rejects(work: WorkFolder, rounds: int, path: Path) -> None:
 def _estimate(options: EvolveOptions, methods) -> dict:
     """Calls, tokens and cost a run would take, per role, without calling anything (tokens ~ characters
     / 4; the information-gain judge's calls belong to the evol role; cost from cost.py's prices)."""
-    from .judge import gain_prompt
+    from .algorithm.judge import gain_prompt
 
     items = chars = unanswered = bad = 0
     for _, seed, _ in _seed_rows(options):

@@ -22,19 +22,19 @@ from pathlib import Path
 from .llm import backends
 from .llm import cost as cost_mod
 from .llm import client as llm_mod
-from . import method as method_mod
-from . import selection, stats
-from .candidate import Candidate, propose
+from .algorithm import method as method_mod
+from .algorithm import selection, stats
+from .algorithm.candidate import Candidate, propose
 from .storage.checkpoint import check_writable
-from .devset import Split, batch, dev_fingerprint, load_split
+from .algorithm.devset import Split, batch, dev_fingerprint, load_split
 from .core.errors import Outage, UserError
-from .evaluation import Evaluation, ajudge_item, judge_item
-from .feedback import Feedback, analyse
+from .algorithm.evaluation import Evaluation, ajudge_item, judge_item
+from .algorithm.feedback import Feedback, analyse
 from .llm.client import LLMError, Llm, RoleSettings
-from .method import Method
+from .algorithm.method import Method
 from .core.observer import Observer, Observers
-from .runner import Runner
-from .trajectory import Trajectory, evolve_rounds, rollout_id
+from .algorithm.runner import Runner
+from .algorithm.trajectory import Trajectory, evolve_rounds, rollout_id
 
 @dataclass
 class Options:
@@ -267,8 +267,8 @@ def estimate(options: Options) -> dict:
     at its role's --*-max-tokens. Input tokens are estimates: characters / 4, the method at its starting
     length, a growing conversation at its largest."""
     from . import registry
-    from .candidate import OPTIMIZATION_PROMPT
-    from .feedback import ANALYSIS_PROMPT
+    from .algorithm.candidate import OPTIMIZATION_PROMPT
+    from .algorithm.feedback import ANALYSIS_PROMPT
 
     options.validate()
     if options.resume:

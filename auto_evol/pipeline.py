@@ -40,8 +40,8 @@ from pathlib import Path
 from .llm import dspy_tuning
 from .core.errors import Outage, UserError
 from .llm.client import LLMError, Llm, Reply, RoleSettings
-from .rounds import RoundPlan, round_item, seed_answer
-from .trajectory import Ask, replay
+from .algorithm.rounds import RoundPlan, round_item, seed_answer
+from .algorithm.trajectory import Ask, replay
 
 VLLM = "vllm:"   # --evol-model vllm:MODEL: a vLLM engine per replica on the cluster's GPUs
 MAX_BLOCKS = 4096   # a phase's pool is cut into at most this many blocks (each a task)
@@ -98,7 +98,7 @@ class DevPhase:
     pairs: tuple
 
     def steps(self, row: dict):
-        from .evaluation import dev_steps
+        from .algorithm.evaluation import dev_steps
 
         return dev_steps(*self.pairs[int(row["seed_id"])])
 
@@ -311,7 +311,7 @@ class Cluster:
     def judge(self, pairs: list, evol: Llm, done: Callable[[int, object], None]) -> None:
         """Optimize's dev evaluation of (method, dev item) pairs on the cluster: ``done(index, DevResult)``
         as each comes back, its calls counted in ``evol``'s usage."""
-        from .evaluation import dev_result
+        from .algorithm.evaluation import dev_result
 
         self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None,
                  lambda key, record: done(int(key), dev_result(pairs[int(key)][1], record)),

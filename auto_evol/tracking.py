@@ -232,7 +232,7 @@ class OptimizeLogger(Observer):
         return step_run
 
     def _candidate_run(self, record, step_run: str, c, rate: float, spent: float | None = None) -> None:
-        from .failure import Failure
+        from .algorithm.failure import Failure
 
         won = record.accepted == c.index
         run_id = self.client.create_run(

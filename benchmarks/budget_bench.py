@@ -127,7 +127,7 @@ def main() -> None:
     from conftest import scripted_llm
 
     from auto_evol.llm import backends
-    from auto_evol import selection
+    from auto_evol.algorithm import selection
 
     opt_mod = importlib.import_module("auto_evol.optimize")   # the package exports a function of that name
 

@@ -41,10 +41,10 @@ def main() -> None:
     from conftest import scripted_llm
 
     from auto_evol.llm import backends
-    from auto_evol import selection
+    from auto_evol.algorithm import selection
     from auto_evol.storage.data import Item
-    from auto_evol.evaluation import judge_item
-    from auto_evol.method import Method
+    from auto_evol.algorithm.evaluation import judge_item
+    from auto_evol.algorithm.method import Method
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=500)
@@ -112,7 +112,7 @@ def direct(profiles: dict, seeds: int, n_items: int) -> None:
     """The selection functions alone, on pass/fail outcomes drawn directly from the true rates."""
     import numpy as np
 
-    from auto_evol import selection
+    from auto_evol.algorithm import selection
 
     print(f"selection only, {seeds} seeds per profile, {n_items} dev items (judged pairs, not calls):")
     for profile, rates_ in profiles.items():

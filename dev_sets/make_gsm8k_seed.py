@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from auto_evol.devset import near_duplicate_groups  # noqa: E402
+from auto_evol.algorithm.devset import near_duplicate_groups  # noqa: E402
 from auto_evol.core.errors import UserError  # noqa: E402
 
 SEED = 20261122

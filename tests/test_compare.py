@@ -9,7 +9,7 @@ import pytest
 
 from auto_evol.compare import CompareOptions, compare
 from auto_evol.core.errors import UserError
-from auto_evol.judge import difficulty_score
+from auto_evol.algorithm.judge import difficulty_score
 from conftest import scripted_llm
 from fake_openai import compare_world as scripted_world
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from auto_evol.storage.data import Item, guess_output_field, load_items
-from auto_evol.devset import batch, load_split, near_duplicate_groups, registered
+from auto_evol.algorithm.devset import batch, load_split, near_duplicate_groups, registered
 from auto_evol.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from auto_evol.llm import backends, client as llm
-from auto_evol import method
+from auto_evol.algorithm import method
 
 pytestmark = pytest.mark.embedded
 

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from auto_evol import judge
+from auto_evol.algorithm import judge
 from auto_evol.core.errors import UserError
-from auto_evol.failure import Failure, Rules, failure_of
-from auto_evol.method import CLASSIC, CLASSIC_OPERATORS, Method, load, mix, pick
-from auto_evol.trajectory import arun_steps, evolution_steps, evolve_and_answer, evolve_once, run_steps
+from auto_evol.algorithm.failure import Failure, Rules, failure_of
+from auto_evol.algorithm.method import CLASSIC, CLASSIC_OPERATORS, Method, load, mix, pick
+from auto_evol.algorithm.trajectory import arun_steps, evolution_steps, evolve_and_answer, evolve_once, run_steps
 from conftest import scripted_llm
 
 ORIGINAL = "Add 2 and 3."

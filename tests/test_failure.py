@@ -1,6 +1,6 @@
 import pytest
 
-from auto_evol.failure import Failure, answer_failure
+from auto_evol.algorithm.failure import Failure, answer_failure
 
 
 @pytest.mark.parametrize("answer, expected", [
@@ -35,7 +35,7 @@ def test_answers_that_pass(answer):
 
 
 def test_elimination_rules():
-    from auto_evol.failure import elimination_failure, instruction_failure
+    from auto_evol.algorithm.failure import elimination_failure, instruction_failure
 
     assert elimination_failure("Sorry, I cannot help with that.") is Failure.SORRY_SHORT_ANSWER
     long_sorry = "Sorry for the long reply. " + "The total is computed step by step here. " * 12
@@ -64,7 +64,7 @@ def test_elimination_rules():
     "#Methods List#: 1. add a step",
 ])
 def test_copies_of_the_prompts_markers_are_eliminated(evolved):
-    from auto_evol.failure import instruction_failure
+    from auto_evol.algorithm.failure import instruction_failure
 
     assert instruction_failure(evolved) is Failure.COPIES_PROMPT_WORDS
 
@@ -81,6 +81,6 @@ def test_copies_of_the_prompts_markers_are_eliminated(evolved):
     "Rate the given prompts by clarity.",       # the paper's words only count whole
 ])
 def test_ordinary_english_about_instructions_is_not_a_copy(evolved):
-    from auto_evol.failure import instruction_failure
+    from auto_evol.algorithm.failure import instruction_failure
 
     assert instruction_failure(evolved) is None

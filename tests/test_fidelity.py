@@ -13,19 +13,19 @@ import threading
 import dspy
 import pytest
 
-from auto_evol import candidate as candidate_mod
+from auto_evol.algorithm import candidate as candidate_mod
 from auto_evol import evolve as evolve_mod
-from auto_evol import feedback as feedback_mod
-from auto_evol import rounds as rounds_mod
+from auto_evol.algorithm import feedback as feedback_mod
+from auto_evol.algorithm import rounds as rounds_mod
 from auto_evol.llm import client as llm_mod
 from auto_evol.llm import backends
-from auto_evol import selection, trajectory
+from auto_evol.algorithm import selection, trajectory
 from auto_evol.storage.data import Item
-from auto_evol.evaluation import DevResult, Evaluation
+from auto_evol.algorithm.evaluation import DevResult, Evaluation
 from auto_evol.evolve import EvolveOptions
-from auto_evol.failure import Failure
-from auto_evol.feedback import Feedback
-from auto_evol.method import Method
+from auto_evol.algorithm.failure import Failure
+from auto_evol.algorithm.feedback import Feedback
+from auto_evol.algorithm.method import Method
 from conftest import AsyncScripted, ScriptedEngine, scripted_llm
 from fake_openai import evolve_world, world
 

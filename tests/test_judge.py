@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from auto_evol.judge import Verdict, read_verdict
+from auto_evol.algorithm.judge import Verdict, read_verdict
 
 EQUAL_REPLIES = [
     "equal", "Equal", "equal.", "EQUAL", "**Equal**", "'equal'", "Equal.\n", "They are equal.",
@@ -53,9 +53,9 @@ def test_equality_words_are_not_verdicts():
 
 
 def _run_one(verdict_reply: str):
-    from auto_evol.method import load
-    from auto_evol.rounds import RoundPlan, round_item
-    from auto_evol.trajectory import arun_steps
+    from auto_evol.algorithm.method import load
+    from auto_evol.algorithm.rounds import RoundPlan, round_item
+    from auto_evol.algorithm.trajectory import arun_steps
     from conftest import scripted_llm
 
     def script(prompt: str) -> str:
@@ -68,7 +68,7 @@ def _run_one(verdict_reply: str):
     evol, _ = scripted_llm(script)
     plan = RoundPlan(1, ((load("evol-instruct-reasoning"), 1.0),), judge=True)
     record = asyncio.run(arun_steps(round_item({"seed_id": "s1", "instruction": "Add 2 and 3."}, plan), evol, evol))
-    from auto_evol.failure import Failure
+    from auto_evol.algorithm.failure import Failure
 
     if record["status"] == "kept":
         return None, record["instruction"], record["output"]
@@ -83,7 +83,7 @@ def test_evolve_keeps_an_evolution_the_judge_calls_not_equal(reply):
 
 @pytest.mark.parametrize("reply", ["Equal", "They are equal.", "Answer: **equal**"])
 def test_evolve_eliminates_an_evolution_the_judge_calls_equal(reply):
-    from auto_evol.failure import Failure
+    from auto_evol.algorithm.failure import Failure
 
     failure, _, answer = _run_one(reply)
     assert failure is Failure.NO_INFORMATION_GAIN and answer is None

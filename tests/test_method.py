@@ -1,8 +1,8 @@
 import pytest
 
-from auto_evol import method
+from auto_evol.algorithm import method
 from auto_evol.core.errors import UserError
-from auto_evol.method import Method
+from auto_evol.algorithm.method import Method
 
 
 def test_shipped_methods_load_with_one_placeholder():

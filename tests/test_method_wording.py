@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from auto_evol import method
-from auto_evol.method import CLASSIC_OPERATORS
+from auto_evol.algorithm import method
+from auto_evol.algorithm.method import CLASSIC_OPERATORS
 
 
 def _flat(text: str) -> str:
@@ -53,7 +53,7 @@ def test_e0_step_4_reviews_and_keeps_only_a_more_complex_version_of_the_original
 
 @pytest.mark.parametrize("name", CLASSIC_OPERATORS)
 def test_operators_forbid_exactly_the_markers_the_eliminator_catches(name):
-    from auto_evol.failure import instruction_failure
+    from auto_evol.algorithm.failure import instruction_failure
 
     text = _flat(method.load(name).text)
     forbidden = re.search(r"markers?: (.*?) must not appear", text).group(1)

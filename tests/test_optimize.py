@@ -7,9 +7,10 @@ import threading
 
 import pytest
 
-from auto_evol import method, optimize
+from auto_evol.algorithm import method
+from auto_evol import optimize
 from auto_evol.core.errors import UserError
-from auto_evol.failure import Failure
+from auto_evol.algorithm.failure import Failure
 from auto_evol.core.observer import Observer, Observers
 from conftest import scripted_llm
 from fake_openai import world

@@ -1,4 +1,4 @@
-from auto_evol.parsing import final_instruction, optimized_method, same_instruction
+from auto_evol.algorithm.parsing import final_instruction, optimized_method, same_instruction
 
 E0_REPLY = """Step 1 #Methods List#:
 - add a constraint on time
@@ -82,7 +82,7 @@ def test_optimized_method_in_a_fenced_block_and_last_header_wins():
 
 
 def test_optimized_method_without_a_placeholder_is_a_method_the_instruction_is_appended_to():
-    from auto_evol.method import Method
+    from auto_evol.algorithm.method import Method
 
     reply = "Optimized Method:\nMake it harder.\n\n#Instruction#:\n"
     text = optimized_method(reply)
@@ -112,8 +112,8 @@ def test_same_instruction_ignores_case_spacing_and_punctuation():
 
 
 def test_a_method_that_ends_by_opening_the_final_instruction_accepts_a_bare_reply():
-    from auto_evol import method
-    from auto_evol.parsing import ends_with_final_header, evolved_instruction
+    from auto_evol.algorithm import method
+    from auto_evol.algorithm.parsing import ends_with_final_header, evolved_instruction
 
     assert ends_with_final_header(method.load("weak").text)
     assert ends_with_final_header(method.load("evol-instruct-constraints").text)

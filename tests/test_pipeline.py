@@ -10,9 +10,9 @@ import pytest
 from auto_evol import pipeline
 from auto_evol.core.errors import Outage, UserError
 from auto_evol.llm.client import LLMError, Reply, RoleSettings
-from auto_evol.method import load
-from auto_evol.rounds import RoundPlan, round_item
-from auto_evol.trajectory import ANSWER, EVOL, Ask, arun_steps, replay
+from auto_evol.algorithm.method import load
+from auto_evol.algorithm.rounds import RoundPlan, round_item
+from auto_evol.algorithm.trajectory import ANSWER, EVOL, Ask, arun_steps, replay
 from conftest import scripted_llm
 from fake_openai import evolve_world
 

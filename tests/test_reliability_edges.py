@@ -73,7 +73,7 @@ def test_atomic_write_over_an_existing_file_and_a_failed_write(tmp_path):
 
 @pytest.mark.parametrize("mask, expected", [(0o022, 0o644), (0o077, 0o600)])
 def test_saved_methods_follow_the_umask(tmp_path, mask, expected):
-    from auto_evol import method
+    from auto_evol.algorithm import method
 
     m = method.Method(name="mine", text="Rewrite this to be harder: {instruction}\n", parent="e0")
     path = _with_umask(mask, lambda: method.save(m, tmp_path / "methods"))

@@ -1,6 +1,6 @@
 import pytest
 
-from auto_evol.selection import should_stop, winner
+from auto_evol.algorithm.selection import should_stop, winner
 
 
 def test_lowest_rate_wins_and_ties_keep_the_incumbent():
@@ -19,7 +19,7 @@ def test_patience():
 
 
 def test_halving_rungs_double_until_two_finalists_take_the_full_dev_set():
-    from auto_evol.selection import halving_rungs
+    from auto_evol.algorithm.selection import halving_rungs
 
     assert halving_rungs(50, 5) == [6, 12, 50]
     assert halving_rungs(50, 9) == [4, 8, 16, 50]
@@ -30,7 +30,7 @@ def test_halving_rungs_double_until_two_finalists_take_the_full_dev_set():
 def test_halving_matches_the_full_evaluations_winner_with_half_the_judgements():
     import numpy as np
 
-    from auto_evol.selection import successive_halving
+    from auto_evol.algorithm.selection import successive_halving
 
     agree, judged = 0, []
     for seed in range(300):
@@ -55,7 +55,7 @@ def test_halving_matches_the_full_evaluations_winner_with_half_the_judgements():
 def test_race_nearly_matches_full_evaluation_with_under_half_the_judgements():
     import numpy as np
 
-    from auto_evol.selection import race, successive_halving
+    from auto_evol.algorithm.selection import race, successive_halving
 
     agree = {"race": 0, "halving": 0}
     judged = {"race": 0, "halving": 0}
@@ -76,7 +76,7 @@ def test_race_nearly_matches_full_evaluation_with_under_half_the_judgements():
 
 
 def test_race_drops_a_clearly_worse_candidate_early_and_follows_close_ones_to_the_end():
-    from auto_evol.selection import clearly_worse, race
+    from auto_evol.algorithm.selection import clearly_worse, race
 
     outcomes = {0: [False] * 50, 1: [True] * 50, 2: [i % 10 == 0 for i in range(50)]}
     seen = {c: 0 for c in outcomes}
@@ -93,7 +93,7 @@ def test_race_drops_a_clearly_worse_candidate_early_and_follows_close_ones_to_th
 
 
 def test_the_incumbent_races_too_and_costs_no_call():
-    from auto_evol.selection import race
+    from auto_evol.algorithm.selection import race
 
     incumbent = [i % 10 == 0 for i in range(50)]                 # fails 10% of the dev items
     outcomes = {0: [i % 2 == 0 for i in range(50)], 1: [False] * 50}   # 50%: cannot beat it; 0%: can
@@ -117,7 +117,7 @@ def test_the_incumbent_races_too_and_costs_no_call():
 
 def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypatch):
     """A strategy added to the table alone is accepted, run and listed."""
-    from auto_evol import selection
+    from auto_evol.algorithm import selection
     from auto_evol.core.errors import UserError
     from auto_evol.optimize import Options
 
@@ -139,7 +139,7 @@ def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypat
 
     import importlib
 
-    from auto_evol.method import Method
+    from auto_evol.algorithm.method import Method
 
     optimize_mod = importlib.import_module("auto_evol.optimize")
 
@@ -156,7 +156,7 @@ def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypat
 
 
 def test_every_item_judges_all_pairs_in_one_call():
-    from auto_evol.selection import every_item
+    from auto_evol.algorithm.selection import every_item
 
     calls = []
 
@@ -173,7 +173,7 @@ def test_every_item_judges_all_pairs_in_one_call():
 @pytest.mark.parametrize("name", ["full", "halving", "race"])
 def test_a_step_with_no_candidate_to_judge_judges_nothing(name):
     """Every optimizer reply unreadable: no distinct candidate, no call, no winner."""
-    from auto_evol.selection import STRATEGIES
+    from auto_evol.algorithm.selection import STRATEGIES
 
     def judge(pairs):
         raise AssertionError("nothing to judge")

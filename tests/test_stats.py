@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from auto_evol.stats import bootstrap_rate, paired_better, paired_difference
+from auto_evol.algorithm.stats import bootstrap_rate, paired_better, paired_difference
 
 
 def test_bootstrap_interval_covers_the_rate_and_narrows_with_more_items():

@@ -13,9 +13,9 @@ import pytest
 
 from auto_evol.llm import backends, client as llm, providers
 from auto_evol.core.errors import UserError
-from auto_evol.method import Method, load
+from auto_evol.algorithm.method import Method, load
 from auto_evol.llm.replies import ANALYSIS, OPTIMIZATION, evolution_format
-from auto_evol.trajectory import evolve_rounds
+from auto_evol.algorithm.trajectory import evolve_rounds
 from auto_evol.storage.data import Item
 from conftest import scripted_llm
 from fake_openai import FakeOpenAI

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .checkpoint import atomic_write, read
 from ..core.errors import UserError
-from ..failure import Failure
+from ..algorithm.failure import Failure
 from .output import provenance_path
 
 LOCK = "lock"

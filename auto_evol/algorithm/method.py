@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .storage.checkpoint import atomic_write
-from .core.errors import UserError
+from ..storage.checkpoint import atomic_write
+from ..core.errors import UserError
 
 PLACEHOLDER = "{instruction}"
 INSTRUCTION_LINE = "#Instruction#:"
@@ -102,7 +102,7 @@ def parse(file_text: str, *, source: str, default_name: str) -> Method:
 
 def search_dirs() -> list[Path]:
     """Where method names are looked up: ./methods first, then the methods shipped with auto-evol."""
-    from .core.resources import shipped_dir
+    from ..core.resources import shipped_dir
 
     dirs = [Path.cwd() / "methods", shipped_dir("methods")]
     return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in {x.resolve() for x in dirs[:i]}]

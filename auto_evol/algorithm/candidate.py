@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from . import parsing
 from .evaluation import Evaluation
 from .feedback import Feedback
-from .llm.client import LLMError, Llm
+from ..llm.client import LLMError, Llm
 from .method import Method
-from .llm.replies import OPTIMIZATION
+from ..llm.replies import OPTIMIZATION
 
 OPTIMIZATION_PROMPT = """\
 You improve instruction-evolving methods. This is the method that produced the trajectories above:

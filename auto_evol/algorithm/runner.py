@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-from .llm.client import Llm
+from ..llm.client import Llm
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,7 +58,7 @@ class Runner:
         (llm.run_async). ``after`` runs on that loop at the end, whatever happened (a BatchRole's
         ``aclose``: its polls stop, its client closes; the journal keeps what a rerun attaches to). An
         outage or Ctrl-C cancels the items still in flight."""
-        from .llm.client import run_async
+        from ..llm.client import run_async
 
         before = self._counts()
         started = time.perf_counter()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .llm.client import Llm
-from .llm.replies import ANALYSIS
+from ..llm.client import Llm
+from ..llm.replies import ANALYSIS
 from .trajectory import Trajectory
 
 ANALYSIS_PROMPT = """\
