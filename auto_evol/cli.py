@@ -419,7 +419,7 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
     """Serve the MLflow UI over the project's store, on 127.0.0.1 only; first prints the address of the latest
     optimize run's steps and candidates with their failure rates."""
-    from .ui import serve_ui
+    from .tracking.ui import serve_ui
 
     serve_ui(port, open_browser=open_browser, run_id=run)
 
@@ -432,7 +432,7 @@ def runs(limit: int = typer.Option(50, help="At most this many runs, newest firs
     from rich.console import Console
     from rich.table import Table
 
-    from .store import optimize_runs
+    from .tracking.store import optimize_runs
 
     rows = optimize_runs(limit)
     if quiet:
@@ -460,7 +460,7 @@ def methods_list(quiet: bool = typer.Option(False, "--quiet", "-q", help="No tab
     from rich.console import Console
     from rich.table import Table
 
-    from . import registry
+    from .tracking import registry
 
     files = registry.method_files()
     try:
@@ -492,7 +492,7 @@ def methods_list(quiet: bool = typer.Option(False, "--quiet", "-q", help="No tab
 @methods_app.command("show")
 def methods_show(spec: str = typer.Argument(..., help="Name, file, or prompts:/NAME/VERSION | prompts:/NAME@ALIAS.")) -> None:
     """Print a method as its file would hold it."""
-    from .registry import resolve
+    from .tracking.registry import resolve
 
     typer.echo(resolve(spec).to_file_text(), nl=False)
 
@@ -502,7 +502,7 @@ def methods_diff(a: str, b: str) -> None:
     """Unified diff of two methods' texts (names, files or registry URIs)."""
     import difflib
 
-    from .registry import resolve
+    from .tracking.registry import resolve
 
     first, second = resolve(a), resolve(b)
     diff = difflib.unified_diff(first.text.splitlines(keepends=True), second.text.splitlines(keepends=True),
@@ -514,7 +514,7 @@ def methods_diff(a: str, b: str) -> None:
 def methods_export(source: str = typer.Argument(..., help="An optimize run id (its e*) or a prompts:/ URI."),
                    to: Path = typer.Option(..., "--to", help="File to write, e.g. methods/gsm8k-e-star.md.")) -> None:
     """Write a run's e* or a registry version to a method file."""
-    from .registry import export
+    from .tracking.registry import export
 
     typer.echo(str(export(source, to)))
 

@@ -27,7 +27,7 @@ from .algorithm.judge import DIFFICULTY_PROMPT, difficulty_score
 from .llm.client import Llm, RoleSettings
 from .algorithm.method import pick
 from .core.observer import Observer, Observers
-from .registry import resolve_methods
+from .tracking.registry import resolve_methods
 from .algorithm.runner import Runner
 from .algorithm.trajectory import aevolve_and_answer, evolve_and_answer, stage0
 
@@ -178,7 +178,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
     """Run the comparison; returns the summary that the report shows (its to_dict() is summary.json).
     ``observers`` hear the run's events (observer.py); the MLflow logger, which records the
     comparison when ``track`` is on, is added when the list holds none."""
-    from .tracking import CompareLogger
+    from .tracking.loggers import CompareLogger
 
     observers = list(observers or [])
     if not any(isinstance(o, CompareLogger) for o in observers):
@@ -318,7 +318,7 @@ def _run(options: CompareOptions, split, families: dict, baseline: str, embed, o
                       calls=calls, costs=cost_mod.costs(calls, {"evol": evol.settings, "judge": judge.settings},
                                                         batched=sent),
                       seconds=round(time.perf_counter() - started, 2))
-    from .report import write_report
+    from .tracking.report import write_report
 
     write_report(summary, reports, split, out)
     return summary

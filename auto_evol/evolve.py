@@ -36,7 +36,7 @@ from .core.errors import UserError
 from .llm.client import Llm, RoleSettings
 from .algorithm.method import CLASSIC, Method
 from .core.observer import Observer, Observers
-from .registry import resolve_methods
+from .tracking.registry import resolve_methods
 from .algorithm.rounds import RoundPlan, round_item, seed_answer
 from .algorithm.trajectory import arun_steps
 from .storage.workfolder import WorkFolder
@@ -342,7 +342,7 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
     ``observers`` hear the run's events (observer.py); the MLflow logger, which records a finished
     run when ``track`` is on, is added when the list holds none.
     """
-    from .tracking import EvolveLogger
+    from .tracking.loggers import EvolveLogger
 
     observers = list(observers or [])
     if not any(isinstance(o, EvolveLogger) for o in observers):
@@ -422,7 +422,7 @@ def _validate(options: EvolveOptions) -> None:
 
 def _uses_cluster(options: EvolveOptions) -> bool:
     """--ray, or a vllm:MODEL role (its engines run on Ray: a local one without --ray)."""
-    from .pipeline import is_vllm
+    from .cluster.pipeline import is_vllm
 
     return options.ray is not None or is_vllm(options.evol_settings()) or is_vllm(options.answer_settings())
 
@@ -441,7 +441,7 @@ def _validate_cluster(options: EvolveOptions) -> None:
                         f"Ray spreads online calls over a cluster; choose one")
     if options.max_cost is not None:
         raise UserError(f"--max-cost is not kept under {what} yet; use --max-calls (kept per phase)")
-    from .cluster import check_address, resolve
+    from .cluster.connect import check_address, resolve
 
     if options.ray is not None:
         check_address(resolve(options.ray))
@@ -450,7 +450,7 @@ def _validate_cluster(options: EvolveOptions) -> None:
 def _build_roles(options: EvolveOptions) -> tuple[Llm, Llm]:
     """The evol and answer roles, checked and built (backends.build_roles). A vllm:MODEL role's calls
     are made by engines on the cluster: the driver keeps only its settings and usage."""
-    from .pipeline import is_vllm
+    from .cluster.pipeline import is_vllm
 
     specs = [(options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model")]
     own = [spec for spec in specs if not is_vllm(spec[0])]
@@ -473,7 +473,7 @@ def _on_cluster(options: EvolveOptions):
     if not _uses_cluster(options):
         yield None
         return
-    from . import cluster, pipeline
+    from .cluster import connect as cluster, pipeline
 
     # Workers run elsewhere: a relative cache folder or GGUF file is made absolute here, where it was meant.
     specs = {"evol": (pipeline.absolute(options.evol_settings()), "--evol-model"),
@@ -503,7 +503,7 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
          heard: Observers, cluster_run=None) -> EvolveResult:
     """The run itself, under the work folder's lock; every event goes to ``heard``."""
     if cluster_run is not None:   # before a --restart drops anything: every node must see the folder
-        from .cluster import check_shared
+        from .cluster.connect import check_shared
 
         try:
             check_shared(work.path, f"--out {out}")
@@ -745,7 +745,7 @@ async def _round(round_: int, pool: Path, total: int, options: EvolveOptions, wo
 
 def _cluster_seeds(cluster_run, work: WorkFolder, seeds_path: Path, evol: Llm, answerer: Llm, budget: _Budget,
                    heard: Observers) -> bool:
-    from .pipeline import Phase
+    from .cluster.pipeline import Phase
 
     done = work.resume(0)
     unanswered = sum(1 for row in read(seeds_path) if not row["output"])
@@ -757,7 +757,7 @@ def _cluster_seeds(cluster_run, work: WorkFolder, seeds_path: Path, evol: Llm, a
 
 def _cluster_round(cluster_run, round_: int, pool: Path, total: int, options: EvolveOptions, work: WorkFolder,
                    methods, evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
-    from .pipeline import Phase
+    from .cluster.pipeline import Phase
 
     done = work.resume(round_)
     complete = _cluster_phase(cluster_run, Phase(round_plan(round_, options, methods, evol, answerer)),

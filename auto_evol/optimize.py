@@ -266,7 +266,7 @@ def estimate(options: Options) -> dict:
     and, when tracking, a champion from other dev items judged again (2|D|). Output tokens: every reply
     at its role's --*-max-tokens. Input tokens are estimates: characters / 4, the method at its starting
     length, a growing conversation at its largest."""
-    from . import registry
+    from .tracking import registry
     from .algorithm.candidate import OPTIMIZATION_PROMPT
     from .algorithm.feedback import ANALYSIS_PROMPT
 
@@ -351,7 +351,7 @@ def _batched(options: Options, evol: Llm, run_id: str | None):
     import json
 
     from .llm.batch import batcher as batch_mod
-    from . import store
+    from .tracking import store
 
     if run_id is not None:
         path = store.batch_journal(run_id)
@@ -379,7 +379,7 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
     The steps: read back a resumed run's settings and state under its lock; check every setting;
     load the method and the data split; build the roles; run the loop with the observers around it.
     """
-    from . import registry, store, tracking  # MLflow is imported only when a run starts
+    from .tracking import registry, store, loggers as tracking  # MLflow is imported only when a run starts
 
     options = dataclasses.replace(options or Options(), **overrides)
     observers = list(observers or [])
@@ -406,7 +406,7 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
 
             check_batchable(evol.settings if evol else options.evol_settings())
         if options.ray is not None:
-            from .cluster import check_address, resolve
+            from .cluster.connect import check_address, resolve
 
             check_address(resolve(options.ray))
         evol, optimizer = _llms(options, evol, optimizer)
@@ -434,7 +434,7 @@ def _on_cluster(options: Options, evol: Llm, held: contextlib.ExitStack):
     cache); None without --ray."""
     if options.ray is None:
         return None
-    from . import cluster, pipeline
+    from .cluster import connect as cluster, pipeline
 
     held.enter_context(cluster.connected(cluster.resolve(options.ray)))
     role = (pipeline.absolute(evol.settings), "--evol-model")   # a dev pair's evolution and answer: the evol role's
@@ -610,7 +610,7 @@ def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: R
     The champion's failure rate is compared on this run's dev set: taken from its version's tags when
     it was measured on the same dev items, measured now otherwise.
     """
-    from . import registry
+    from .tracking import registry
 
     fingerprint = dev_fingerprint(split.dev)
     rate = state.rates[-1]

@@ -71,7 +71,7 @@ def driver_records_per_second(n: int = 20_000) -> float:
     """What the driver does per record that comes back: decode it, journal it, count its calls."""
     from auto_evol.storage.checkpoint import Journal
     from auto_evol.llm.client import Llm, RoleSettings
-    from auto_evol.pipeline import add_usage
+    from auto_evol.cluster.pipeline import add_usage
 
     record = json.dumps({"seed_id": "s1", "round": 1, "parent_instruction": "Question number 1? " * 8,
                          "instruction": "Question number 1, with a twist? " * 10, "output": "The answer. " * 40,

@@ -12,7 +12,7 @@ import pytest
 from conftest import cli
 
 from auto_evol.llm.batch import batcher as batch_mod
-from auto_evol import store
+from auto_evol.tracking import store
 from auto_evol.compare import CompareOptions, compare
 from auto_evol.optimize import optimize
 from fake_batch import FakeOpenAIBatch, _last_user, interrupt

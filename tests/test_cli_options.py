@@ -149,7 +149,7 @@ def test_quiet_check_prints_only_the_roles_that_cannot_work(monkeypatch):
 
 
 def test_quiet_runs_prints_the_run_ids_only(monkeypatch):
-    from auto_evol import store
+    from auto_evol.tracking import store
 
     rows = [{"data": "gsm8k_seed", "evol_model": "embedded", "optimizer_model": "embedded", "rates": "40% -> 20%",
              "steps": "2", "calls": "100", "date": "2024-01-01", "status": "FINISHED", "run_id": f"run{i}"}
@@ -162,7 +162,7 @@ def test_quiet_runs_prints_the_run_ids_only(monkeypatch):
 
 
 def test_quiet_methods_list_prints_names_only(workdir):
-    from auto_evol import registry
+    from auto_evol.tracking import registry
 
     loud = invoke(["methods", "list"])
     quiet = invoke(["methods", "list", "-q"])

@@ -18,7 +18,7 @@ from auto_evol.storage import output
 from auto_evol.core.errors import UserError
 from auto_evol.evolve import EvolveOptions, evolve
 from auto_evol.algorithm.method import CLASSIC_OPERATORS, pick
-from auto_evol.registry import resolve_methods
+from auto_evol.tracking.registry import resolve_methods
 from conftest import scripted_llm
 from fake_openai import FakeOpenAI, evolve_world
 

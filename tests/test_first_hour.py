@@ -62,7 +62,7 @@ def test_commands_that_need_the_store_ask_for_one_in_one_line(empty, args):
 
 
 def test_a_store_without_prompts_is_an_empty_registry_too(workdir):
-    from auto_evol import store
+    from auto_evol.tracking import store
 
     store.client()  # a store, as an evolve or compare run leaves one, with no optimize run in it
     out = auto_evol(["methods", "list"], workdir)

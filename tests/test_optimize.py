@@ -253,7 +253,7 @@ def test_every_event_reaches_each_observer_in_order_and_nothing_else_records(dat
 def test_a_failing_observer_fails_the_run_and_every_observer_hears_close(dataset):
     import mlflow
 
-    from auto_evol.tracking import OptimizeLogger
+    from auto_evol.tracking.loggers import OptimizeLogger
 
     recorder, logger, after = Recorder(fail_on="step"), OptimizeLogger(), Recorder()
     with pytest.raises(RuntimeError, match="fails at step"):

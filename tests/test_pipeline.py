@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from auto_evol import pipeline
+from auto_evol.cluster import pipeline
 from auto_evol.core.errors import Outage, UserError
 from auto_evol.llm.client import LLMError, Reply, RoleSettings
 from auto_evol.algorithm.method import load

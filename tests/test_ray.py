@@ -207,7 +207,7 @@ def _stand_in_engine(base: str):
 
 
 def test_a_vllm_evol_role_runs_as_engine_stages_and_writes_the_same_records(tmp_path, two_nodes, monkeypatch):
-    from auto_evol import pipeline
+    from auto_evol.cluster import pipeline
     from auto_evol.evolve import EvolveOptions, evolve
 
     seeds = _seeds(tmp_path / "seeds.jsonl", 30)

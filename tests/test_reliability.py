@@ -119,7 +119,7 @@ def test_a_held_lock_refuses_and_a_released_one_is_free(tmp_path):
 # --- 2. one store, made once -----------------------------------------------------------------------
 
 def test_two_first_tracked_runs_in_a_fresh_folder_both_succeed(workdir):
-    script = ("from auto_evol import store\n"
+    script = ("from auto_evol.tracking import store\n"
               "c = store.client()\n"
               "e = store.experiment_id(c, 'race', store.tracking_uri())\n"
               "c.set_terminated(c.create_run(e).info.run_id)\n")
@@ -370,7 +370,7 @@ def test_temporary_files_of_a_killed_assembly_are_cleared_by_the_rerun(tmp_path)
 def test_a_resumed_run_counts_all_its_calls_and_writes_one_e_star(project, monkeypatch):
     import importlib
 
-    from auto_evol import store
+    from auto_evol.tracking import store
 
     optimize_mod = importlib.import_module("auto_evol.optimize")
 

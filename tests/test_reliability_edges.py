@@ -101,7 +101,7 @@ def test_written_datasets_follow_the_umask(tmp_path, fmt, name):
 
 def _proc_table() -> dict[int, tuple[int, str, str]]:
     """pid -> (parent pid, state, start time) of every process, read from /proc."""
-    from auto_evol.process_group import processes
+    from auto_evol.tracking.process_group import processes
 
     return {pid: (int(fields[1]), fields[0], fields[19]) for pid, fields in processes().items()}
 
@@ -149,7 +149,7 @@ def _env(tmp_path: Path) -> dict:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ui_stopped_by_a_signal_leaves_nothing_running(tmp_path, sig):
     env = _env(tmp_path)
-    subprocess.run([sys.executable, "-c", "from auto_evol.store import client; client().search_experiments()"],
+    subprocess.run([sys.executable, "-c", "from auto_evol.tracking.store import client; client().search_experiments()"],
                    cwd=tmp_path, env=env, check=True, timeout=120, capture_output=True)
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
     port = _free_port()

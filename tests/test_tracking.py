@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from auto_evol.algorithm import method
-from auto_evol import optimize, registry
+from auto_evol import optimize
+from auto_evol.tracking import registry
 from auto_evol.core.errors import UserError
 from fake_openai import FakeOpenAI
 

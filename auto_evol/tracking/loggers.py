@@ -21,10 +21,10 @@ import re
 import time
 from pathlib import Path
 
-from .llm import cost as cost_mod
+from ..llm import cost as cost_mod
 from . import store
-from .llm.http_engine import redact
-from .core.observer import Observer
+from ..llm.http_engine import redact
+from ..core.observer import Observer
 from .store import KIND_TAG, OPTIMIZE_RUN_TAG, PARENT_TAG, client, experiment_id, get_run, run_lock, tracking_uri
 
 
@@ -232,7 +232,7 @@ class OptimizeLogger(Observer):
         return step_run
 
     def _candidate_run(self, record, step_run: str, c, rate: float, spent: float | None = None) -> None:
-        from .algorithm.failure import Failure
+        from ..algorithm.failure import Failure
 
         won = record.accepted == c.index
         run_id = self.client.create_run(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # compare imports this module when it writes its report
-    from .compare import CompareSummary
+    from ..compare import CompareSummary
 
 
 def _pct(x: float | None) -> str:

@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 ENV = "RAY_ADDRESS"
 CONNECT_TIMEOUT = 3.0

@@ -37,11 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .llm import dspy_tuning
-from .core.errors import Outage, UserError
-from .llm.client import LLMError, Llm, Reply, RoleSettings
-from .algorithm.rounds import RoundPlan, round_item, seed_answer
-from .algorithm.trajectory import Ask, replay
+from ..llm import dspy_tuning
+from ..core.errors import Outage, UserError
+from ..llm.client import LLMError, Llm, Reply, RoleSettings
+from ..algorithm.rounds import RoundPlan, round_item, seed_answer
+from ..algorithm.trajectory import Ask, replay
 
 VLLM = "vllm:"   # --evol-model vllm:MODEL: a vLLM engine per replica on the cluster's GPUs
 MAX_BLOCKS = 4096   # a phase's pool is cut into at most this many blocks (each a task)
@@ -98,7 +98,7 @@ class DevPhase:
     pairs: tuple
 
     def steps(self, row: dict):
-        from .algorithm.evaluation import dev_steps
+        from ..algorithm.evaluation import dev_steps
 
         return dev_steps(*self.pairs[int(row["seed_id"])])
 
@@ -178,7 +178,7 @@ class Asker:
 
     def __init__(self, phase: Phase, roles: dict[str, tuple[RoleSettings, str]], *, cache_dir: str | None,
                  concurrency, max_error_rate: float, one_call: bool = False) -> None:
-        from .llm import backends
+        from ..llm import backends
 
         self.phase, self.one_call = phase, one_call
         self.llms: dict[str, Llm] = {}
@@ -304,14 +304,14 @@ class Cluster:
     def workers(self) -> int:
         if self.options.workers is not None:
             return self.options.workers
-        from .cluster import alive_nodes
+        from .connect import alive_nodes
 
         return 2 * max(1, len(alive_nodes()))
 
     def judge(self, pairs: list, evol: Llm, done: Callable[[int, object], None]) -> None:
         """Optimize's dev evaluation of (method, dev item) pairs on the cluster: ``done(index, DevResult)``
         as each comes back, its calls counted in ``evol``'s usage."""
-        from .algorithm.evaluation import dev_result
+        from ..algorithm.evaluation import dev_result
 
         self.run(DevPhase(tuple(pairs)), [{"seed_id": str(i)} for i in range(len(pairs))], set(), None,
                  lambda key, record: done(int(key), dev_result(pairs[int(key)][1], record)),

@@ -17,9 +17,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from .storage import locks
-from .core.errors import UserError, first_line
-from .llm.http_engine import redact
+from ..storage import locks
+from ..core.errors import UserError, first_line
+from ..llm.http_engine import redact
 
 DEFAULT_DIR = Path("mlruns")
 SQLITE = "sqlite:///"
@@ -91,7 +91,7 @@ def client(uri: str | None = None, *, create: bool = True):
 def _run_file(run_id: str, kind: str, suffix: str) -> Path:
     """A file of the run's own beside the store (``mlruns/KIND/RUN_ID.SUFFIX``), or, for a store that is
     no SQLite file, under the cache dir in a folder per store."""
-    from .llm.backends import DEFAULT_CACHE_DIR
+    from ..llm.backends import DEFAULT_CACHE_DIR
 
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
         raise UserError(f"--resume {run_id!r}: not a run id (auto-evol runs lists them)")
