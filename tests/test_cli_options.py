@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from auto_evol.cli import RENAMED, SWITCHES, app
+from auto_evol.cli.main import RENAMED, SWITCHES, app
 
 
 def invoke(args):

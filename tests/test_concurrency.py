@@ -219,7 +219,7 @@ def test_a_bad_concurrency_is_one_line_and_exit_2(tmp_path, value, message):
 def test_the_progress_line_shows_the_live_concurrency():
     from rich.console import Console
 
-    from auto_evol.console import EvolveConsole
+    from auto_evol.cli.console import EvolveConsole
     from auto_evol.evolve import EvolveOptions
 
     level = [8]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from auto_evol.llm import cost
 from auto_evol import optimize
-from auto_evol.cli import app
+from auto_evol.cli.main import app
 from auto_evol.evolve import EvolveOptions, evolve
 from auto_evol.llm.client import Reply, RoleSettings, Usage
 from conftest import scripted_llm

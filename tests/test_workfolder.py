@@ -93,7 +93,7 @@ def test_every_format_is_one_table_entry_read_by_validation_writing_and_help(tmp
         output.format_for(tmp_path / "x.json", "csv")
     import typer
 
-    from auto_evol.cli import app
+    from auto_evol.cli.main import app
 
     command = typer.main.get_command(app).commands["evolve"]
     assert next(p for p in command.params if p.name == "format").help == output.format_help()

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from .algorithm import selection as selection_mod
-from .core.errors import Outage, UserError
-from .storage.output import format_help
+from ..algorithm import selection as selection_mod
+from ..core.errors import Outage, UserError
+from ..storage.output import format_help
 
 OUTAGE_EXIT = 4   # 2: bad input or setup; 3: stopped at --max-calls / --max-cost; 4: stopped by an LLM outage
 
@@ -33,7 +33,7 @@ def _print_version(value: bool) -> None:
                 continue
         return "not installed"
 
-    from . import __version__
+    from .. import __version__
 
     own = version("auto-evol")
     typer.echo(f"auto-evol {own if own != 'not installed' else __version__} (DSPy {version('dspy', 'dspy-ai')}, "
@@ -91,7 +91,7 @@ def _options(ctx: typer.Context, options_type, config: Path | None = None, *, fr
 
     preset = {}
     if config is not None:
-        from .optimize import Options
+        from ..optimize import Options
 
         preset = load_preset(config, Options)
     return build_options(options_type, _typed_flags(ctx, skip), preset, from_preset=from_preset)
@@ -154,14 +154,14 @@ def optimize(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables; print e*'s path only."),
 ) -> None:
     """Optimize an evolving method on a data set, from e0 (or --init-method) to e*."""
-    from .optimize import Options
-    from .optimize import optimize as run
+    from ..optimize import Options
+    from ..optimize import optimize as run
 
     options = _options(ctx, Options, config)
     if dry_run:
         import json as _json
 
-        from .optimize import estimate
+        from ..optimize import estimate
 
         typer.echo(_json.dumps(estimate(options), indent=2))
         return
@@ -244,8 +244,8 @@ def evolve(
     """Evolve a dataset with e* or the classic Evol-Instruct operators; rerunning continues where it stopped."""
     import json as _json
 
-    from .evolve import EvolveOptions
-    from .evolve import evolve as run
+    from ..evolve import EvolveOptions
+    from ..evolve import evolve as run
 
     options = _options(ctx, EvolveOptions)
     if dry_run:
@@ -300,8 +300,8 @@ def compare(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; print the report's path only."),
 ) -> None:
     """Compare methods side by side: failure rate with intervals, difficulty, diversity, length growth."""
-    from .compare import CompareOptions
-    from .compare import compare as run
+    from ..compare import CompareOptions
+    from ..compare import compare as run
 
     options = _options(ctx, CompareOptions, config, from_preset=COMPARE_FROM_PRESET)
     observers = []   # the verb puts its MLflow logger in front (inert under --no-track)
@@ -327,7 +327,7 @@ def compare(
                       " / ".join("-" if r.difficulty is None else f"{r.difficulty:.1f}" for r in s.per_round),
                       " / ".join(f"{r.length_growth:.2f}x" for r in s.per_round))
     if summary.costs:
-        from .llm.cost import summary as cost_summary
+        from ..llm.cost import summary as cost_summary
 
         table.caption = f"cost: {cost_summary(summary.costs)}"
         table.caption_justify = "left"
@@ -352,11 +352,11 @@ def check(
 ) -> None:
     """One tiny call per role: reachable, key accepted, structured output, sampling parameters (the
     paper's defaults per role, adapted to known provider rules)."""
-    from .llm import backends
-    from .llm import client as llm_mod
-    from .llm import providers
-    from .llm.check import probe
-    from .optimize import Options
+    from ..llm import backends
+    from ..llm import client as llm_mod
+    from ..llm import providers
+    from ..llm.check import probe
+    from ..optimize import Options
 
     base = _options(ctx, Options, config, skip=("answer_model",))   # evolve's answer role is no optimize option
     llm_mod.check_structured(base.structured)
@@ -419,7 +419,7 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        open_browser: bool = typer.Option(False, "--open", help="Also open it in a browser.")) -> None:
     """Serve the MLflow UI over the project's store, on 127.0.0.1 only; first prints the address of the latest
     optimize run's steps and candidates with their failure rates."""
-    from .tracking.ui import serve_ui
+    from ..tracking.ui import serve_ui
 
     serve_ui(port, open_browser=open_browser, run_id=run)
 
@@ -432,7 +432,7 @@ def runs(limit: int = typer.Option(50, help="At most this many runs, newest firs
     from rich.console import Console
     from rich.table import Table
 
-    from .tracking.store import optimize_runs
+    from ..tracking.store import optimize_runs
 
     rows = optimize_runs(limit)
     if quiet:
@@ -460,7 +460,7 @@ def methods_list(quiet: bool = typer.Option(False, "--quiet", "-q", help="No tab
     from rich.console import Console
     from rich.table import Table
 
-    from .tracking import registry
+    from ..tracking import registry
 
     files = registry.method_files()
     try:
@@ -492,7 +492,7 @@ def methods_list(quiet: bool = typer.Option(False, "--quiet", "-q", help="No tab
 @methods_app.command("show")
 def methods_show(spec: str = typer.Argument(..., help="Name, file, or prompts:/NAME/VERSION | prompts:/NAME@ALIAS.")) -> None:
     """Print a method as its file would hold it."""
-    from .tracking.registry import resolve
+    from ..tracking.registry import resolve
 
     typer.echo(resolve(spec).to_file_text(), nl=False)
 
@@ -502,7 +502,7 @@ def methods_diff(a: str, b: str) -> None:
     """Unified diff of two methods' texts (names, files or registry URIs)."""
     import difflib
 
-    from .tracking.registry import resolve
+    from ..tracking.registry import resolve
 
     first, second = resolve(a), resolve(b)
     diff = difflib.unified_diff(first.text.splitlines(keepends=True), second.text.splitlines(keepends=True),
@@ -514,7 +514,7 @@ def methods_diff(a: str, b: str) -> None:
 def methods_export(source: str = typer.Argument(..., help="An optimize run id (its e*) or a prompts:/ URI."),
                    to: Path = typer.Option(..., "--to", help="File to write, e.g. methods/gsm8k-e-star.md.")) -> None:
     """Write a run's e* or a registry version to a method file."""
-    from .tracking.registry import export
+    from ..tracking.registry import export
 
     typer.echo(str(export(source, to)))
 

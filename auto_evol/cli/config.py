@@ -12,7 +12,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from .core.errors import UserError
+from ..core.errors import UserError
 
 
 def _line_of(text: str, key: str) -> int:
