@@ -13,23 +13,25 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .llm import backends
-from .llm import cost as cost_mod
-from .llm import client as llm_mod
 from .algorithm import stats
+from .algorithm.comparison import (CompareSummary, Diversity, GroupDiversity, MethodReport, MethodSummary,
+                                   RoundSummary, Stage, TsneMap)
 from .algorithm.devset import load_split
-from .core.errors import UserError
-from .algorithm.failure import Failure
 from .algorithm.judge import DIFFICULTY_PROMPT, difficulty_score
-from .llm.client import Llm, RoleSettings
 from .algorithm.method import pick
-from .core.observer import Observer, Observers
-from .tracking.registry import resolve_methods
 from .algorithm.runner import Runner
 from .algorithm.trajectory import aevolve_and_answer, evolve_and_answer, stage0
+from .core.errors import UserError
+from .core.observer import Observer, Observers
+from .llm import backends
+from .llm import client as llm_mod
+from .llm import cost as cost_mod
+from .llm.client import Llm, RoleSettings
+from .llm.roles import build_roles
+from .tracking.registry import resolve_methods
 
 
 @dataclass
@@ -54,123 +56,6 @@ class CompareOptions:
     track: bool = True
     structured: str = "auto"          # JSON-schema replies from the evolver: auto | on | off
     batch: str | None = None          # all | evol (the rounds) | judge (difficulty): calls to the provider's batch API
-
-
-@dataclass
-class Stage:
-    round: int
-    instruction: str                  # the instruction after this round (unchanged when it failed)
-    evolved: bool
-    failure: Failure | None
-    difficulty: int | None = None
-
-
-@dataclass
-class MethodReport:
-    name: str
-    stages: dict[str, list[Stage]] = field(default_factory=dict)   # dev item id -> rounds 1..R
-
-    def flags(self, round_: int, items: list[str]) -> list[bool]:
-        return [self.stages[i][round_ - 1].failure is not None for i in items]
-
-
-# The summary: typed, so the report, the terminal table and a caller of compare() read fields a type
-# checker knows rather than string keys; frozen, as it is the record of a finished comparison.
-# to_dict() is summary.json's content, key for key, and what tracking.log_compare reads.
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    round: int
-    failure_rate: float               # of all dev items after this round (a round that failed counts)
-    difficulty: float | None          # the judge's mean over the instructions this round changed; None: none scored
-    unscored: int                     # judge replies that were not a score
-    length_growth: float              # mean words of the instruction over words of its seed
-
-    def to_dict(self) -> dict:
-        return {"round": self.round, "failure_rate": self.failure_rate, "difficulty": self.difficulty,
-                "unscored": self.unscored, "length_growth": self.length_growth}
-
-
-def _interval(i: stats.Interval) -> dict:
-    return {"estimate": i.estimate, "low": i.low, "high": i.high}
-
-
-@dataclass(frozen=True)
-class MethodSummary:
-    failure_rate: stats.Interval              # round 1, with its bootstrap interval
-    difference_to_baseline: stats.Interval    # paired, on the same dev items; negative: fails less
-    failures: dict[str, int]                  # round-1 failures by type
-    per_round: tuple[RoundSummary, ...]
-    evolved_instructions: int
-
-    def to_dict(self) -> dict:
-        return {"failure_rate": _interval(self.failure_rate),
-                "difference_to_baseline": _interval(self.difference_to_baseline),
-                "failures": dict(self.failures), "per_round": [r.to_dict() for r in self.per_round],
-                "evolved_instructions": self.evolved_instructions}
-
-
-@dataclass(frozen=True)
-class GroupDiversity:
-    count: int
-    mean_pairwise_distance: float | None      # cosine; None for a group of one
-    silhouette: float
-    clusters: int                             # k-means clusters the group's instructions fall in
-
-    def to_dict(self) -> dict:
-        return {"count": self.count, "mean_pairwise_distance": self.mean_pairwise_distance,
-                "silhouette": self.silhouette, "clusters": self.clusters}
-
-
-@dataclass(frozen=True)
-class TsneMap:
-    """The 2-D points of the scatter plot, one per instruction, and whose each is."""
-    x: tuple[float, ...]
-    y: tuple[float, ...]
-    owner: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Diversity:
-    k: int
-    groups: dict[str, GroupDiversity]         # "seeds", then each method
-    tsne: TsneMap
-
-    def to_dict(self) -> dict:
-        """Without the t-SNE points: they are the plot's data, one pair per instruction, not a result."""
-        return {"k": self.k, "groups": {owner: g.to_dict() for owner, g in self.groups.items()}}
-
-
-@dataclass(frozen=True)
-class CompareSummary:
-    data: str
-    dev_items: int
-    rounds: int
-    baseline: str
-    confidence: float
-    embeddings: str                           # which embedding the diversity numbers come from
-    methods: dict[str, MethodSummary]         # in --methods order
-    seed_difficulty: float | None
-    unscored_difficulty: int                  # seed judge replies that were not a score
-    diversity: Diversity
-    calls: dict[str, dict] = field(default_factory=dict)   # LLM usage per role (evol, judge)
-    seconds: float = 0.0
-    run_id: str | None = None                 # the MLflow run, once logged
-    costs: dict = field(default_factory=dict)   # role -> cost.Cost of ``calls`` (cost.py's prices)
-
-    def to_dict(self) -> dict:
-        """summary.json's content; the run id only once there is one (summary.json is written before)."""
-        out = {"data": self.data, "dev_items": self.dev_items, "rounds": self.rounds, "baseline": self.baseline,
-               "confidence": self.confidence, "embeddings": self.embeddings,
-               "methods": {name: m.to_dict() for name, m in self.methods.items()},
-               "seed_difficulty": self.seed_difficulty, "unscored_difficulty": self.unscored_difficulty,
-               "calls": {role: dict(usage) for role, usage in self.calls.items()}, "seconds": self.seconds,
-               "cost": cost_mod.report(self.costs),
-               "diversity": self.diversity.to_dict()}
-        if self.run_id is not None:
-            out["run_id"] = self.run_id
-        return out
 
 
 def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | None = None,
@@ -217,7 +102,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
             check_batchable((judge or evol).settings if evol else judge_settings)
     if evol is None:
         llm_mod.check_structured(options.structured)
-        evol, judge = backends.build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
+        evol, judge = build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
                                           cache_dir=options.cache_dir, concurrency=options.concurrency)
     judge = judge or evol
     batched = _batched(options.batch, evol, judge, out)   # its journal locked before any call

@@ -25,21 +25,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .algorithm.failure import Failure
+from .algorithm.method import CLASSIC, Method
+from .algorithm.rounds import RoundPlan, round_item, seed_answer
+from .algorithm.trajectory import arun_steps
+from .core.errors import UserError
+from .core.observer import Observer, Observers
 from .llm import backends
+from .llm import client as llm_mod
 from .llm import concurrency as concurrency_mod
 from .llm import cost as cost_mod
-from .llm import client as llm_mod
+from .llm.client import Llm, RoleSettings
+from .llm.roles import build_roles
 from .storage import locks, output
 from .storage.checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
 from .storage.data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
-from .core.errors import UserError
-from .llm.client import Llm, RoleSettings
-from .algorithm.method import CLASSIC, Method
-from .core.observer import Observer, Observers
-from .tracking.registry import resolve_methods
-from .algorithm.rounds import RoundPlan, round_item, seed_answer
-from .algorithm.trajectory import arun_steps
 from .storage.workfolder import WorkFolder
+from .tracking.registry import resolve_methods
 
 
 @dataclass
@@ -78,7 +80,7 @@ class EvolveOptions:
     cache_dir: str | None = None              # DSPy's reply cache: off by default, see below
     track: bool = True
     structured: str = "auto"                  # JSON-schema replies from the evolver: auto | on | off
-    batch: str | None = None                  # send all | evol | answer calls to the provider's batch API (batch.py)
+    batch: str | None = None                  # send all | evol | answer calls to the provider's batch API (llm/batch/)
     batch_size: int | None = None             # requests per batch; None: the provider's limit
     ray: str | None = None                    # run the phases on a Ray cluster (pipeline.py): its address, ""
                                               # for RAY_ADDRESS or a local Ray; None: this process alone
@@ -106,7 +108,7 @@ class EvolveOptions:
                 "answer_model", "api_base", "evol_temperature", "retry_temperature", "evol_max_tokens",
                 "answer_temperature", "answer_top_p", "answer_max_tokens", "judge", "max_instruction_chars",
                 "structured")
-        from .llm.http_engine import redact
+        from .core.secrets import redact
 
         # A password in --api-base is never written down; a rerun may give it again, or another one.
         return {**{k: getattr(self, k) for k in keep}, "api_base": redact(self.api_base) or None,
@@ -448,13 +450,13 @@ def _validate_cluster(options: EvolveOptions) -> None:
 
 
 def _build_roles(options: EvolveOptions) -> tuple[Llm, Llm]:
-    """The evol and answer roles, checked and built (backends.build_roles). A vllm:MODEL role's calls
+    """The evol and answer roles, checked and built (roles.build_roles). A vllm:MODEL role's calls
     are made by engines on the cluster: the driver keeps only its settings and usage."""
     from .cluster.pipeline import is_vllm
 
     specs = [(options.evol_settings(), "--evol-model"), (options.answer_settings(), "--answer-model")]
     own = [spec for spec in specs if not is_vllm(spec[0])]
-    built = iter(backends.build_roles(
+    built = iter(build_roles(
         *own, cache_dir=options.cache_dir, concurrency=options.concurrency, memory=False,
         max_error_rate=options.max_error_rate, checks_dir=options.cache_dir or backends.DEFAULT_CACHE_DIR)
         if own else [])
@@ -625,7 +627,7 @@ def _row_problem(row, field_name, options: EvolveOptions, seen: set[str], n: int
 async def _answer_seeds(options, work: WorkFolder, seeds_path, answerer, budget, heard: Observers) -> bool:
     """Seeds that came without an answer get one, so round 0 of the output is complete."""
     journal_path = work.answers
-    done = work.resume(0)
+    done = work.resume(0, retry=Failure.LLM_ERROR.value)
     unanswered = sum(1 for row in read(seeds_path) if not row["output"])
     if unanswered == len(done):
         return True
@@ -715,7 +717,7 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int | str, budg
 async def _round(round_: int, pool: Path, total: int, options: EvolveOptions, work: WorkFolder, methods,
                  evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
     journal_path = work.journal(round_)
-    done = work.resume(round_)
+    done = work.resume(round_, retry=Failure.LLM_ERROR.value)
     heard.phase(f"round {round_}", total, len(done))
     plan = round_plan(round_, options, methods, evol, answerer)
 
@@ -747,7 +749,7 @@ def _cluster_seeds(cluster_run, work: WorkFolder, seeds_path: Path, evol: Llm, a
                    heard: Observers) -> bool:
     from .cluster.pipeline import Phase
 
-    done = work.resume(0)
+    done = work.resume(0, retry=Failure.LLM_ERROR.value)
     unanswered = sum(1 for row in read(seeds_path) if not row["output"])
     if unanswered == len(done):
         return True
@@ -759,7 +761,7 @@ def _cluster_round(cluster_run, round_: int, pool: Path, total: int, options: Ev
                    methods, evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
     from .cluster.pipeline import Phase
 
-    done = work.resume(round_)
+    done = work.resume(round_, retry=Failure.LLM_ERROR.value)
     complete = _cluster_phase(cluster_run, Phase(round_plan(round_, options, methods, evol, answerer)),
                               f"round {round_}", pool, work.journal(round_), total, done, evol, answerer, budget,
                               heard)

@@ -19,22 +19,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .llm import backends
-from .llm import cost as cost_mod
-from .llm import client as llm_mod
 from .algorithm import method as method_mod
 from .algorithm import selection, stats
 from .algorithm.candidate import Candidate, propose
-from .storage.checkpoint import check_writable
 from .algorithm.devset import Split, batch, dev_fingerprint, load_split
-from .core.errors import Outage, UserError
 from .algorithm.evaluation import Evaluation, ajudge_item, judge_item
 from .algorithm.feedback import Feedback, analyse
-from .llm.client import LLMError, Llm, RoleSettings
 from .algorithm.method import Method
-from .core.observer import Observer, Observers
 from .algorithm.runner import Runner
 from .algorithm.trajectory import Trajectory, evolve_rounds, rollout_id
+from .core.errors import Outage, UserError
+from .core.observer import Observer, Observers
+from .llm import backends
+from .llm import client as llm_mod
+from .llm import cost as cost_mod
+from .llm.client import LLMError, Llm, RoleSettings
+from .llm.roles import build_roles
+from .storage.checkpoint import check_writable
 
 @dataclass
 class Options:
@@ -564,7 +565,7 @@ def _evol_usage(evol: Llm, batched=None) -> tuple[dict, dict]:
 def _resumed_options(stored: dict, given: Options) -> Options:
     """A resumed run's own settings; an --api-base given again must name the same server (its
     user:password, never stored, is taken from it)."""
-    from .llm.http_engine import redact
+    from .core.secrets import redact
 
     known = {f.name for f in dataclasses.fields(Options)}
     had_credentials = bool(stored.get("api_base_credentials"))
@@ -597,7 +598,7 @@ def _resumed_options(stored: dict, given: Options) -> Options:
 def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Llm, Llm]:
     if evol is not None and optimizer is not None:
         return evol, optimizer
-    built_evol, built_optimizer = backends.build_roles(
+    built_evol, built_optimizer = build_roles(
         (options.evol_settings(), "--evol-model"), (options.optimizer_settings(), "--optimizer-model"),
         cache_dir=options.cache_dir, concurrency=options.concurrency, max_error_rate=options.max_error_rate)
     return evol or built_evol, optimizer or built_optimizer

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from auto_evol.llm import backends, client as llm, providers
+from auto_evol.llm import backends, client as llm, providers, roles
 from auto_evol.core.errors import UserError
 from auto_evol.algorithm.method import Method, load
 from auto_evol.llm.replies import ANALYSIS, OPTIMIZATION, evolution_format
@@ -168,7 +168,7 @@ def test_a_reasoning_model_behind_a_server_that_enforces_the_rule_works_with_the
         raw = backends.build(llm.RoleSettings("openai/o3-mini", fake.base, 0.6, 0.95, 2048), cache=False, num_retries=0)
         with pytest.raises(llm.LLMError, match="temperature"):
             raw.ask("Rewrite (level 1) this: Question number 5?")
-        (role,) = backends.build_roles((llm.RoleSettings("openai/o3-mini", fake.base, 0.6, 0.95, 2048),
+        (role,) = roles.build_roles((llm.RoleSettings("openai/o3-mini", fake.base, 0.6, 0.95, 2048),
                                    "--optimizer-model"), cache_dir=None, concurrency=1)
         role.ask("Rewrite (level 1) this: Question number 5?")
         body = fake.bodies[-1]
@@ -235,7 +235,7 @@ def test_the_dspy_provider_path_meets_the_anthropic_rule_and_adapts(anthropic, c
     raw = backends.build(settings, cache=False, num_retries=0)
     with pytest.raises(llm.LLMError, match="cannot both be specified"):
         raw.ask("hello")
-    (role,) = backends.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
+    (role,) = roles.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
     reply = role.ask("Name the failed cases.", reply_format=ANALYSIS)
     sent = anthropic.bodies[-1]
     assert sent["temperature"] == 0.6 and "top_p" not in sent
@@ -244,7 +244,7 @@ def test_the_dspy_provider_path_meets_the_anthropic_rule_and_adapts(anthropic, c
     assert "kept temperature 0.6, dropped top_p" in capsys.readouterr().err
     # The start-of-run check is kept per model: a second build makes no probe call.
     calls = len(anthropic.bodies)
-    backends.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
+    roles.build_roles((settings, "--optimizer-model"), cache_dir=str(tmp_path), concurrency=1)
     assert len(anthropic.bodies) == calls and (tmp_path / "checks.json").is_file()
 
 

@@ -64,12 +64,12 @@ def test_resume_drops_llm_errors_unless_the_next_round_carried_them(tmp_path):
             {"seed_id": "c", "status": "rejected", "reason": "llm_error"}]
     work.journal(1).write_text("".join(json.dumps(r) + "\n" for r in rows))
     work.journal(2).write_text(json.dumps({"seed_id": "c", "status": "kept"}) + "\n")
-    assert work.resume(1) == {"a", "c"}
+    assert work.resume(1, retry="llm_error") == {"a", "c"}
     assert [json.loads(line)["seed_id"] for line in work.journal(1).read_text().splitlines()] == ["a", "c"]
     # Round 0 (the seeds' answers) is never carried into round 1: its failed calls are always retried.
     work.answers.write_text(json.dumps({"seed_id": "a", "output": "", "reason": "llm_error"}) + "\n")
     work.journal(1).write_text(json.dumps({"seed_id": "a", "status": "kept"}) + "\n")
-    assert work.resume(0) == set()
+    assert work.resume(0, retry="llm_error") == set()
 
 
 def test_claim_refuses_another_runs_folder_and_restart_keeps_only_the_lock(tmp_path):

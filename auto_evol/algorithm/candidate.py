@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..llm.client import LLMError, Llm
+from ..llm.replies import OPTIMIZATION
 from . import parsing
 from .evaluation import Evaluation
 from .feedback import Feedback
-from ..llm.client import LLMError, Llm
 from .method import Method
-from ..llm.replies import OPTIMIZATION
 
 OPTIMIZATION_PROMPT = """\
 You improve instruction-evolving methods. This is the method that produced the trajectories above:

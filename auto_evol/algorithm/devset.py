@@ -19,9 +19,9 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from ..storage.data import Item, hub_name, is_hub, load_items
 from ..core.errors import UserError
 from ..core.resources import shipped_dir
+from ..storage.data import Item, hub_name, is_hub, load_items
 
 # Two instructions are near-duplicates when the Jaccard similarity of their word sets is at least this.
 # Measured on GSM8K's 7,473 training problems (numbers normalised, see _words): 107 pairs reach 0.6

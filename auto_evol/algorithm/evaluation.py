@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from ..llm.client import Llm
 from ..storage.data import Item
 from .failure import Failure
-from ..llm.client import Llm
 from .method import Method
 from .trajectory import arun_steps, evolution_steps, run_steps, stage0
 

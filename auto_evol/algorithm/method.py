@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..storage.checkpoint import atomic_write
 from ..core.errors import UserError
+from ..storage.checkpoint import atomic_write
 
 PLACEHOLDER = "{instruction}"
 INSTRUCTION_LINE = "#Instruction#:"

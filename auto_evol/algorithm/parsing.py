@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from .method import text_problem
 from ..llm.replies import ReplyFormat, evolution_format
+from .method import text_problem
 
 # Decoration that may surround a marker at the start of a line: quote marks, list bullets,
 # markdown headings and emphasis, '#' marker fences.

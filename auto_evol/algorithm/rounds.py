@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 
+from ..llm.client import LLMError
 from ..storage.data import with_input
 from .failure import Failure, Rules
-from ..llm.client import LLMError
 from .method import Method, pick
 from .trajectory import ANSWER, Ask, evolution_steps, rollout_id
 

@@ -15,13 +15,13 @@ import hashlib
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
-from . import parsing
+from ..llm.client import LLMError, Llm
+from ..llm.replies import evolution_format
 from ..storage.data import Item, with_input
+from . import parsing
 from .failure import Failure, Rules, failure_of
 from .judge import Verdict, gain_prompt, read_verdict
-from ..llm.client import LLMError, Llm
 from .method import Method
-from ..llm.replies import evolution_format
 
 
 @dataclass(frozen=True)

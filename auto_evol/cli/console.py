@@ -7,9 +7,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..core.observer import Observer
 from ..llm.cost import summary as cost_summary
 from ..llm.cost import usd_text
-from ..core.observer import Observer
 from ..optimize import PAPER_CALLS, OptimizeResult, StepRecord
 
 

@@ -37,11 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..llm import dspy_tuning
-from ..core.errors import Outage, UserError
-from ..llm.client import LLMError, Llm, Reply, RoleSettings
 from ..algorithm.rounds import RoundPlan, round_item, seed_answer
 from ..algorithm.trajectory import Ask, replay
+from ..core.errors import Outage, UserError
+from ..llm import dspy_tuning
+from ..llm.client import LLMError, Llm, Reply, RoleSettings
 
 VLLM = "vllm:"   # --evol-model vllm:MODEL: a vLLM engine per replica on the cluster's GPUs
 MAX_BLOCKS = 4096   # a phase's pool is cut into at most this many blocks (each a task)
@@ -179,6 +179,7 @@ class Asker:
     def __init__(self, phase: Phase, roles: dict[str, tuple[RoleSettings, str]], *, cache_dir: str | None,
                  concurrency, max_error_rate: float, one_call: bool = False) -> None:
         from ..llm import backends
+        from ..llm.roles import build_roles
 
         self.phase, self.one_call = phase, one_call
         self.llms: dict[str, Llm] = {}
@@ -188,9 +189,9 @@ class Asker:
         # back as a dead actor, its message only).
         self.failed: Exception | None = None
         try:
-            built = backends.build_roles(*roles.values(), cache_dir=cache_dir, concurrency=concurrency,
-                                         memory=False, max_error_rate=max_error_rate,
-                                         checks_dir=cache_dir or backends.DEFAULT_CACHE_DIR)
+            built = build_roles(*roles.values(), cache_dir=cache_dir, concurrency=concurrency,
+                                memory=False, max_error_rate=max_error_rate,
+                                checks_dir=cache_dir or backends.DEFAULT_CACHE_DIR)
             self.llms = dict(zip(roles, built))
         except (UserError, Outage) as exc:
             self.failed = exc

@@ -8,11 +8,11 @@ A model string picks the backend:
     SGLang, or a hosted one), through auto-evol's pooled engine (http_engine.py);
   - anything else: a DSPy/LiteLLM provider string (``openai/gpt-4o-mini``, ``anthropic/...``,
     ``ollama_chat/...``), optionally against a server named by ``api_base``.
-Every role of a verb is checked before any is built, so a bad model, key or server address fails
-before any work; a provider role is also probed once (check.py). DSPy owns the response cache (set
-up here, on disk) and the retries with backoff for every backend. Keys are read from the environment
-by the providers themselves and are never passed around or recorded here. What a built role does
-per call is llm.py's.
+``check`` refuses a bad model, key or server address before any work; roles.py runs it for every
+role of a verb before any is built, and has a provider role probed once (check.py). DSPy owns the
+response cache (set up here, on disk) and the retries with backoff for every backend. Keys are read
+from the environment by the providers themselves and are never passed around or recorded here. What
+a built role does per call is client.py's.
 """
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ import logging
 import os
 from pathlib import Path
 
-from . import dspy_tuning, gguf_engine
 from ..core.errors import UserError
-from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine, odd_credentials, redact, split_credentials
-from .client import EMBEDDED, MAX_ERROR_RATE, Llm, RoleSettings
+from ..core.secrets import odd_credentials, redact, split_credentials
+from . import dspy_tuning, gguf_engine
+from .client import EMBEDDED, Llm, RoleSettings
+from .http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine
 
 GGUF_PREFIX = "gguf:"
 _EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,7 +61,7 @@ def gguf_path(model: str | None) -> Path | None:
 _PLACEHOLDER_KEY = "unused"  # OpenAI-compatible local servers that check no key still want one sent
 
 
-def _openai_compatible_server(settings: RoleSettings) -> bool:
+def openai_compatible_server(settings: RoleSettings) -> bool:
     """``openai/NAME`` with an ``api_base``: a local or hosted OpenAI-compatible server, served by
     auto-evol's pooled engine; no provider lookup, and a key is optional."""
     return bool(settings.api_base) and (settings.model or "").startswith("openai/")
@@ -83,7 +84,7 @@ def check(settings: RoleSettings, flag: str) -> None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"--api-base {redact(settings.api_base)}: write the server's address as "
                             f"http(s)://HOST[:PORT]/v1")
-    if gguf_path(settings.model) is not None or _openai_compatible_server(settings):
+    if gguf_path(settings.model) is not None or openai_compatible_server(settings):
         return
     model = settings.model or ""
     if settings.api_base and has_credentials(settings.api_base):
@@ -125,7 +126,7 @@ def build(settings: RoleSettings, *, num_retries: int = 4, cache: bool = True, c
                      cache=cache, num_retries=num_retries)
         return Llm(settings, lm, seeded=True, structured=True, bounded=True)
     dspy_tuning.add_jitter()
-    if _openai_compatible_server(settings):
+    if openai_compatible_server(settings):
         # Our pooled engine, for throughput (DSPy keeps cache and retries).
         sync = OpenAICompatEngine(settings.api_base, timeout=settings.timeout, connections=max(1, fixed))
         lm = dspy.LM(settings.model, engine=sync, async_engine=AsyncOpenAICompatEngine(sync, gate), cache=cache,
@@ -150,44 +151,9 @@ def has_credentials(url: str) -> bool:
     return split_credentials(url)[1] is not None
 
 
-def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int | str,
-                memory: bool = True, max_error_rate: float = MAX_ERROR_RATE,
-                checks_dir: str | None = None) -> list[Llm]:
-    """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
-    is built (a bad model or key fails before any work), the cache is set up once, and roles with
-    the same settings share one Llm. Provider checks are kept in ``checks_dir`` (``cache_dir`` when
-    None), so a verb that runs without a reply cache still checks each provider once. Under
-    ``concurrency="auto"`` the roles on one OpenAI-compatible server and model share one adaptive
-    limit (a rate limit is the server's, not a role's)."""
-    from .concurrency import AUTO, AdaptiveLimit
-    from . import providers
-    from .check import checked   # check.py builds its probes here: imported late
-
-    for settings, flag in roles:
-        check(settings, flag)
-    configure_cache(cache_dir, memory=memory)
-    cache = cache_dir is not None or memory  # with no cache layer at all, DSPy need not compute cache keys
-    built: dict[RoleSettings, Llm] = {}
-    gates: dict[tuple, AdaptiveLimit] = {}
-    for settings, flag in roles:
-        if settings not in built:
-            adapted, notices = providers.adapt(settings)
-            gate = None
-            if concurrency == AUTO and _openai_compatible_server(adapted):
-                gate = gates.setdefault((adapted.api_base, adapted.model), AdaptiveLimit())
-            llm = build(adapted, concurrency=concurrency, cache=cache, gate=gate)
-            for text in notices:
-                llm.notice(text)
-            if uses_provider_path(adapted):
-                llm = checked(llm, flag.lstrip("-").removesuffix("-model"), checks_dir or cache_dir)
-            llm.errors.limit = max_error_rate
-            built[settings] = llm
-    return [built[settings] for settings, _ in roles]
-
-
 def uses_provider_path(settings: RoleSettings) -> bool:
     """A DSPy/LiteLLM provider model (not a GGUF file, not an OpenAI-compatible server of ours)."""
-    return gguf_path(settings.model) is None and not _openai_compatible_server(settings)
+    return gguf_path(settings.model) is None and not openai_compatible_server(settings)
 
 
 def _provider_key_present(model: str) -> bool:

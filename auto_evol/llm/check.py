@@ -11,7 +11,7 @@ top_p (a notice says so); that covers models no rule in providers.py knows yet.
 models (the DSPy/LiteLLM path) once per model and settings, and keep the verdict in the cache
 folder, so a rerun pays for nothing. The embedded model and gguf: files need no check, and
 OpenAI-compatible servers named by --api-base are checked by their first real call (a refused schema
-steps down there, see llm.Llm).
+steps down there, see client.Llm).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends import build
 from ..core.errors import UserError
+from .backends import build
 from .client import LLMError, Llm, RoleSettings
 from .replies import Field, ReplyFormat
 

@@ -19,8 +19,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from . import dspy_tuning
 from ..core.errors import Outage, UserError, first_line
+from . import dspy_tuning
 
 EMBEDDED = "embedded"   # the model string that, like no model at all, names the embedded default
 

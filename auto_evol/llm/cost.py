@@ -21,7 +21,7 @@ online price, the discount OpenAI's and Anthropic's batch APIs document; ``Price
 which. A role's calls are priced by the endpoint each went to: ``role_cost``/``costs`` take the part of a
 role's usage that went through a batch API (``batched``; batch.BatchRole counts it apart) and price it
 at the batch price, the rest online. Only tokens LLM work was paid for count: usage snapshots
-(llm.Usage) leave cache hits out. A pure leaf: no MLflow, DSPy or terminal.
+(client.Usage) leave cache hits out. A pure leaf: no MLflow, DSPy or terminal.
 """
 from __future__ import annotations
 
@@ -211,13 +211,13 @@ def lookup(model: str | None, api_base: str | None = None) -> Price | None:
 
 
 def price_of(settings) -> Price | None:
-    """The price of a role (llm.RoleSettings, or anything with ``model`` and ``api_base``)."""
+    """The price of a role (client.RoleSettings, or anything with ``model`` and ``api_base``)."""
     return lookup(settings.model, settings.api_base)
 
 
 def no_price(model: str | None, api_base: str | None = None) -> str:
     """Why a model has no known price, in one line."""
-    from .http_engine import redact
+    from ..core.secrets import redact
 
     name = model or EMBEDDED
     if api_base and not _official(api_base, name.partition("/")[0]):
@@ -240,7 +240,7 @@ def require_prices(max_cost: float | None, roles) -> None:
 
 
 def cost(usage: Mapping, price: Price, batch: bool = False) -> float:
-    """USD for a usage snapshot ({"input_tokens", "output_tokens", ...}, as llm.Usage.snapshot gives)."""
+    """USD for a usage snapshot ({"input_tokens", "output_tokens", ...}, as client.Usage.snapshot gives)."""
     per_in, per_out = price.per_token(batch)
     return float(usage.get("input_tokens", 0) or 0) * per_in + float(usage.get("output_tokens", 0) or 0) * per_out
 

@@ -10,7 +10,6 @@ about 10% of the items a call error (`llm_error`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.client
 import json
 import os
@@ -23,6 +22,8 @@ try:   # a dependency of DSPy
     from orjson import dumps as _orjson_dumps
 except ImportError:  # pragma: no cover
     _orjson_dumps = None
+
+from ..core.secrets import split_credentials
 
 
 def _json_bytes(value) -> bytes:
@@ -59,49 +60,6 @@ def openai_body(request) -> dict:
     elif fmt:
         body["response_format"] = {"type": fmt["type"]}
     return body
-
-
-def split_credentials(url: str) -> tuple[str, str | None]:
-    """``url`` without its user:password part, and that part as a Basic auth token (None without).
-
-    http.client would read ``user:pw@host`` as the host name, and aiohttp refuses a URL with
-    credentials next to an Authorization header: the credentials are taken out and sent the way
-    servers behind a password (nginx, Caddy, a cloud gateway) expect them."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url, None
-    user = urllib.parse.unquote(parts.username or "")
-    password = urllib.parse.unquote(parts.password or "")
-    host = parts.hostname or ""
-    if ":" in host:   # an IPv6 address
-        host = f"[{host}]"
-    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
-    if port:
-        host += f":{port}"
-    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return bare, base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-
-def odd_credentials(url: str) -> bool:
-    """An address whose user:password part the URL parser cannot see, because the password holds a
-    character that ends the host part ('/', '?', '#') unencoded: sending it would mean a wrong host, and
-    printing it would show the password."""
-    rest = url.partition("://")[2]
-    return "@" in rest and urllib.parse.urlsplit(url).username is None
-
-
-def redact(url: str | None) -> str:
-    """``url`` fit to print or store: without its user:password part (the rest of it is no secret).
-    An address with an '@' that the parser does not read as credentials loses everything before it."""
-    if not url:
-        return ""
-    if odd_credentials(url):
-        head, _, rest = url.partition("://")
-        return f"{head}://{rest.rpartition('@')[2]}"
-    try:
-        return split_credentials(url)[0]
-    except ValueError:
-        return url.partition("://")[0] + "://(an address that cannot be read)"
 
 
 def _retry_after(value: str | float | None) -> float | None:

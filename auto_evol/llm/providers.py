@@ -83,7 +83,7 @@ RULES: tuple[Rule, ...] = (
 
 def adapt(settings):
     """(settings the provider will take, one notice per rule applied). ``settings`` is a frozen
-    dataclass with model, temperature, top_p and max_tokens (llm.RoleSettings)."""
+    dataclass with model, temperature, top_p and max_tokens (client.RoleSettings)."""
     notices = []
     for rule in RULES:
         if rule.applies(settings.model):

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.errors import UserError
 from .checkpoint import atomic_write
 from .data import with_input
-from ..core.errors import UserError
 
 PROVENANCE = ("id", "seed_id", "round", "method", "method_hash", "parent_instruction", "evol_model", "answer_model")
 

@@ -12,7 +12,7 @@ is spelled here and nowhere else:
 - ``roundN.jsonl``: round N's journal, one line per item (kept or rejected with its reason);
 - ``roundN.partial.jsonl``: the finished steps (the evolution, the judge's verdict) of round N's
   unfinished items, so a rerun pays for no finished call; dropped once the round is whole;
-- ``batches.jsonl``: under ``--batch``, the batches submitted (intent, batch id, done; batch.py), so a
+- ``batches.jsonl``: under ``--batch``, the batches submitted (intent, batch id, done; llm/batch/), so a
   rerun attaches to a batch instead of paying for it twice;
 - ``stats.json``: the run's stats (EvolveStats), also logged to MLflow;
 - ``shuffle/``: output.shuffled's bucket files while the output is assembled.
@@ -27,9 +27,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .checkpoint import atomic_write, read
 from ..core.errors import UserError
-from ..algorithm.failure import Failure
+from .checkpoint import atomic_write, read
 from .output import provenance_path
 
 LOCK = "lock"
@@ -124,9 +123,10 @@ class WorkFolder:
     def done_ids(self, round_: int) -> set[str]:
         return {row["seed_id"] for row in read(self.journal(round_))}
 
-    def resume(self, round_: int) -> set[str]:
-        """The items round ``round_``'s journal holds as done, after dropping its ``llm_error`` rows so
-        this run tries those items again (a provider that was down says nothing about the items); rows
+    def resume(self, round_: int, *, retry: str) -> set[str]:
+        """The items round ``round_``'s journal holds as done, after dropping its rows whose reason is
+        ``retry`` (evolve passes ``llm_error``: a provider that was down says nothing about the items,
+        so this run tries them again; the failure taxonomy is the algorithm's, not the folder's); rows
         already carried into the next round's journal stay (round 0's never are: round 1 starts from
         the seeds). One pass over the journal; it is rewritten, atomically, only when there is
         something to drop."""
@@ -134,14 +134,14 @@ class WorkFolder:
         done, failed = set(), set()
         for row in read(journal):
             done.add(row["seed_id"])
-            if row.get("reason") == Failure.LLM_ERROR.value:
+            if row.get("reason") == retry:
                 failed.add(row["seed_id"])
         if failed and round_ > 0:
             failed -= self.done_ids(round_ + 1)
         if failed:
             with atomic_write(journal) as fh:
                 for row in read(journal):
-                    if not (row["seed_id"] in failed and row.get("reason") == Failure.LLM_ERROR.value):
+                    if not (row["seed_id"] in failed and row.get("reason") == retry):
                         fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         return done - failed
 

@@ -21,10 +21,10 @@ import re
 import time
 from pathlib import Path
 
+from ..core.observer import Observer
+from ..core.secrets import redact
 from ..llm import cost as cost_mod
 from . import store
-from ..llm.http_engine import redact
-from ..core.observer import Observer
 from .store import KIND_TAG, OPTIMIZE_RUN_TAG, PARENT_TAG, client, experiment_id, get_run, run_lock, tracking_uri
 
 

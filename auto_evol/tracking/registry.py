@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 
 from ..algorithm import method as method_mod
-from ..core.errors import UserError, first_line
 from ..algorithm.method import Method, text_problem
-from ..llm.http_engine import redact
+from ..core.errors import UserError, first_line
+from ..core.secrets import redact
 from .store import client, missing_store, tracking_uri
 
 PREFIX = "prompts:/"

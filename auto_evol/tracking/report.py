@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:   # compare imports this module when it writes its report
-    from ..compare import CompareSummary
+from ..algorithm.comparison import CompareSummary
 
 
 def _pct(x: float | None) -> str:

@@ -5,7 +5,7 @@ elsewhere (another database, a remote server) unchanged. Reading commands never 
 a run writes one. A fresh SQLite store is created under a lock, one process at a time (two first runs
 in one folder once left it half-migrated). Here too: what --resume reads back (an optimize run's
 stored options and last checkpoint), the lock a run is worked on under, and the table of past runs.
-The run loggers that write into the store are in tracking.py; the UI server is in ui.py.
+The run loggers that write into the store are in loggers.py; the UI server is in ui.py.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import re
 import tempfile
 from pathlib import Path
 
-from ..storage import locks
 from ..core.errors import UserError, first_line
-from ..llm.http_engine import redact
+from ..core.secrets import redact
+from ..storage import locks
 
 DEFAULT_DIR = Path("mlruns")
 SQLITE = "sqlite:///"

@@ -11,9 +11,9 @@ import os
 import urllib.parse
 from pathlib import Path
 
-from . import process_group, store
 from ..core.errors import UserError
-from ..llm.http_engine import redact
+from ..core.secrets import redact
+from . import process_group, store
 from .store import KIND_TAG, OPTIMIZE_RUN_TAG, PARENT_TAG, client, get_run, missing_store, tracking_uri
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: an experiment tag the MLflow UI reads as a view (filter, columns)

@@ -19,7 +19,7 @@ Batches). Anything else is refused before any call. Not carried to Anthropic: th
 (its batch requests ask for free text; evolve reads the method's fields from free text alike) and the
 sampling seed (Anthropic has none).
 
-The journal (batch_journal.py; ``batches.jsonl``: evolve's in its work folder, an optimize run's ``mlruns/batches/RUN_ID.jsonl``
+The journal (journal.py; ``batches.jsonl``: evolve's in its work folder, an optimize run's ``mlruns/batches/RUN_ID.jsonl``
 which --resume reads, compare's in its report folder), one fsynced line per event, is what keeps a
 kill -9 or Ctrl-C from paying twice:
 - ``{"intent": KEY, "custom_ids": [...], "provider", "model", "time"}`` before a batch is submitted;
@@ -74,11 +74,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .journal import BatchJournal
-from .endpoints import (PROVIDERS, Done, Failed, NotCreated, Progress, RequestFailed, check_batchable,
-                        provider_name, refusal, stderr_progress)
 from ...core.errors import Outage, UserError, first_line
 from ..client import LLMError, Llm, Reply, Usage
+from .endpoints import (PROVIDERS, Done, Failed, NotCreated, Progress, RequestFailed, check_batchable,
+                        provider_name, refusal, stderr_progress)
+from .journal import BatchJournal
 
 MODES = ("all", "evol", "answer")
 

@@ -3,8 +3,8 @@
 OpenAI's Files + Batches API (also any OpenAI-compatible server offering it at --api-base) and
 Anthropic's Message Batches: how a request body is made from the role's settings, how a batch is
 submitted, polled, read back (``Done`` / ``Failed`` per custom id) and found again after a kill. A new
-provider is one class here and one row of ``PROVIDERS``; the batcher and the journal (batch.py,
-batch_journal.py) never look inside a provider.
+provider is one class here and one row of ``PROVIDERS``; the batcher and the journal (batcher.py,
+journal.py) never look inside a provider.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class OpenAIBatches(_Provider):
         if self._client is None:
             import openai
 
-            from ..http_engine import split_credentials
+            from ...core.secrets import split_credentials
 
             base, basic = (split_credentials(self.settings.api_base) if self.settings.api_base else (None, None))
             key = os.environ.get("OPENAI_API_KEY") or ("unused" if base else None)

@@ -1,4 +1,4 @@
-"""The batch journal: what keeps a kill -9 or Ctrl-C from paying for a batch twice (see batch.py).
+"""The batch journal: what keeps a kill -9 or Ctrl-C from paying for a batch twice (see batcher.py).
 
 One fsynced JSONL line per event (intent, batch id, done, void), read back on first use under an
 exclusive lock (one process per journal); which batch holds a request, which intents a rerun must
