@@ -8,32 +8,33 @@ e_{t-1} (a tie keeps e_{t-1}). Stop after ``patience`` steps without improvement
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
 import math
 import time
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .algorithm import method as method_mod
 from .algorithm import selection, stats
-from .algorithm.candidate import Candidate, propose
+from .algorithm.candidate import Candidate, apropose
 from .algorithm.devset import Split, batch, dev_fingerprint, load_split
-from .algorithm.evaluation import Evaluation, ajudge_item, judge_item
-from .algorithm.feedback import Feedback, analyse
+from .algorithm.evaluation import Evaluation, ajudge_item
+from .algorithm.feedback import aanalyse
 from .algorithm.method import Method
-from .algorithm.runner import Runner
-from .algorithm.trajectory import Trajectory, evolve_rounds, rollout_id
+from .algorithm.phases import Phases
+from .algorithm.trajectory import Trajectory, aevolve_rounds, rollout_id
 from .core.errors import Outage, UserError
-from .core.observer import Observer, Observers
+from .core.observer import Observer, Observers, Queued
 from .llm import backends
 from .llm import client as llm_mod
+from .llm import concurrency as concurrency_mod
 from .llm import cost as cost_mod
-from .llm.client import LLMError, Llm, RoleSettings
+from .llm.client import LLMError, Llm, RoleSettings, Usage
 from .llm.roles import build_roles
 from .storage.checkpoint import check_writable
 
@@ -59,7 +60,8 @@ class Options:
     optimizer_temperature: float = llm_mod.OPTIMIZER_DEFAULTS.temperature
     optimizer_top_p: float | None = llm_mod.OPTIMIZER_DEFAULTS.top_p
     optimizer_max_tokens: int = llm_mod.OPTIMIZER_DEFAULTS.max_tokens
-    concurrency: int = 4
+    concurrency: int | str = "auto"   # calls in flight: auto (the adaptive limit for an OpenAI-compatible server,
+                                      # 64 for a provider, 8 for a GGUF model) or a number, per server and model
     name: str | None = None
     methods_dir: str = "methods"
     cache_dir: str | None = backends.DEFAULT_CACHE_DIR
@@ -88,7 +90,8 @@ class Options:
                             self.optimizer_top_p, self.optimizer_max_tokens, structured=self.structured)
 
     def validate(self) -> None:
-        for name in ("steps", "candidates", "batch_size", "dev_size", "rounds", "patience", "concurrency",
+        self.concurrency = concurrency_mod.parse(self.concurrency)
+        for name in ("steps", "candidates", "batch_size", "dev_size", "rounds", "patience",
                      "evol_max_tokens", "optimizer_max_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -327,19 +330,188 @@ def _rollout(seed: int, step: int, index: int) -> int:
     return rollout_id(seed, step, index)
 
 
-def evaluate(method: Method, dev: list, evol: Llm, runner: Runner, batched=None) -> Evaluation:
-    return Evaluation(method, tuple(_judge(runner, evol, batched, [(method, item) for item in dev])))
+class _DevJudge:
+    """The (method, dev item) pairs of one evaluation, each judged once: a pair asked again (a strategy's
+    rung after the pairs sent the moment the method was read) gets the call already under way. Online,
+    each pair is a task on the run's loop (through the batched role under --batch); under --ray the
+    pairs sent together go to the cluster together, from a worker thread, each pair's result set as
+    it comes back."""
+
+    def __init__(self, run: "_Run", phases: Phases, shown: str) -> None:
+        self.run, self.phases, self.shown = run, phases, shown
+        self.futures: dict[tuple[str, int], asyncio.Future] = {}
+
+    def send(self, pairs: list[tuple[Method, int]]) -> list[asyncio.Future]:
+        """The futures of ``pairs``' DevResults, in order; the pairs not asked before are sent now."""
+        fresh = list({(m.hash, i): (m, i) for m, i in pairs if (m.hash, i) not in self.futures}.values())
+        if fresh:
+            self.phases.begin(self.shown, len(self.futures) + len(fresh), sum(f.done() for f in self.futures.values()))
+            dev, role = self.run.split.dev, self.run.batched or self.run.evol
+            if self.run.cluster is None:
+                for method, i in fresh:
+                    self.futures[(method.hash, i)] = self.phases.task(
+                        "dev evaluation", ajudge_item(role, method, dev[i]), shown=self.shown)
+            else:
+                self._spread(fresh)
+        return [self.futures[(m.hash, i)] for m, i in pairs]
+
+    async def results(self, pairs: list[tuple[Method, int]]) -> list:
+        return list(await asyncio.gather(*self.send(pairs)))
+
+    def _spread(self, fresh: list[tuple[Method, int]]) -> None:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in fresh]
+        for (method, i), future in zip(fresh, futures):
+            self.futures[(method.hash, i)] = future
+        pairs = [(method, self.run.split.dev[i]) for method, i in fresh]
+
+        def done(index: int, result) -> None:   # on the worker thread
+            loop.call_soon_threadsafe(_settle, futures[index], result)
+            self.phases.observers.advance(self.shown)
+
+        async def spread() -> None:
+            try:
+                await asyncio.to_thread(self.run.cluster.judge, pairs, self.run.evol, done)
+            except BaseException as exc:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+
+        self.phases.task("dev evaluation", spread(), shown=self.shown)
 
 
-def _judge(runner: Runner, evol: Llm, batched, pairs: list) -> list:
-    """Each (method, dev item) pair judged by the evol role: on the run's thread pool, or under --batch
-    (``batched``: the evol role as a BatchRole) every pair in flight at once on an event loop of the
-    phase's, the calls going out in batches (evolutions, then answers)."""
-    if runner.cluster is not None:   # --ray: the pairs spread over the cluster's workers
-        return runner.spread("dev evaluation", pairs, lambda items, done: runner.cluster.judge(items, evol, done))
-    if batched is None:
-        return runner.map("dev evaluation", lambda p: judge_item(evol, *p), pairs)
-    return runner.amap("dev evaluation", lambda p: ajudge_item(batched, *p), pairs, after=batched.aclose)
+def _settle(future: asyncio.Future, result) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+class _Run:
+    """One optimize run's calls on one event loop (client.run_async), each started as soon as what it
+    needs is known: e0's dev evaluation beside step 1's trajectory and analyses (both need only e0); a
+    candidate's optimization after its own analysis, its dev pairs the moment its method is read (the
+    pairs every strategy asks of every candidate: Strategy.first); a strategy's next pairs as soon as
+    the flags it waits for are in; the next step as soon as a step's decision is known. Decisions read
+    the evidence in the order the sequential loop read it (selection's steps take flags in item order),
+    so a run makes the same candidates, rates, e* and records whatever the timing; only seconds differ.
+
+    The roles' calls in flight are bounded by their limits (client.Llm.slots, the adaptive gates), not
+    by the loop. Observers hear every event on a thread of their own, in order (observer.Queued), so
+    MLflow's writes for a step never hold up the next step's calls."""
+
+    def __init__(self, options: Options, split: Split, evol: Llm, optimizer: Llm, heard, batched, cluster) -> None:
+        self.options, self.split, self.evol, self.optimizer = options, split, evol, optimizer
+        self.heard, self.batched, self.cluster = heard, batched, cluster
+        self.strategy = selection.STRATEGIES[options.selection]
+
+    def _owners(self) -> dict[str, list]:
+        """Each role's Usage objects: the evol role's online calls and, under --batch, its batched ones."""
+        return {"evol": [self.evol.usage] + ([self.batched.usage] if self.batched is not None else []),
+                "optimizer": [self.optimizer.usage] if self.optimizer is not self.evol else []}
+
+    async def evaluate(self, method: Method, shown: str) -> Evaluation:
+        """``method`` on the whole dev set (e0 before the first step, a champion from other dev items)."""
+        phases = Phases(self.heard, ("dev evaluation",))
+        try:
+            dev = _DevJudge(self, phases, shown)
+            return Evaluation(method, tuple(await dev.results([(method, i) for i in range(len(self.split.dev))])))
+        finally:
+            await phases.close()
+
+    async def step(self, number: int, incumbent: Method, standing: Callable[[], Awaitable[LoopState]]) -> StepRecord:
+        """Step ``number`` from ``incumbent``; ``standing()`` gives the loop's state (awaiting e0's dev
+        evaluation on a fresh run's first step), needed only for the decision."""
+        options, split, evol, optimizer = self.options, self.split, self.evol, self.optimizer
+        phases = Phases(self.heard, ("trajectory", "analysis", "optimization", "dev evaluation"))
+        label = f"step {number}"
+        try:
+            mini_batch = batch(split.train, options.batch_size, options.seed, number)
+            phases.begin(f"{label}: trajectory", len(mini_batch))
+            evolutions = await asyncio.gather(*(
+                phases.task("trajectory", aevolve_rounds(evol, incumbent, item, options.rounds),
+                            shown=f"{label}: trajectory") for item in mini_batch))
+            trajectory = Trajectory(incumbent, tuple(evolutions))
+            dev = _DevJudge(self, phases, f"{label}: dev evaluation")
+            # The pairs every strategy asks of every candidate go out the moment its method is read (on Ray
+            # they wait for the strategy, so that a rung is one job on the cluster, as before).
+            first = range(self.strategy.first(len(split.dev), options.candidates) if self.cluster is None else 0)
+
+            async def candidate(index: int) -> Candidate:
+                shown = f"{label}: candidates"
+                rollout = _rollout(options.seed, number, index)
+                try:
+                    found = await phases.task("analysis", aanalyse(optimizer, trajectory, rollout=rollout), shown=shown)
+                except LLMError:
+                    return Candidate(index, incumbent, "(the analysis call failed)", readable=False)
+                made = await phases.task("optimization", apropose(
+                    optimizer, incumbent, found, index=index, rollout=rollout, name=f"step{number}-c{index + 1}",
+                    made_by=f"optimizer {optimizer.settings.label}, step {number}, candidate {index + 1}"), shown=shown)
+                if made.method.hash != incumbent.hash:
+                    dev.send([(made.method, i) for i in first])
+                return made
+
+            phases.begin(f"{label}: candidates", 2 * options.candidates)
+            candidates = list(await asyncio.gather(*(candidate(i) for i in range(options.candidates))))
+            # Each distinct new text is judged once: a candidate that kept the incumbent's text (unreadable
+            # reply) or repeats another candidate is not paid for twice, and can never replace the
+            # incumbent by noise.
+            distinct: dict[str, Method] = {}
+            for c in candidates:
+                if c.method.hash != incumbent.hash:
+                    distinct.setdefault(c.method.hash, c.method)
+            state = await standing()
+            incumbent_flags = state.incumbent_failures if len(state.incumbent_failures) == len(split.dev) else None
+            evaluations, finalists = await self._judge_candidates(list(distinct.values()), dev, incumbent_flags)
+            candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
+            calls, cached, seconds = phases.counts()
+            owners = self._owners()
+            dev_usage = cost_mod.add(*(phases.usage(o, "dev evaluation") for o in owners["evol"]))
+            dev_batch_usage = phases.usage(self.batched.usage, "dev evaluation") if self.batched is not None else {}
+            usage = {role: cost_mod.add(Usage().snapshot(), *(phases.usage(o) for o in found))
+                     for role, found in owners.items()}
+            batch_usage = {"evol": phases.usage(self.batched.usage)} if self.batched is not None else {}
+            record = StepRecord(number, incumbent, state.incumbent_rate, tuple(candidates), trajectory, None, calls,
+                                cached, seconds, usage=usage, batch_usage=batch_usage, dev_usage=dev_usage,
+                                dev_batch_usage=dev_batch_usage)
+            return dataclasses.replace(record, accepted=self._decide(record, state, finalists))
+        finally:
+            await phases.close()
+
+    def _decide(self, record: StepRecord, state: LoopState, finalists: set[str]) -> int | None:
+        """The candidate that becomes e_t, or None. Only candidates judged on the whole dev set may
+        replace the incumbent (halving and racing drop the others on the way)."""
+        options, split = self.options, self.split
+        decision = [rate if c.evaluation is not None and c.method.hash in finalists else math.inf
+                    for c, rate in zip(record.candidates, record.rates)]
+        chosen = selection.winner(record.incumbent_rate, decision)
+        if chosen is not None and options.accept == "paired" and len(state.incumbent_failures) == len(split.dev):
+            flags = record.candidates[chosen].evaluation.flags()
+            if not stats.paired_better(flags, state.incumbent_failures, confidence=options.confidence,
+                                       seed=options.seed + record.step):
+                chosen = None
+        return chosen
+
+    async def _judge_candidates(self, methods: list[Method], dev: _DevJudge,
+                                incumbent: list[bool] | None) -> tuple[dict[str, Evaluation], set[str]]:
+        """Each method's evaluation by the selection strategy's steps (a prefix for methods that halving
+        or racing dropped), and the hashes of the methods judged on every item. ``incumbent``: its
+        failure flags per dev item, which racing uses to drop candidates that cannot beat it. A
+        strategy's pairs asked together are in flight together (under --batch: the same batches)."""
+        n_items = len(self.split.dev)
+        results: list[dict[int, object]] = [{} for _ in methods]
+        steps = self.strategy.steps(len(methods), n_items, incumbent=incumbent)
+        try:
+            pairs = steps.send(None)
+            while True:
+                judged = await dev.results([(methods[c], i) for c, i in pairs])
+                for (c, i), result in zip(pairs, judged):
+                    results[c][i] = result
+                pairs = steps.send([r.failure is not None for r in judged])
+        except StopIteration:
+            pass
+        evaluations = {m.hash: Evaluation(m, tuple(results[c][i] for i in sorted(results[c])))
+                       for c, m in enumerate(methods)}
+        return evaluations, {h for h, e in evaluations.items() if len(e.results) == n_items}
 
 
 def _batched(options: Options, evol: Llm, run_id: str | None):
@@ -415,11 +587,21 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
         heard = Observers(observers)
         try:
             with heard:
-                heard.start(options, split=split, init=init, next_step=state.next_step if state else 1)
-                batched = _batched(options, evol, heard.run_id)
-                if batched is not None:
-                    held.callback(batched.close)   # its journal's lock, held to the end of the run
-                result = _run(options, state, split, init, evol, optimizer, heard, batched, cluster_run)
+                # Every event but the last ones is heard on a thread of the observers' own, in order: the
+                # MLflow store is opened (on a first run: made and migrated, ~2 s) while the first calls go.
+                queued = Queued(heard)
+                try:
+                    queued.start(options, split=split, init=init, next_step=state.next_step if state else 1,
+                                 calls=concurrency_mod.in_flight(evol, optimizer))
+                    if options.batch:
+                        queued.drain()   # the batch journal is named for the run
+                    batched = _batched(options, evol, queued.run_id)
+                    if batched is not None:
+                        held.callback(batched.close)   # its journal's lock, held to the end of the run
+                    result = _run(options, state, split, init, evol, optimizer, queued, batched, cluster_run)
+                    queued.drain()
+                finally:
+                    queued.shut()
                 result.run_id = heard.run_id
                 heard.finish(result)
         except Outage as exc:
@@ -445,10 +627,21 @@ def _on_cluster(options: Options, evol: Llm, held: contextlib.ExitStack):
 
 
 def _run(options: Options, state: LoopState | None, split: Split, init: Method, evol: Llm, optimizer: Llm,
-         heard: Observers, batched=None, cluster_run=None) -> OptimizeResult:
-    """The loop itself: e0 on the dev set (unless resumed past it), the steps until a stop rule holds,
-    then e* saved and registered. Every event goes to ``heard``; ``batched``: the evol role the dev
+         heard: Queued, batched=None, cluster_run=None) -> OptimizeResult:
+    """The loop itself, on one event loop: e0 on the dev set (unless resumed past it) beside the first
+    step, the steps until a stop rule holds, then e* saved and registered. Every event goes to
+    ``heard``, heard on a thread of its own (observer.Queued); ``batched``: the evol role the dev
     evaluations use under --batch; ``cluster_run``: the Ray cluster they spread over under --ray."""
+    try:
+        return llm_mod.run_async(_arun(options, state, split, init, evol, optimizer, heard, batched, cluster_run))
+    except BaseException:
+        with contextlib.suppress(BaseException):   # what the run heard before it stopped is kept (checkpoints)
+            heard.drain()
+        raise
+
+
+async def _arun(options: Options, state: LoopState | None, split: Split, init: Method, evol: Llm, optimizer: Llm,
+                heard: Queued, batched, cluster_run) -> OptimizeResult:
     started = time.perf_counter()
     spent_before = dict(state.spent) if state else {}
     batch_before = dict(state.spent_batch) if state else {}
@@ -458,14 +651,12 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
         """This process's usage per role so far, and of it the calls sent to batches."""
         return _usage({}, evol, optimizer, batched), _batch_usage({}, batched)
 
-    def costs_since(before: tuple[dict, dict]) -> dict:
-        usage, batch_usage = now()
-        return cost_mod.costs(cost_mod.delta(usage, before[0]), roles, batched=cost_mod.delta(batch_usage, before[1]))
-
     process_start = now()
 
     def process_cost() -> float | None:
-        return cost_mod.total(costs_since(process_start))
+        usage, batch_usage = now()
+        return cost_mod.total(cost_mod.costs(cost_mod.delta(usage, process_start[0]), roles,
+                                             batched=cost_mod.delta(batch_usage, process_start[1])))
 
     def run_usage() -> tuple[dict, dict]:
         """The run's usage over all its processes, and of it the calls sent to batches."""
@@ -475,39 +666,47 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
         state.spent, state.spent_batch = run_usage()
         heard.checkpoint(state.to_dict())
 
-    with ThreadPoolExecutor(options.concurrency) as pool:
-        # the batched evol role counts its calls apart: the phases' call counts take it in too
-        runner = Runner(pool, heard, (evol, optimizer) + ((batched,) if batched is not None else ()),
-                        cluster=cluster_run)
-        initial = None
-        if state is None:
-            initial = evaluate(init, split.dev, evol, runner, batched)
-            runner.take()
-            if initial.errors == len(initial.results):
-                raise Outage(f"every call for {init.name} on the dev set failed after its retries "
-                             f"(the last error: {evol.last_error or 'unknown'}); nothing can be judged")
-            heard.baseline(initial)
-            state = LoopState(init, init, initial.rate, [initial.rate], lineage=[init.name],
-                              incumbent_failures=initial.flags())
-            checkpoint()
+    run = _Run(options, split, evol, optimizer, heard, batched, cluster_run)
+    initial: Evaluation | None = None
+
+    async def judge_init() -> LoopState:
+        """e0 on the dev set: only the first step's decision needs it, so it runs beside that step."""
+        nonlocal state, initial
+        initial = await run.evaluate(init, "e0 on the dev set")
+        if initial.errors == len(initial.results):
+            raise Outage(f"every call for {init.name} on the dev set failed after its retries "
+                         f"(the last error: {evol.last_error or 'unknown'}); nothing can be judged")
+        heard.baseline(initial)
+        state = LoopState(init, init, initial.rate, [initial.rate], lineage=[init.name],
+                          incumbent_failures=initial.flags())
+        checkpoint()
+        return state
+
+    baseline = asyncio.ensure_future(judge_init()) if state is None else None
+
+    async def standing() -> LoopState:
+        return await baseline if baseline is not None else state
+
+    try:
         history: list[StepRecord] = []
         stopped = None
-        while not state.done(options):
+        number = state.next_step if state is not None else 1
+        while state is None or not state.done(options):
             if _over_budget(options.max_cost, process_cost(), history[-1].cost if history else None):
                 stopped = "--max-cost"
                 break
-            before = now()
-            record = _step(state.next_step, state, split, options, evol, optimizer, runner, batched)
-            after = now()
-            spent, spent_batch = cost_mod.delta(after[0], before[0]), cost_mod.delta(after[1], before[1])
+            record = await _watching(run.step(number, state.incumbent if state else init, standing), baseline)
             dev = cost_mod.role_cost("evol", record.dev_usage, cost_mod.price_of(evol.settings), evol.settings.model,
                                      batched=record.dev_batch_usage)
-            record = dataclasses.replace(record, usage=spent, batch_usage=spent_batch,
-                                         costs=cost_mod.costs(spent, roles, batched=spent_batch), dev_cost=dev.usd)
+            record = dataclasses.replace(record, costs=cost_mod.costs(record.usage, roles, batched=record.batch_usage),
+                                         dev_cost=dev.usd)
             history.append(record)
             state.advance(record)
             heard.step(record)
             checkpoint()
+            number += 1
+        if baseline is not None:
+            await baseline   # done by now (the first step waited for it): raises what it met, if anything
         result = OptimizeResult(best=state.incumbent, rates=list(state.rates), history=history, initial=initial,
                                 lineage=list(state.lineage),
                                 accepted_steps=[i + 1 for i, ok in enumerate(state.accepted) if ok], stopped=stopped)
@@ -519,7 +718,8 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
             result.method_path = method_mod.save(best, Path(options.methods_dir))
             if options.track:
                 if state.registered is None:   # once per run, also when a resumed run finishes again
-                    state.registered = _register(best, state, split, evol, runner, batched)
+                    heard.drain()   # the run's own records first: the registry reads the store they are in
+                    state.registered = await _register(best, state, split, run)
                     checkpoint()
                 result.prompt_uri, result.champion = state.registered
         result.usage, result.batch_usage = run_usage()
@@ -527,7 +727,27 @@ def _run(options: Options, state: LoopState | None, split: Split, init: Method, 
         result.process_cost = process_cost()
         result.notices = list(dict.fromkeys(evol.notices + optimizer.notices))
         result.seconds = round(time.perf_counter() - started, 2)
-    return result
+        return result
+    finally:
+        if baseline is not None and not baseline.done():
+            baseline.cancel()
+            await asyncio.gather(baseline, return_exceptions=True)
+        for role in (evol, optimizer) + ((batched,) if batched is not None else ()):
+            with contextlib.suppress(Exception):
+                await role.aclose()
+
+
+async def _watching(main: Awaitable, watched: asyncio.Future | None):
+    """``main``'s result, unless ``watched`` (e0's dev evaluation beside the first step) fails first:
+    then ``main`` is cancelled and that failure raised at once (an outage found on e0 stops the step)."""
+    task = asyncio.ensure_future(main)
+    if watched is not None and not watched.done():
+        await asyncio.wait({task, watched}, return_when=asyncio.FIRST_COMPLETED)
+        if watched.done() and not watched.cancelled() and watched.exception() is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise watched.exception()
+    return await task
 
 
 def _over_budget(max_cost: float | None, spent: float | None, last_step: float | None) -> bool:
@@ -542,7 +762,10 @@ def _over_budget(max_cost: float | None, spent: float | None, last_step: float |
 def _usage(before: dict[str, dict], evol: Llm, optimizer: Llm, batched=None) -> dict[str, dict]:
     """LLM usage per role: what earlier processes of this run spent plus this one's (the evol role's
     online calls and, under --batch, ``batched``'s: the sum)."""
-    now = {"evol": _evol_usage(evol, batched)[0], "optimizer": optimizer.usage.snapshot()}
+    # One Llm for both roles (the caller's, or equal settings before roles.build_roles gave each its own):
+    # its calls are counted once, as the evol role's.
+    now = {"evol": _evol_usage(evol, batched)[0],
+           "optimizer": optimizer.usage.snapshot() if optimizer is not evol else Usage().snapshot()}
     return {role: {k: round(v + before.get(role, {}).get(k, 0), 3) for k, v in counts.items()}
             for role, counts in now.items()}
 
@@ -604,8 +827,7 @@ def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Ll
     return evol or built_evol, optimizer or built_optimizer
 
 
-def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: Runner,
-              batched=None) -> tuple[str, bool]:
+async def _register(best: Method, state: LoopState, split: Split, run: _Run) -> tuple[str, bool]:
     """Register e* as a new version of the data set's prompt; move 'champion' only if e* beats it.
 
     The champion's failure rate is compared on this run's dev set: taken from its version's tags when
@@ -622,91 +844,12 @@ def _register(best: Method, state: LoopState, split: Split, evol: Llm, runner: R
         better = rate < float(champion.tags["failure_rate"])
     else:
         rival = Method(name=f"{split.name}@champion", text=champion.template)
-        better = rate < evaluate(rival, split.dev, evol, runner, batched).rate
-        runner.take()
+        better = rate < (await run.evaluate(rival, "champion check")).rate
     version = registry.register(split.name, best, tags={"dev_fingerprint": fingerprint, "failure_rate": f"{rate:.6f}",
                                                         "failure_rate_e0": f"{state.rates[0]:.6f}"})
     if better:
         registry.set_champion(split.name, version)
     return registry.uri(split.name, version), better
-
-
-def _step(step: int, state: LoopState, split: Split, options: Options, evol: Llm, optimizer: Llm,
-          runner: Runner, batched=None) -> StepRecord:
-    incumbent, incumbent_rate = state.incumbent, state.incumbent_rate
-    mini_batch = batch(split.train, options.batch_size, options.seed, step)
-    evolutions = runner.map("trajectory", lambda item: evolve_rounds(evol, incumbent, item, options.rounds), mini_batch)
-    trajectory = Trajectory(incumbent, tuple(evolutions))
-
-    def feedback(index: int) -> Feedback | None:
-        try:
-            return analyse(optimizer, trajectory, rollout=_rollout(options.seed, step, index))
-        except LLMError:
-            return None
-
-    indices = list(range(options.candidates))
-    feedbacks = runner.map("analysis", feedback, indices)
-
-    def candidate(index: int) -> Candidate:
-        found = feedbacks[index]
-        if found is None:
-            return Candidate(index, incumbent, "(the analysis call failed)", readable=False)
-        return propose(optimizer, incumbent, found, index=index, rollout=_rollout(options.seed, step, index),
-                       name=f"step{step}-c{index + 1}",
-                       made_by=f"optimizer {optimizer.settings.label}, step {step}, candidate {index + 1}")
-
-    candidates = runner.map("optimization", candidate, indices)
-    # Each distinct new text is judged once: a candidate that kept the incumbent's text (unreadable
-    # reply) or repeats another candidate is not paid for twice, and can never replace the incumbent
-    # by noise.
-    distinct: dict[str, Method] = {}
-    for c in candidates:
-        if c.method.hash != incumbent.hash:
-            distinct.setdefault(c.method.hash, c.method)
-    incumbent_flags = state.incumbent_failures if len(state.incumbent_failures) == len(split.dev) else None
-    dev_before = _evol_usage(evol, batched)
-    evaluations, finalists = _judge_candidates(list(distinct.values()), split.dev, evol, runner, options.selection,
-                                               incumbent_flags, batched)
-    dev_usage, dev_batch_usage = (cost_mod.delta({"evol": after}, {"evol": before})["evol"]
-                                  for after, before in zip(_evol_usage(evol, batched), dev_before))
-    candidates = [dataclasses.replace(c, evaluation=evaluations.get(c.method.hash)) for c in candidates]
-    calls, cached, seconds = runner.take()
-    record = StepRecord(step, incumbent, incumbent_rate, tuple(candidates), trajectory, None, calls, cached, seconds,
-                        dev_usage=dev_usage, dev_batch_usage=dev_batch_usage)
-    # Only candidates judged on the whole dev set may replace the incumbent (halving and racing drop
-    # the others on the way).
-    decision = [rate if c.evaluation is not None and c.method.hash in finalists else math.inf
-                for c, rate in zip(candidates, record.rates)]
-    chosen = selection.winner(incumbent_rate, decision)
-    if chosen is not None and options.accept == "paired" and len(state.incumbent_failures) == len(split.dev):
-        flags = candidates[chosen].evaluation.flags()
-        if not stats.paired_better(flags, state.incumbent_failures, confidence=options.confidence,
-                                   seed=options.seed + step):
-            chosen = None
-    return dataclasses.replace(record, accepted=chosen)
-
-
-def _judge_candidates(methods: list[Method], dev: list, evol: Llm, runner: Runner, how: str,
-                      incumbent: list[bool] | None = None, batched=None) -> tuple[dict[str, Evaluation], set[str]]:
-    """Each method's evaluation on the dev set by the selection strategy ``how`` (a prefix for methods
-    that halving or racing dropped), and the hashes of the methods judged on every item.
-    ``incumbent``: its failure flags per dev item, which racing uses to drop candidates that cannot
-    beat it (even a single one). Every (method, item) pair a strategy asks for at once shares the pool
-    (under --batch, ``batched``: the same batches; halving and racing send a batch per rung)."""
-    results: list[dict[int, object]] = [{} for _ in methods]
-    if not methods:   # nothing new to judge: the step still records its (empty) phase, as every step does
-        runner.map("dev evaluation", judge_item, [])
-
-    def judge_pairs(pairs):
-        judged = _judge(runner, evol, batched, [(methods[c], dev[i]) for c, i in pairs])
-        for (c, i), result in zip(pairs, judged):
-            results[c][i] = result
-        return [r.failure is not None for r in judged]
-
-    selection.STRATEGIES[how].run(len(methods), len(dev), judge_pairs, incumbent=incumbent)
-    evaluations = {m.hash: Evaluation(m, tuple(results[c][i] for i in sorted(results[c])))
-                   for c, m in enumerate(methods)}
-    return evaluations, {h for h, e in evaluations.items() if len(e.results) == len(dev)}
 
 
 def _final_method(state: LoopState, data_name: str, options: Options) -> Method:

@@ -75,7 +75,9 @@ def test_optimize_batch_reaches_the_online_e_star_with_the_dev_evaluation_in_bat
         assert batched.rates == online.rates and batched.accepted_steps == online.accepted_steps == [1, 2, 3]
         assert [e.failure for e in batched.initial.results] == [e.failure for e in online.initial.results]
         dev = sorted(int(r.item.id) for r in batched.initial.results)
-        assert fake.batches_created == expected_batches(dev, range(4))
+        # At most a batch of evolutions and one of new answers per dev evaluation: fewer when e0's dev
+        # evaluation, which runs beside step 1, shares its waves with step 1's.
+        assert 2 <= fake.batches_created <= expected_batches(dev, range(4))
         assert max(submitted_ids(fake).values()) == 1            # no request twice
         # Only dev items went to batches, and none of them online: the trajectories and the optimizer did.
         assert numbers(_last_user(b["messages"]) for b in fake.bodies) == set(dev)
@@ -104,7 +106,7 @@ def test_a_resumed_optimize_attaches_to_its_journaled_batch(project, monkeypatch
         resumed = optimize(resume=killed["run_id"], api_base=fake.base)   # the run's own --batch
         assert max(submitted_ids(fake).values()) == 1       # the third batch was attached to, not sent again
         dev = sorted(int(r.item.id) for r in resumed.history[0].candidates[0].evaluation.results)
-        assert fake.batches_created == expected_batches(dev, range(4))
+        assert 3 < fake.batches_created <= expected_batches(dev, range(4))
         if moment == "before_id":
             assert [row for row in map(json.loads, journal.read_text().splitlines()) if row.get("recovered")]
     assert resumed.best.text == "Rewrite (level 3) this: {instruction}\n" and resumed.accepted_steps == [1, 2, 3]

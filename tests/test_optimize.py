@@ -1,6 +1,8 @@
 """The optimize loop end to end with a scripted LM behind DSPy, and a real MLflow store on disk."""
 from __future__ import annotations
 
+import collections
+
 import json
 import re
 import threading
@@ -241,11 +243,14 @@ def test_every_event_reaches_each_observer_in_order_and_nothing_else_records(dat
     kinds = [e[0] for e in first.events if e[0] not in ("phase", "advance")]
     assert kinds == ["start", "baseline", "checkpoint", "step", "checkpoint", "step", "checkpoint", "checkpoint",
                      "finish", "close"]
-    assert first.events[0] == ("start", ["init", "next_step", "split"])
+    assert first.events[0] == ("start", ["calls", "init", "next_step", "split"])
     assert first.events[-1] == ("close", None) and first.events[-2] == ("finish", result.rates[-1])
-    phases = [e[1] for e in first.events if e[0] == "phase"]
-    assert phases[:4] == ["dev evaluation", "trajectory", "analysis", "optimization"]
-    assert sum(e[0] == "advance" for e in first.events) == sum(e[2] for e in first.events if e[0] == "phase")
+    # Progress bars per step, e0's beside step 1's; a bar announced again (more dev pairs asked) keeps its
+    # name, and every task advances the bar it was counted in, as many times as its last total says.
+    phases = list(dict.fromkeys(e[1] for e in first.events if e[0] == "phase"))
+    assert phases[:4] == ["e0 on the dev set", "step 1: trajectory", "step 1: candidates", "step 1: dev evaluation"]
+    totals = {e[1]: e[2] for e in first.events if e[0] == "phase"}
+    assert collections.Counter(e[1] for e in first.events if e[0] == "advance") == totals
     # Tracking is an observer too: with none given and tracking off, no store is made.
     assert not (dataset.parent / "mlruns").exists() and result.run_id is None
 

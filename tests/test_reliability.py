@@ -381,17 +381,17 @@ def test_a_resumed_run_counts_all_its_calls_and_writes_one_e_star(project, monke
         whole = optimize(**base, api_base=fake.base, experiment="whole", methods_dir="whole-methods")
         whole_calls = sum(u["calls"] for u in whole.usage.values())
 
-        real_step = optimize_mod._step
+        real_step = optimize_mod._Run.step
 
-        def interrupted(step, *args, **kwargs):
+        async def interrupted(run, step, *args, **kwargs):
             if step == 2:
                 raise KeyboardInterrupt
-            return real_step(step, *args, **kwargs)
+            return await real_step(run, step, *args, **kwargs)
 
-        monkeypatch.setattr(optimize_mod, "_step", interrupted)
+        monkeypatch.setattr(optimize_mod._Run, "step", interrupted)
         with pytest.raises(KeyboardInterrupt):
             optimize(**base, api_base=fake.base, experiment="split")
-        monkeypatch.setattr(optimize_mod, "_step", real_step)
+        monkeypatch.setattr(optimize_mod._Run, "step", real_step)
         [killed] = [r for r in store.optimize_runs() if r["status"] == "KILLED"]
         resumed = optimize(resume=killed["run_id"], api_base=fake.base)
         # Finishing again (as after a kill while finishing) rewrites the same e* file.

@@ -126,33 +126,38 @@ def test_the_strategy_table_drives_the_check_the_dispatch_and_the_help(monkeypat
         Options(selection="sometimes").validate()
     called = []
 
-    def first_only(n_candidates, n_items, judge, *, incumbent=None):
+    def first_only(n_candidates, n_items, *, incumbent=None):
         called.append((n_candidates, n_items))
-        return selection.every_item(1, n_items, judge) if n_candidates else (None, [])
+        if not n_candidates:
+            return None, []
+        return (yield from selection.every_item_steps(1, n_items))
 
-    monkeypatch.setitem(selection.STRATEGIES, "first", selection.Strategy("first", first_only, "the first one"))
+    monkeypatch.setitem(selection.STRATEGIES, "first",
+                        selection.Strategy("first", first_only, "the first one", lambda n_items, most: 0))
     Options(selection="first").validate()
     assert "first (the first one)" in selection.help_text() and selection.names().endswith("or first")
 
     # The loop's dispatch runs it: only the first candidate is judged, so only it may win.
-    from types import SimpleNamespace
-
+    import asyncio
     import importlib
+    from types import SimpleNamespace
 
     from auto_evol.algorithm.method import Method
 
     optimize_mod = importlib.import_module("auto_evol.optimize")
+    asked = []
 
-    class Inline:
-        cluster = None   # not on Ray
+    class Dev:   # the step's dev pairs, judged at once
+        async def results(self, pairs):
+            asked.extend((m.name, i) for m, i in pairs)
+            return [SimpleNamespace(failure=None) for _ in pairs]
 
-        def map(self, phase, fn, items):
-            return [fn(item) for item in items]
-
-    monkeypatch.setattr(optimize_mod, "judge_item", lambda evol, method, item: SimpleNamespace(failure=None))
+    run = optimize_mod._Run.__new__(optimize_mod._Run)
+    run.split, run.strategy = SimpleNamespace(dev=[1, 2, 3]), selection.STRATEGIES["first"]
     a, b = Method(name="a", text="A {instruction}"), Method(name="b", text="B {instruction}")
-    evaluations, finalists = optimize_mod._judge_candidates([a, b], [1, 2, 3], None, Inline(), "first")
-    assert called == [(2, 3)] and finalists == {a.hash} and len(evaluations[b.hash].results) == 0
+    evaluations, finalists = asyncio.run(run._judge_candidates([a, b], Dev(), None))
+    assert called == [(2, 3)] and asked == [("a", 0), ("a", 1), ("a", 2)]
+    assert finalists == {a.hash} and len(evaluations[b.hash].results) == 0
 
 
 def test_every_item_judges_all_pairs_in_one_call():

@@ -50,11 +50,30 @@ class Candidate:
 def propose(llm: Llm, current: Method, feedback: Feedback, *, index: int, rollout: int, name: str,
             made_by: str) -> Candidate:
     """Ask the optimizer for a better method; fall back to ``current`` when none can be read."""
-    prompt = OPTIMIZATION_PROMPT.format(method=current.text.strip())
     try:
-        reply = llm.ask(prompt, rollout=rollout, reply_format=OPTIMIZATION, history=feedback.conversation).text
+        reply = llm.ask(_prompt(current), rollout=rollout, reply_format=OPTIMIZATION,
+                        history=feedback.conversation).text
     except LLMError as exc:
         reply = f"(call failed: {exc})"
+    return _candidate(reply, current, feedback, index=index, name=name, made_by=made_by)
+
+
+async def apropose(llm: Llm, current: Method, feedback: Feedback, *, index: int, rollout: int, name: str,
+                   made_by: str) -> Candidate:
+    """``propose`` on an event loop (optimize: each candidate as soon as its own analysis is read)."""
+    try:
+        reply = (await llm.aask(_prompt(current), rollout=rollout, reply_format=OPTIMIZATION,
+                                history=feedback.conversation)).text
+    except LLMError as exc:
+        reply = f"(call failed: {exc})"
+    return _candidate(reply, current, feedback, index=index, name=name, made_by=made_by)
+
+
+def _prompt(current: Method) -> str:
+    return OPTIMIZATION_PROMPT.format(method=current.text.strip())
+
+
+def _candidate(reply: str, current: Method, feedback: Feedback, *, index: int, name: str, made_by: str) -> Candidate:
     text = parsing.optimized_method(reply)
     if text is None:
         return Candidate(index, current, feedback.text, readable=False, reply=reply)

@@ -48,3 +48,9 @@ def analyse(llm: Llm, trajectory: Trajectory, *, rollout: int) -> Feedback:
     """Feedback on one trajectory; sampled, so each rollout can see different problems."""
     prompt = ANALYSIS_PROMPT.format(trajectory=trajectory.render())
     return Feedback(prompt, llm.ask(prompt, rollout=rollout, reply_format=ANALYSIS).text.strip())
+
+
+async def aanalyse(llm: Llm, trajectory: Trajectory, *, rollout: int) -> Feedback:
+    """``analyse`` on an event loop (optimize: a candidate's optimization starts when its own analysis ends)."""
+    prompt = ANALYSIS_PROMPT.format(trajectory=trajectory.render())
+    return Feedback(prompt, (await llm.aask(prompt, rollout=rollout, reply_format=ANALYSIS)).text.strip())

@@ -205,16 +205,26 @@ def stage0(item: Item) -> str:
     return with_input(item.instruction, str(item.extra.get("input") or ""))
 
 
-def evolve_rounds(llm: Llm, method: Method, item: Item, rounds: int) -> Evolution:
+def rounds_steps(method: Method, item: Item, rounds: int):
+    """An item evolved ``rounds`` times with ``method``, each round from the last (optimize's
+    trajectory), as steps: stopped at the first round that fails."""
     stages = [stage0(item)]
     replies = []
     for _ in range(rounds):
-        evolved, reply, failure = evolve_once(llm, method, stages[-1])
-        replies.append(reply)
-        if failure is not None:
-            return Evolution(item, tuple(stages), tuple(replies), failure)
-        stages.append(evolved)
+        outcome = yield from evolution_steps(method, stages[-1])
+        replies.append(outcome.reply)
+        if outcome.failure is not None:
+            return Evolution(item, tuple(stages), tuple(replies), outcome.failure)
+        stages.append(outcome.evolved)
     return Evolution(item, tuple(stages), tuple(replies))
+
+
+def evolve_rounds(llm: Llm, method: Method, item: Item, rounds: int) -> Evolution:
+    return run_steps(rounds_steps(method, item, rounds), llm)
+
+
+async def aevolve_rounds(llm: Llm, method: Method, item: Item, rounds: int) -> Evolution:
+    return await arun_steps(rounds_steps(method, item, rounds), llm)
 
 
 @dataclass(frozen=True)

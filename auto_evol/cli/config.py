@@ -40,8 +40,9 @@ def load_preset(path: Path, options_type) -> dict:
         if name not in fields:
             raise UserError(f"{path}:{_line_of(text, key)}: unknown setting {key!r}")
         expected = type(getattr(defaults, name))
+        declared = str(fields[name].type)   # "int | str": a number or a word such as auto
         if getattr(defaults, name) is not None and not isinstance(value, expected) and not (
-                expected is float and isinstance(value, int)):
+                expected is float and isinstance(value, int)) and type(value).__name__ not in declared.split(" | "):
             raise UserError(f"{path}:{_line_of(text, key)}: {key} must be {expected.__name__}, "
                             f"got {type(value).__name__}")
         settings[name] = value

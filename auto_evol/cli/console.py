@@ -53,16 +53,16 @@ class PhaseProgress(Observer):
 
 
 class OptimizeConsole(PhaseProgress):
-    """Progress and the per-step tables of `auto-evol optimize`."""
+    """Progress and the per-step tables of `auto-evol optimize`. Its phases overlap (e0 on the dev set
+    beside step 1, a candidate's dev evaluation beside another's optimization): each bar is named for
+    its step ("step 2: dev evaluation"), the latest begun is shown, and at its end the calls in flight
+    and their limit."""
 
-    def __init__(self, console: Console | None = None) -> None:
-        super().__init__(console)
-        self.label = "baseline"
+    width = 28
 
-    def describe(self, name: str) -> str:
-        return f"{self.label}: {name}"
-
-    def start(self, options, *, split, init, **_) -> None:
+    def start(self, options, *, split, init, calls=None, **_) -> None:
+        if calls is not None:
+            self.live = calls
         evol, opt = options.evol_settings(), options.optimizer_settings()
         self.console.print(
             f"[bold]auto-evol optimize[/] {split.name}: {len(split.train)} training, {len(split.dev)} dev | "
@@ -77,11 +77,9 @@ class OptimizeConsole(PhaseProgress):
         counts = ", ".join(f"{k} {v}" for k, v in evaluation.counts().most_common()) or "none"
         self.console.print(f"{evaluation.method.name} on the dev set: failure rate {_pct(evaluation.rate)} "
                            f"({counts})")
-        self.label = "step 1"
 
     def step(self, record: StepRecord) -> None:
         self.console.print(step_table(record))
-        self.label = f"step {record.step + 1}"
 
     def finish(self, result: OptimizeResult) -> None:
         self.progress.stop()

@@ -120,7 +120,9 @@ def optimize(
     optimizer_temperature: Optional[float] = typer.Option(None, help="[default: 0.6]"),
     optimizer_top_p: Optional[float] = typer.Option(None, help="[default: 0.95]"),
     optimizer_max_tokens: Optional[int] = typer.Option(None, help="[default: 2048]"),
-    concurrency: Optional[int] = typer.Option(None, help="LLM calls in flight at once. [default: 4]"),
+    concurrency: Optional[str] = typer.Option(None, help="LLM calls in flight per server and model: auto (the adaptive "
+                                                         "limit for openai/MODEL with --api-base, 64 for other "
+                                                         "providers, 8 for a GGUF model) or a number. [default: auto]"),
     name: Optional[str] = typer.Option(None, help="Name of e* in methods/. [default: DATA-DATE]"),
     methods_dir: Optional[str] = typer.Option(None, help="Where e* is written. [default: methods]"),
     cache_dir: Optional[str] = typer.Option(None, help="LLM response cache. [default: ~/.cache/auto-evol]"),

@@ -24,7 +24,8 @@ class Observer:
 
     def start(self, options, **context) -> None:
         """The run begins. ``context`` holds what the verb knows by then (optimize: ``split``, ``init``,
-        ``next_step``; evolve: ``seeds``, ``methods``; compare: ``split``, ``methods``, ``out``)."""
+        ``next_step``, ``calls``: the calls in flight, for a progress line; evolve: ``seeds``, ``methods``;
+        compare: ``split``, ``methods``, ``out``)."""
 
     def phase(self, name: str, total: int, done: int = 0) -> None:
         """A phase of ``total`` tasks begins, ``done`` of them already finished (a resumed phase)."""
@@ -103,3 +104,64 @@ class Observers(Observer):
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(exc)
+
+
+class Queued(Observer):
+    """``observers`` heard from one thread of their own, in the order the events came: what they do with
+    an event (MLflow writes a step's run, its candidates' runs and their tables; the terminal draws a
+    table) never holds up the calls of a run on an event loop, where it would delay every reply in
+    flight. ``drain()`` waits until all that was sent has been heard and raises the first error an
+    observer met (which also refuses every later event, so a broken logger stops the run at its next
+    event instead of being forgotten). The last events (finish, close) stay with the caller, on its own
+    thread, after ``drain()``."""
+
+    def __init__(self, observers: Observers) -> None:
+        import concurrent.futures
+
+        self.observers = observers
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auto-evol-observers")
+        self._failed: BaseException | None = None
+
+    @property
+    def run_id(self) -> str | None:   # type: ignore[override]
+        return self.observers.run_id
+
+    def _send(self, name: str, *args, **kwargs) -> None:
+        if self._failed is not None:
+            raise self._failed
+        self._pool.submit(self._hear, name, args, kwargs)
+
+    def _hear(self, name: str, args: tuple, kwargs: dict) -> None:
+        if self._failed is not None:
+            return
+        try:
+            getattr(self.observers, name)(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - kept, raised by the run's next event or drain()
+            self._failed = exc
+
+    def start(self, options, **context) -> None:
+        self._send("start", options, **context)
+
+    def phase(self, name: str, total: int, done: int = 0) -> None:
+        self._send("phase", name, total, done)
+
+    def advance(self, name: str) -> None:
+        self._send("advance", name)
+
+    def baseline(self, evaluation) -> None:
+        self._send("baseline", evaluation)
+
+    def step(self, record) -> None:
+        self._send("step", record)
+
+    def checkpoint(self, state: dict) -> None:
+        self._send("checkpoint", state)
+
+    def drain(self) -> None:
+        self._pool.submit(lambda: None).result()
+        if self._failed is not None:
+            raise self._failed
+
+    def shut(self) -> None:
+        """Hear what is queued, then end the thread (errors were drain()'s to raise)."""
+        self._pool.shutdown(wait=True)

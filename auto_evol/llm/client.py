@@ -11,6 +11,8 @@ backoff; what comes back here is each call's final outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import importlib
 import sys
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from ..core.errors import Outage, UserError, first_line
 from . import dspy_tuning
 
+_NO_LIMIT = contextlib.nullcontext()
 EMBEDDED = "embedded"   # the model string that, like no model at all, names the embedded default
 
 
@@ -76,6 +79,22 @@ class Usage:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, reply: Reply | None, seconds: float) -> None:
+        """Count one call (None: it failed for good); the calling task's Tally, if any, counts it too."""
+        self._count(reply, seconds)
+        tally = TALLY.get()
+        if tally is not None:
+            tally.count(self, reply, seconds)
+
+    def merge(self, other: "Usage") -> None:
+        with self._lock:
+            self.calls += other.calls
+            self.cached += other.cached
+            self.errors += other.errors
+            self.input_tokens += other.input_tokens
+            self.output_tokens += other.output_tokens
+            self.seconds += other.seconds
+
+    def _count(self, reply: Reply | None, seconds: float) -> None:
         with self._lock:
             self.calls += 1
             self.seconds += seconds
@@ -92,6 +111,34 @@ class Usage:
             return {"calls": self.calls, "cached": self.cached, "errors": self.errors,
                     "input_tokens": self.input_tokens,
                     "output_tokens": self.output_tokens, "seconds": round(self.seconds, 3)}
+
+
+class Tally:
+    """The calls of one task and the tasks it starts, per role's Usage: what a share of the work used
+    while other work runs beside it on the same event loop (optimize's phases overlap, so a role's
+    Usage before and after a phase no longer tells that phase's calls). Set in ``TALLY`` for a task's
+    context; every Usage.add in that context also counts here."""
+
+    def __init__(self) -> None:
+        self.by_owner: dict[int, tuple[Usage, Usage]] = {}
+
+    def count(self, owner: Usage, reply: Reply | None, seconds: float) -> None:
+        self.by_owner.setdefault(id(owner), (owner, Usage()))[1]._count(reply, seconds)
+
+    def of(self, owner: Usage) -> Usage:
+        """What ``owner``'s calls in this tally used (an empty Usage when none)."""
+        return self.by_owner.get(id(owner), (owner, Usage()))[1]
+
+    @property
+    def calls(self) -> int:
+        return sum(u.calls for _, u in self.by_owner.values())
+
+    @property
+    def cached(self) -> int:
+        return sum(u.cached for _, u in self.by_owner.values())
+
+
+TALLY: contextvars.ContextVar[Tally | None] = contextvars.ContextVar("auto_evol_tally", default=None)
 
 
 class LLMError(Exception):
@@ -155,6 +202,17 @@ class Llm:
         # Unseeded request configs, reused (see _request): building lm15.Config and the reply format's
         # schema anew cost ~30 us per evol call, profiled; a role needs only a few of them.
         self._configs: dict = {}
+        self.gate = None    # concurrency.AdaptiveLimit its HTTP calls pass (--concurrency auto, OpenAI-compatible)
+        self.slots = None   # concurrency.CallSlots its async calls pass (every other limit)
+
+    def sibling(self, settings: RoleSettings | None = None) -> "Llm":
+        """Another role on the same backend: the same client, reply cache, limits and structured-output
+        state at the start, with usage, errors and notices of its own (two roles with equal settings
+        would otherwise count every call of either twice, once per role)."""
+        twin = Llm(settings or self.settings, self._lm, seeded=self._seeded, structured=self.structured,
+                   bounded=self._bounded)
+        twin.gate, twin.slots = self.gate, self.slots
+        return twin
 
     @property
     def last_error(self) -> str:
@@ -255,10 +313,11 @@ class Llm:
         import dspy
 
         fmt, bounded, request, kwargs = self._prepare(prompt, rollout, reply_format, history, temperature)
-        started = time.perf_counter()
         try:
-            with dspy.track_usage() as tracker:
-                response = await self._lm.acall(request, **kwargs)
+            async with self.slots or _NO_LIMIT:
+                started = time.perf_counter()
+                with dspy.track_usage() as tracker:
+                    response = await self._lm.acall(request, **kwargs)
         except Exception as exc:
             self._after_failure(exc, fmt, bounded, started)
             return await self.aask(prompt, rollout=rollout, reply_format=reply_format, history=history,

@@ -44,6 +44,7 @@ import asyncio
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 AUTO = "auto"
@@ -276,3 +277,53 @@ class AdaptiveLimit:
                 self._wake()
 
         self._timer = (loop, loop.call_later(delay, fire))
+
+
+# Calls in flight under --concurrency auto where no adaptive limit applies: a DSPy/LiteLLM provider (its
+# own retries honour Retry-After; hosted APIs take tens to hundreds of calls at once) and an in-process
+# GGUF model (it decodes this many sequences together: more would only queue in its engine).
+PROVIDER_CALLS = 64
+GGUF_CALLS = 8
+
+
+class CallSlots:
+    """At most ``size`` async calls in flight, shared by every role on one server and model: a fixed
+    ``--concurrency N``, or under auto the fixed number of a backend with no adaptive limit. Calls on
+    any event loop may pass it: an asyncio.Semaphore belongs to the loop it first waits on, and evolve
+    runs a loop per phase, so it keeps one per running loop."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.in_flight = 0
+        self._semaphores: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Semaphore]] = {}
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        held = self._semaphores.get(id(loop))
+        if held is None or held[0] is not loop:
+            self._semaphores = {k: v for k, v in self._semaphores.items() if not v[0].is_closed()}
+            held = self._semaphores[id(loop)] = (loop, asyncio.Semaphore(self.size))
+        return held[1]
+
+    def current(self) -> int:
+        """Calls that may be in flight now (as AdaptiveLimit.current)."""
+        return self.size
+
+    async def __aenter__(self) -> "CallSlots":
+        await self._semaphore().acquire()
+        self.in_flight += 1
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.in_flight -= 1
+        self._semaphore().release()
+
+
+def in_flight(*llms) -> Callable[[], str] | None:
+    """For a progress line: the calls in flight now over the limits the roles pass, and those limits'
+    sum ("12 in flight, limit 64"); None when no role has a limit on its async calls."""
+    limits = list({id(x): x for llm in llms for x in (getattr(llm, "gate", None), getattr(llm, "slots", None))
+                   if x is not None}.values())
+    if not limits:
+        return None
+    return lambda: f"{sum(x.in_flight for x in limits)} in flight, limit {sum(x.current() for x in limits)}"
