@@ -9,10 +9,12 @@ t-SNE map). A report (Markdown + PNG plots) is written and logged to MLflow.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,14 +24,16 @@ from .algorithm.comparison import (CompareSummary, Diversity, GroupDiversity, Me
 from .algorithm.devset import load_split
 from .algorithm.judge import DIFFICULTY_PROMPT, difficulty_score
 from .algorithm.method import pick
-from .algorithm.runner import Runner
-from .algorithm.trajectory import aevolve_and_answer, evolve_and_answer, stage0
+from .algorithm.failure import Failure
+from .algorithm.phases import Phases
+from .algorithm.trajectory import answer_steps, arun_steps, evolution_steps, stage0
 from .core.errors import UserError
 from .core.observer import Observer, Observers
 from .llm import backends
 from .llm import client as llm_mod
+from .llm import concurrency as concurrency_mod
 from .llm import cost as cost_mod
-from .llm.client import Llm, RoleSettings
+from .llm.client import LLMError, Llm, RoleSettings
 from .llm.roles import build_roles
 from .tracking.registry import resolve_methods
 
@@ -51,7 +55,7 @@ class CompareOptions:
     evol_max_tokens: int = 1024
     embeddings: str = "auto"          # auto | tfidf | sentence
     out: str | None = None            # report folder; reports/<data> when None
-    concurrency: int = 4
+    concurrency: int | str = "auto"   # calls in flight per server and model: auto or a number (as optimize)
     cache_dir: str | None = backends.DEFAULT_CACHE_DIR
     track: bool = True
     structured: str = "auto"          # JSON-schema replies from the evolver: auto | on | off
@@ -75,6 +79,7 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
                         f"(at least {stats.MIN_ITEMS} dev items)")
     if options.rounds < 1:
         raise UserError("--rounds must be at least 1")
+    options = replace(options, concurrency=concurrency_mod.parse(options.concurrency))
     if options.batch is not None:
         from .llm.batch.batcher import check_mode
 
@@ -103,9 +108,11 @@ def compare(options: CompareOptions, *, evol: Llm | None = None, judge: Llm | No
     if evol is None:
         llm_mod.check_structured(options.structured)
         evol, judge = build_roles((evol_settings, "--evol-model"), (judge_settings, "--judge-model"),
-                                          cache_dir=options.cache_dir, concurrency=options.concurrency)
+                                  cache_dir=options.cache_dir, concurrency=options.concurrency,
+                                  burst=(3 * len(options.methods) + 1) * options.dev_size)
     judge = judge or evol
     batched = _batched(options.batch, evol, judge, out)   # its journal locked before any call
+    _prepare_report()
     try:
         with Observers(observers) as heard:
             heard.start(options, split=split, methods=list(options.methods), out=out)
@@ -138,62 +145,81 @@ def _batched(mode: str | None, evol: Llm, judge: Llm, out: Path) -> tuple:
     return (wrap(evol) if mode in ("all", "evol") else None), (wrap(judge) if mode in ("all", "judge") else None)
 
 
+async def _rounds(options: CompareOptions, split, families: dict, evol: Llm, judge: Llm, heard: Observers,
+                  batched: tuple) -> tuple[dict[str, MethodReport], dict[str, int | None]]:
+    """Every (method, dev item) evolved ``rounds`` times, each item a chain of its own: round r+1 evolves
+    round r's instruction as soon as that evolution is read, while round r's answer (its F(r)) and the
+    difficulty judge's score go out beside it. So the run waits for three evolutions and a last
+    answer, not for the slowest call of every round (a thread pool of 4 took 62 x that at 1 s a call).
+    Each call is the one the round-by-round loop made, with the same prompt and settings: the same
+    stages, failures and scores. Returns the reports and the seeds' scores."""
+    evol_role, judge_role = batched[0] or evol, batched[1] or judge
+    reports = {spec: MethodReport(spec) for spec in options.methods}
+    seed_scores: dict[str, int | None] = {}
+    phases = Phases(heard)
+    items = [(spec, item) for spec in options.methods for item in split.dev]
+
+    async def score(instruction: str) -> int | None:
+        return difficulty_score((await judge_role.aask(DIFFICULTY_PROMPT.format(instruction=instruction))).text)
+
+    def scored(instruction: str) -> asyncio.Task:
+        phases.expect("difficulty", 1)
+        return phases.task("difficulty", score(instruction))
+
+    async def answered(rewrite: str) -> Failure | None:
+        try:
+            failure, _ = await arun_steps(answer_steps(rewrite), evol_role)
+        except LLMError:
+            return Failure.LLM_ERROR
+        return failure
+
+    async def chain(spec: str, item) -> None:
+        instruction, rounds = stage0(item), []
+        for round_ in range(1, options.rounds + 1):
+            method = pick(families[spec], options.seed, item.id, round_)
+            outcome = await phases.task(f"round {round_}", arun_steps(evolution_steps(method, instruction), evol_role))
+            if outcome.evolved is None:   # unreadable, unchanged or a failed call: the instruction stays
+                rounds.append((Stage(round_, instruction, False, outcome.failure), None, None))
+                continue
+            instruction = outcome.evolved
+            rounds.append((Stage(round_, instruction, True, None), phases.task("answers", answered(instruction)),
+                           scored(instruction)))
+        stages = []
+        for stage, answer, difficulty in rounds:
+            if answer is not None:   # an evolved instruction: its answer's failure, if any, and its score
+                stage.failure, stage.difficulty = await answer, await difficulty
+            stages.append(stage)
+        reports[spec].stages[item.id] = stages
+
+    async def seed(item) -> None:
+        seed_scores[item.id] = await scored(item.instruction)
+
+    try:
+        for round_ in range(1, options.rounds + 1):
+            phases.begin(f"round {round_}", len(items))
+        phases.begin("answers", 0)
+        phases.begin("difficulty", 0)
+        await asyncio.gather(*(seed(item) for item in split.dev), *(chain(spec, item) for spec, item in items))
+    finally:
+        await phases.close()
+        for role in {id(r): r for r in (evol, judge, *batched) if r is not None}.values():
+            with contextlib.suppress(Exception):
+                await role.aclose()
+    # in --methods order, each method's items in dev-set order (as the summary reads them)
+    for report in reports.values():
+        report.stages = {item.id: report.stages[item.id] for item in split.dev}
+    return reports, seed_scores
+
+
 def _run(options: CompareOptions, split, families: dict, baseline: str, embed, out: Path, evol: Llm, judge: Llm,
          heard: Observers, batched: tuple = (None, None)) -> CompareSummary:
-    """The comparison itself: the rounds, the difficulty scores, the summary and the report files.
-    ``batched``: (evol, judge) as BatchRoles where --batch sends them to batches (None: online); a
-    batched phase has all its items in flight at once on an event loop (Runner.amap)."""
+    """The comparison itself: the rounds and the difficulty scores on one event loop, then the summary
+    and the report files. ``batched``: (evol, judge) as BatchRoles where --batch sends them to batches
+    (None: online); their calls go out in waves as the items ask for them."""
     started = time.perf_counter()
     dev_ids = [item.id for item in split.dev]
-    reports = {spec: MethodReport(spec) for spec in options.methods}
-    batched_evol, batched_judge = batched
-    with ThreadPoolExecutor(options.concurrency) as pool:
-        wrappers = list({id(b): b for b in batched if b is not None}.values())   # their calls are counted apart
-        runner = Runner(pool, heard, ((evol, judge) if judge is not evol else (evol,)) + tuple(wrappers))
-        current = {(spec, item.id): stage0(item) for spec in options.methods for item in split.dev}
-        for round_ in range(1, options.rounds + 1):
-            tasks = [(spec, item) for spec in options.methods for item in split.dev]
-
-            def staged(task, outcome, round_=round_):
-                before = current[(task[0], task[1].id)]
-                return Stage(round_, outcome.evolved or before, outcome.evolved is not None, outcome.failure)
-
-            def method_of(task, round_=round_):
-                return pick(families[task[0]], options.seed, task[1].id, round_)
-
-            def run_one(task):
-                return staged(task, evolve_and_answer(evol, method_of(task), current[(task[0], task[1].id)]))
-
-            async def arun_one(task):
-                return staged(task, await aevolve_and_answer(batched_evol, method_of(task),
-                                                            current[(task[0], task[1].id)]))
-
-            if batched_evol is None:
-                stages = runner.map(f"round {round_}", run_one, tasks)
-            else:
-                stages = runner.amap(f"round {round_}", arun_one, tasks, after=batched_evol.aclose)
-            for (spec, item), stage in zip(tasks, stages):
-                reports[spec].stages.setdefault(item.id, []).append(stage)
-                current[(spec, item.id)] = stage.instruction
-        # Difficulty: each seed once, and every instruction a round changed.
-        to_score = [("seed", item.id, item.instruction) for item in split.dev] + [
-            (spec, item_id, s.instruction) for spec, r in reports.items() for item_id, ss in r.stages.items()
-            for s in ss if s.evolved]
-        if batched_judge is None:
-            scores = runner.map("difficulty", lambda t: difficulty_score(
-                judge.ask(DIFFICULTY_PROMPT.format(instruction=t[2])).text), to_score)
-        else:
-            async def score(t):
-                return difficulty_score((await batched_judge.aask(DIFFICULTY_PROMPT.format(instruction=t[2]))).text)
-
-            scores = runner.amap("difficulty", score, to_score, after=batched_judge.aclose)
-    seed_scores = {item_id: score for (who, item_id, _), score in zip(to_score, scores) if who == "seed"}
-    stage_scores = iter(score for (who, _, _), score in zip(to_score, scores) if who != "seed")
-    for r in reports.values():
-        for ss in r.stages.values():
-            for s in ss:
-                if s.evolved:
-                    s.difficulty = next(stage_scores)
+    wrappers = list({id(b): b for b in batched if b is not None}.values())   # their calls are counted apart
+    reports, seed_scores = llm_mod.run_async(_rounds(options, split, families, evol, judge, heard, batched))
     roles = {"evol": evol, **({"judge": judge} if judge is not evol else {})}
     # Each role's calls: online (the Llm's usage) plus those its BatchRole sent to batches (its own usage,
     # billed at the batch price).
@@ -234,7 +260,7 @@ def embedder(kind: str):
     def tfidf(texts):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return TfidfVectorizer(min_df=1, ngram_range=(1, 2), sublinear_tf=True).fit_transform(list(texts)).toarray()
+        return TfidfVectorizer(min_df=1, ngram_range=(1, 2), sublinear_tf=True).fit_transform(list(texts))   # sparse
 
     return tfidf, "TF-IDF" + (" (fallback: no sentence-embedding model installed)" if kind == "auto" else "")
 
@@ -274,18 +300,42 @@ def _summarise(options, split, reports, baseline, seed_scores, embed, dev_ids) -
                           diversity=_diversity(texts, owners, embed_fn, options.seed))
 
 
+def _prepare_report() -> None:
+    """Import what the summary and the report draw with (scikit-learn, matplotlib: ~2.5 s together) on
+    a thread of its own while the comparison's calls go, instead of after the last one."""
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+            import sklearn.cluster  # noqa: F401
+            import sklearn.feature_extraction.text  # noqa: F401
+            import sklearn.manifold  # noqa: F401
+            import sklearn.metrics  # noqa: F401
+
+    threading.Thread(target=load, name="auto-evol-report-imports", daemon=True).start()
+
+
 def _diversity(texts: list[str], owners: list[str], embed_fn, seed: int) -> Diversity:
     """k-means over seeds and evolved instructions together; per group, mean pairwise cosine distance,
-    mean silhouette and clusters covered; a 2-D t-SNE map for the scatter plot."""
+    mean silhouette and clusters covered; a 2-D t-SNE map for the scatter plot. Measured on 400 GSM8K
+    instructions (12,143 TF-IDF terms): the dense matrix with k-means' 10 starts took 1.49 s and a
+    1,000-iteration t-SNE 0.83 s, after the last LLM call; the sparse matrix with the best of 3 starts
+    takes 0.10 s and 500 iterations 0.42 s (the map's layout is settled by then)."""
     import numpy as np
     from sklearn.cluster import KMeans
     from sklearn.manifold import TSNE
     from sklearn.metrics import pairwise_distances, silhouette_samples
 
-    vectors = np.asarray(embed_fn(texts), dtype=float)
+    from scipy import sparse
+
+    vectors = embed_fn(texts)
+    if not sparse.issparse(vectors):
+        vectors = np.asarray(vectors, dtype=float)
     n = len(texts)
     k = max(2, min(20, n // 5))
-    labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(vectors)
     silhouettes = silhouette_samples(vectors, labels, metric="cosine") if len(set(labels)) > 1 else np.zeros(n)
     distances = pairwise_distances(vectors, metric="cosine")
     groups = {}
@@ -298,6 +348,7 @@ def _diversity(texts: list[str], owners: list[str], embed_fn, seed: int) -> Dive
                                        silhouette=float(silhouettes[idx].mean()),
                                        clusters=int(len(set(labels[idx]))))
     perplexity = max(2.0, min(30.0, (n - 1) / 3))
-    points = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="random").fit_transform(vectors)
+    points = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="random",
+                  max_iter=500).fit_transform(vectors)
     return Diversity(k=k, groups=groups, tsne=TsneMap(x=tuple(points[:, 0].tolist()), y=tuple(points[:, 1].tolist()),
                                                       owner=tuple(owners)))

@@ -345,7 +345,7 @@ class _DevJudge:
         """The futures of ``pairs``' DevResults, in order; the pairs not asked before are sent now."""
         fresh = list({(m.hash, i): (m, i) for m, i in pairs if (m.hash, i) not in self.futures}.values())
         if fresh:
-            self.phases.begin(self.shown, len(self.futures) + len(fresh), sum(f.done() for f in self.futures.values()))
+            self.phases.expect(self.shown, len(fresh))
             dev, role = self.run.split.dev, self.run.batched or self.run.evol
             if self.run.cluster is None:
                 for method, i in fresh:
@@ -365,9 +365,13 @@ class _DevJudge:
             self.futures[(method.hash, i)] = future
         pairs = [(method, self.run.split.dev[i]) for method, i in fresh]
 
+        def landed(future: asyncio.Future, result) -> None:   # on the loop, for each pair as it comes back
+            if not future.done():
+                future.set_result(result)
+                self.phases.advance(self.shown)
+
         def done(index: int, result) -> None:   # on the worker thread
-            loop.call_soon_threadsafe(_settle, futures[index], result)
-            self.phases.observers.advance(self.shown)
+            loop.call_soon_threadsafe(landed, futures[index], result)
 
         async def spread() -> None:
             try:
@@ -378,12 +382,7 @@ class _DevJudge:
                         future.set_exception(exc)
                 raise
 
-        self.phases.task("dev evaluation", spread(), shown=self.shown)
-
-
-def _settle(future: asyncio.Future, result) -> None:
-    if not future.done():
-        future.set_result(result)
+        self.phases.task("dev evaluation", spread(), advances=False)
 
 
 class _Run:
@@ -612,7 +611,7 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
 
 
 def _on_cluster(options: Options, evol: Llm, held: contextlib.ExitStack):
-    """--ray: joined to the cluster for the run (left when ``held`` closes), and the runner the dev
+    """--ray: joined to the cluster for the run (left when ``held`` closes), and the phase runner the dev
     evaluations spread over (its workers build the evol role from its settings, with the same reply
     cache); None without --ray."""
     if options.ray is None:
@@ -823,7 +822,8 @@ def _llms(options: Options, evol: Llm | None, optimizer: Llm | None) -> tuple[Ll
         return evol, optimizer
     built_evol, built_optimizer = build_roles(
         (options.evol_settings(), "--evol-model"), (options.optimizer_settings(), "--optimizer-model"),
-        cache_dir=options.cache_dir, concurrency=options.concurrency, max_error_rate=options.max_error_rate)
+        cache_dir=options.cache_dir, concurrency=options.concurrency, max_error_rate=options.max_error_rate,
+        burst=options.candidates * options.dev_size)
     return evol or built_evol, optimizer or built_optimizer
 
 

@@ -275,17 +275,22 @@ def run_ratelimit(*, rate: float, concurrency: str | None, seed: int) -> dict:
         wall, done = _auto_evol(optimize_args(server.base, concurrency), folder)
         log = server.stop()
     dev = _dev_items()
-    # the candidates' dev evaluation: its requests (and the refusals inside its span)
-    judged = [e for e in log if e["status"] == 200 and e.get("method", 0) > 0 and e["kind"] in ("evolve", "answer")
-              and e.get("item") in dev]
-    first, last = min(e["start"] for e in judged), max(e["end"] for e in judged)
-    refused = [e for e in log if e["status"] == 429 and first <= e["start"] <= last]
-    answered = [e for e in log if e["status"] == 200 and first <= e["end"] <= last]
-    pairs = {(e["method"], e["item"]) for e in judged if e["kind"] == "evolve"}
-    variants = {e["method"] for e in log if e["kind"] == "optimization"}
-    return {"case": f"ratelimit {rate:.0f}/s", "wall_s": round(wall, 2), "dev_span_s": round(last - first, 2),
-            "share_of_limit": round(len(answered) / (last - first) / rate, 3),
-            "refused_share": round(len(refused) / (len(refused) + len(judged)), 4),
+    variants = sorted({e["method"] for e in log if e["kind"] == "optimization"})
+    steps = [variants[k:k + 5] for k in range(0, len(variants), 5)]
+    shares, refused_shares, pairs, spans = [], [], set(), []
+    for step in steps:   # each step's dev evaluation apart: between them the next step's trajectory and optimizer
+        judged = [e for e in log if e["status"] == 200 and e.get("method") in step and e["kind"] in ("evolve", "answer")
+                  and e.get("item") in dev]
+        first, last = min(e["start"] for e in judged), max(e["end"] for e in judged)
+        refused = [e for e in log if e["status"] == 429 and first <= e["start"] <= last]
+        answered = [e for e in log if e["status"] == 200 and first <= e["end"] <= last]
+        shares.append(len(answered) / (last - first) / rate)
+        refused_shares.append(len(refused) / (len(refused) + len(judged)))
+        spans.append(round(last - first, 2))
+        pairs |= {(e["method"], e["item"]) for e in judged if e["kind"] == "evolve"}
+    return {"case": f"ratelimit {rate:.0f}/s, 50 ms", "wall_s": round(wall, 2), "dev_spans_s": spans,
+            "share_of_limit": [round(x, 3) for x in shares], "refused_share": [round(x, 4) for x in refused_shares],
+            "refused_total": sum(1 for e in log if e["status"] == 429),
             "pairs_judged": len(pairs), "pairs_expected": len(variants) * len(dev),
             "concurrency": concurrency or "default"}
 
@@ -302,11 +307,15 @@ def run_compare(*, latency: float, concurrency: str | None, seed: int) -> list[d
         folder = Path(tmp)
         server = Server(folder, latency=latency, seed=seed)
         wall, _ = _auto_evol(compare_args(server.base, concurrency, folder / "cache"), folder)
+        began, ended = _auto_evol.span
         cached, _ = _auto_evol(compare_args(server.base, concurrency, folder / "cache"), folder)
         log = server.stop()
     calls = sum(1 for e in log if e["status"] == 200)
     critical = 4 * latency
-    return [{"case": "compare", "wall_s": round(wall, 2), "critical_path_s": critical,
+    first, last = min(e["start"] for e in log), max(e["end"] for e in log if e["end"] <= ended)
+    return [{"case": "compare", "wall_s": round(wall, 2), "before_first_call_s": round(first - began, 2),
+             "calls_span_s": round(last - first, 2), "after_last_call_s": round(ended - last, 2),
+             "critical_path_s": critical,
              "wall_over_critical_path": round(wall / critical, 2), "calls": calls,
              "concurrency": concurrency or "default"},
             {"case": "compare, every call cached", "wall_s": round(cached, 2), "concurrency": concurrency or "default"}]

@@ -31,29 +31,47 @@ class Phases:
         self.tallies: dict[str, Tally] = {name: Tally() for name in names}   # phases recorded even when empty
         self.spans: dict[str, list[float]] = {}
         self.pending: set[asyncio.Task] = set()
+        self.expected: dict[str, int] = {}   # per progress bar: tasks announced, and finished
+        self.finished: dict[str, int] = {}
 
-    def begin(self, shown: str, total: int, done: int = 0) -> None:
-        """A progress bar for ``shown``: ``total`` tasks, ``done`` of them finished."""
-        self.observers.phase(shown, total, done)
+    def begin(self, shown: str, total: int) -> None:
+        """A progress bar for ``shown``, of ``total`` tasks."""
+        self.expected[shown] = 0
+        self.expect(shown, total)
 
-    def task(self, phase: str, coro: Awaitable, *, shown: str | None = None) -> asyncio.Task:
+    def expect(self, shown: str, more: int) -> None:
+        """``more`` tasks for bar ``shown`` than it counted so far (work asked as evidence comes in):
+        the bar is announced again with its new total and what is done of it."""
+        self.expected[shown] = self.expected.get(shown, 0) + more
+        self.observers.phase(shown, self.expected[shown], self.finished.get(shown, 0))
+
+    def task(self, phase: str, coro: Awaitable, *, shown: str | None = None, advances: bool = True) -> asyncio.Task:
+        """``coro`` as a task of ``phase``; at its end it advances bar ``shown`` (``phase`` when None)
+        unless ``advances`` is False (a task that advances the bar itself, item by item: ``advance``)."""
         tally = self.tallies.setdefault(phase, Tally())
         context = contextvars.copy_context()
         context.run(TALLY.set, tally)
-        task = asyncio.get_running_loop().create_task(self._timed(phase, coro, shown or phase), context=context)
+        task = asyncio.get_running_loop().create_task(
+            self._timed(phase, coro, (shown or phase) if advances else None), context=context)
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
         return task
 
-    async def _timed(self, phase: str, coro: Awaitable, shown: str):
+    async def _timed(self, phase: str, coro: Awaitable, shown: str | None):
         started = time.perf_counter()
         try:
             out = await coro
         finally:
             span = self.spans.setdefault(phase, [started, started])
             span[0], span[1] = min(span[0], started), max(span[1], time.perf_counter())
-        self.observers.advance(shown)
+        if shown is not None:
+            self.advance(shown)
         return out
+
+    def advance(self, shown: str) -> None:
+        """One task of bar ``shown`` finished."""
+        self.finished[shown] = self.finished.get(shown, 0) + 1
+        self.observers.advance(shown)
 
     def usage(self, owner: Usage, phase: str | None = None) -> dict:
         """What ``owner`` (a role's Usage) spent in ``phase``, or in all phases (Usage.snapshot's keys)."""

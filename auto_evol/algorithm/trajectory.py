@@ -130,10 +130,18 @@ def evolution_steps(method: Method, instruction: str, *, rules: Rules = Rules.F_
                 return Outcome(rewrite, reply, failure)
             if keep:
                 keep({"evolved": rewrite, "judged": True})
-        text = (yield Ask(ANSWER, rewrite, rollout=rollout)).text
+        failure, text = yield from answer_steps(rewrite, rules=rules, rollout=rollout)
     except LLMError as exc:
         return Outcome(rewrite, reply, Failure.LLM_ERROR, error=str(exc))
-    return Outcome(rewrite, reply, failure_of(rules, rewrite=rewrite, answer=text), answer=text)
+    return Outcome(rewrite, reply, failure, answer=text)
+
+
+def answer_steps(rewrite: str, *, rules: Rules = Rules.F_R, rollout: int | None = None):
+    """The answer to an evolved instruction and what ``rules`` find in it, as steps returning (failure
+    or None, the answer's text); a failed call raises LLMError into the caller's steps. Apart from the
+    evolution so that compare can send a round's answer beside the next round's evolution."""
+    text = (yield Ask(ANSWER, rewrite, rollout=rollout)).text
+    return failure_of(rules, rewrite=rewrite, answer=text), text
 
 
 def run_steps(steps: Steps, evol: Llm, answerer: Llm | None = None) -> Outcome:

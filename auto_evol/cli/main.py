@@ -290,7 +290,8 @@ def compare(
     evol_max_tokens: Optional[int] = typer.Option(None, help="[default: 1024]"),
     embeddings: str = typer.Option("auto", help="auto | tfidf | sentence"),
     out: Optional[str] = typer.Option(None, help="Report folder. [default: reports/DATA]"),
-    concurrency: Optional[int] = typer.Option(None, help="[default: 4]"),
+    concurrency: Optional[str] = typer.Option(None, help="LLM calls in flight per server and model: auto or a number "
+                                                         "(as for optimize). [default: auto]"),
     cache_dir: Optional[str] = typer.Option(None),
     no_track: bool = typer.Option(False, "--no-track"),
     structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
@@ -523,6 +524,18 @@ def methods_export(source: str = typer.Argument(..., help="An optimize run id (i
 
 def run() -> None:
     """Console entry point: one clear line and a non-zero exit for anything the user must fix."""
+    import gc
+
+    try:
+        _run()
+    finally:
+        # The command's work is done and closed (journals, the store, the output files): the objects it
+        # leaves are frozen, so the interpreter's last collection skips them. That collection of MLflow's,
+        # SQLAlchemy's and DSPy's objects held every tracked run's exit for ~0.9 s (py-spy: gc_collect_main).
+        gc.freeze()
+
+
+def _run() -> None:
     import importlib
 
     # Newer typer raises the errors of a click of its own (typer._click); older typer, click's.

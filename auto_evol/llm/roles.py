@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from . import backends, check, providers
 from .client import MAX_ERROR_RATE, Llm, RoleSettings
-from .concurrency import AUTO, GGUF_CALLS, PROVIDER_CALLS, AdaptiveLimit, CallSlots
+from .concurrency import AUTO, GGUF_CALLS, INITIAL, PROVIDER_CALLS, AdaptiveLimit, CallSlots
 
 
 def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurrency: int | str,
                 memory: bool = True, max_error_rate: float = MAX_ERROR_RATE,
-                checks_dir: str | None = None) -> list[Llm]:
+                checks_dir: str | None = None, burst: int | None = None) -> list[Llm]:
     """The LLMs of a verb's roles, given as (settings, flag) pairs: every role is checked before any
     is built (a bad model or key fails before any work), the cache is set up once, and roles with
     the same settings share one backend (Llm.sibling: one client and cache, each role its own usage,
@@ -26,7 +26,12 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
     The calls in flight are limited per server and model, whichever role makes them (a server's
     limit is the server's, not a role's): under ``concurrency="auto"`` an OpenAI-compatible server's
     calls pass one adaptive limit (concurrency.AdaptiveLimit), a provider's one CallSlots of
-    PROVIDER_CALLS, a GGUF model's one of GGUF_CALLS; a number N is one CallSlots of N."""
+    PROVIDER_CALLS, a GGUF model's one of GGUF_CALLS; a number N is one CallSlots of N. ``burst``: the
+    most calls the verb sends at once, when it knows (optimize: a step's m x |D| dev evolutions), where
+    an adaptive limit starts instead of at INITIAL: slow start from 8 doubles per round trip, 5 round
+    trips to 250 calls, and a run of a few bursts pays them at every start (2.5 s of an optimize run's
+    5 s critical path at 500 ms per call, measured); a server that takes fewer refuses the first burst,
+    once, and the limit is cut to what it sustains from there."""
     for settings, flag in roles:
         backends.check(settings, flag)
     backends.configure_cache(cache_dir, memory=memory)
@@ -43,7 +48,7 @@ def build_roles(*roles: tuple[RoleSettings, str], cache_dir: str | None, concurr
         where = (adapted.api_base, adapted.model)
         gate = None
         if concurrency == AUTO and backends.openai_compatible_server(adapted):
-            gate = gates.setdefault(where, AdaptiveLimit())
+            gate = gates.setdefault(where, AdaptiveLimit(max(INITIAL, burst or 0)))
         llm = backends.build(adapted, concurrency=concurrency, cache=cache, gate=gate)
         if gate is None:
             size = concurrency if concurrency != AUTO else \

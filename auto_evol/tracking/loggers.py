@@ -360,13 +360,28 @@ class EvolveLogger(Observer):
 
 
 class CompareLogger(Observer):
-    """A comparison in MLflow (one run with the report folder's files: see ``log_compare``)."""
+    """A comparison in MLflow (one run with the report folder's files: see ``log_compare``). The store is
+    opened at the start on a thread of its own (a first run makes and migrates it, ~2 s, and importing
+    MLflow takes ~1 s), beside the comparison's calls; ``finish`` waits for it, then logs."""
 
     def start(self, options, *, out: Path, **_) -> None:
+        import threading
+
         self.options, self.out = options, out
+        self.opened: BaseException | None = None
+        self.opening = threading.Thread(target=self._open, name="auto-evol-store", daemon=True)
+        if options.track:
+            self.opening.start()
+
+    def _open(self) -> None:
+        try:
+            store.client()
+        except BaseException as exc:  # noqa: BLE001 - finish() opens it again and raises it there
+            self.opened = exc
 
     def finish(self, summary) -> None:
         if self.options.track:
+            self.opening.join()
             self.run_id = log_compare(self.options, summary.to_dict(), self.out)
 
 

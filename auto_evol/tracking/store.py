@@ -27,6 +27,12 @@ KIND_TAG = "auto_evol.kind"
 PARENT_TAG = "mlflow.parentRunId"
 OPTIMIZE_RUN_TAG = "auto_evol.optimize_run"  # on an optimize run, its steps and their candidates: one filter finds all
 
+# MLflow's usage telemetry is off unless the user turned it on (MLFLOW_DISABLE_TELEMETRY=false): a run
+# of auto-evol sends nothing about itself anywhere, and without a network MLflow's telemetry thread
+# held every run's exit for ~0.9 s (its config fetch timing out; measured with py-spy). Set before
+# MLflow is imported (every import of it in auto-evol comes after this module's).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")

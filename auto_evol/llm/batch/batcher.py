@@ -10,7 +10,7 @@ seconds, growing to a minute), reads the results and settles each call with a ``
 the result's usage). Evolve keeps a whole wave in flight, so a round is three batches: the evolutions, the
 information-gain verdicts, the answers. Optimize batches its dev evaluation (the evol role; trajectories and
 the optimizer stay online) and compare its rounds and difficulty judge, each such phase with all its items
-in flight on one event loop (runner.Runner.amap): two batches a phase, evolutions then answers.
+in flight on one event loop (optimize's and compare's): a batch a wave, evolutions then answers.
 
 Providers (batch_providers.py), one row each of ``PROVIDERS``, chosen from the model string: ``openai/...`` (OpenAI, or any
 OpenAI-compatible server offering the Files and Batches APIs at ``--api-base``: a JSONL file uploaded with
