@@ -12,6 +12,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -68,17 +69,28 @@ def structured_reply(text: str, schema: dict) -> str:
     return json.dumps({**{k: "-" for k in keys[:-1]}, keys[-1]: result})
 
 
+class _Server(ThreadingHTTPServer):
+    """A listen queue deep enough for a client's first burst (socketserver's default holds 5 connections:
+    the rest were reset, and the client saw 'Server disconnected')."""
+    request_queue_size = 512
+    daemon_threads = True
+
+
 class FakeOpenAI:
     """``schemas``: honour response_format json_schema (else ignore it, as some servers do);
     ``refuse_schemas``: answer 400 to any request with a response_format. Reasoning model names
     (o1..o9, gpt-5...) get 400 for any temperature other than 1, as OpenAI answers."""
 
-    def __init__(self, latency: float = 0.0, *, schemas: bool = False, refuse_schemas: bool = False,
-                 basic_auth: str | None = None) -> None:
+    def __init__(self, latency: float | Callable[[dict], float] = 0.0, *, schemas: bool = False,
+                 refuse_schemas: bool = False, basic_auth: str | None = None,
+                 reply: Callable[[dict], str] | None = None) -> None:
         """``basic_auth`` ("user:password"): answer 401 to a request without that Basic Authorization,
         as a server behind a password does. Set ``failing`` to answer every request 500 (with
-        Retry-After: 0, so a client's retries are quick) until it is cleared."""
+        Retry-After: 0, so a client's retries are quick) until it is cleared. ``latency``: seconds per
+        request, or a function of the request's body; ``reply``: the reply's text from the request's
+        body instead of ``world`` (the last message's text)."""
         self.latency = latency
+        self.reply = reply
         self.failing = False
         self.basic_auth = basic_auth
         self.calls = 0
@@ -97,8 +109,9 @@ class FakeOpenAI:
                     outer.calls += 1
                     outer.auth.add(self.headers.get("Authorization", ""))
                     outer.bodies.append(body)
-                if outer.latency:
-                    time.sleep(outer.latency)
+                wait = outer.latency(body) if callable(outer.latency) else outer.latency
+                if wait:
+                    time.sleep(wait)
                 if outer.failing or (outer.basic_auth is not None and self.headers.get("Authorization") !=
                                      "Basic " + base64.b64encode(outer.basic_auth.encode()).decode()):
                     status = 500 if outer.failing else 401
@@ -129,7 +142,7 @@ class FakeOpenAI:
                 prompt = body["messages"][-1]["content"]
                 if isinstance(prompt, list):
                     prompt = "".join(part.get("text", "") for part in prompt)
-                text = world(prompt)
+                text = outer.reply(body) if outer.reply is not None else world(prompt)
                 fmt = body.get("response_format") or {}
                 if schemas and fmt.get("type") == "json_schema":
                     text = structured_reply(text, fmt["json_schema"]["schema"])
@@ -145,7 +158,7 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.handle_error = lambda request, address: None  # a client killed mid-reply is expected
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

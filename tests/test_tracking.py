@@ -118,7 +118,9 @@ def cli(args, cwd, **popen):
 
 def test_a_run_killed_mid_step_resumes_to_the_same_e_star(project, tmp_path):
     cache = tmp_path / "cache"
-    with FakeOpenAI(latency=0.02) as fake:
+    # 100 ms a call: with no phase barriers the whole run took well under the time the test needs to
+    # see step 1's checkpoint at 20 ms, so the kill came after its end.
+    with FakeOpenAI(latency=0.1) as fake:
         args = ["optimize", "--data", "questions.jsonl", "--init-method", "init.md", "--steps", "3", "-m", "2",
                 "--batch-size", "3", "--dev-size", "8", "--seed", "1", "--evol-model", "openai/fake",
                 "--optimizer-model", "openai/fake", "--api-base", fake.base, "--cache-dir", str(cache),

@@ -202,6 +202,7 @@ class Llm:
         # Unseeded request configs, reused (see _request): building lm15.Config and the reply format's
         # schema anew cost ~30 us per evol call, profiled; a role needs only a few of them.
         self._configs: dict = {}
+        self._flying: dict[tuple, asyncio.Future] = {}   # the async calls in flight, by what they ask
         self.gate = None    # concurrency.AdaptiveLimit its HTTP calls pass (--concurrency auto, OpenAI-compatible)
         self.slots = None   # concurrency.CallSlots its async calls pass (every other limit)
 
@@ -309,7 +310,21 @@ class Llm:
 
     async def aask(self, prompt: str, *, rollout: int | None = None, reply_format=None,
                    history: tuple[str, ...] = (), temperature: float | None = None) -> Reply:
-        """``ask`` for asyncio code: many calls in flight on one thread."""
+        """``ask`` for asyncio code: many calls in flight on one thread. A call the same as one in flight
+        (two candidates' evolutions of a dev item that read alike, answered alike) waits for it and then
+        asks: the reply cache answers it, as it did when calls went one at a time (otherwise both went to
+        the server and were paid for twice; a run without a cache asks again)."""
+        key = (prompt, rollout, reply_format, history, temperature)
+        while (leader := self._flying.get(key)) is not None:
+            await asyncio.wait({leader})
+        self._flying[key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._aask(prompt, rollout, reply_format, history, temperature)
+        finally:
+            self._flying.pop(key).set_result(None)
+
+    async def _aask(self, prompt: str, rollout: int | None, reply_format, history: tuple[str, ...],
+                    temperature: float | None) -> Reply:
         import dspy
 
         fmt, bounded, request, kwargs = self._prepare(prompt, rollout, reply_format, history, temperature)
@@ -320,8 +335,7 @@ class Llm:
                     response = await self._lm.acall(request, **kwargs)
         except Exception as exc:
             self._after_failure(exc, fmt, bounded, started)
-            return await self.aask(prompt, rollout=rollout, reply_format=reply_format, history=history,
-                                   temperature=temperature)
+            return await self._aask(prompt, rollout, reply_format, history, temperature)
         return self._reply(response, tracker, started, fmt)
 
     async def aclose(self) -> None:
