@@ -590,8 +590,11 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
                 # MLflow store is opened (on a first run: made and migrated, ~2 s) while the first calls go.
                 queued = Queued(heard)
                 try:
-                    queued.start(options, split=split, init=init, next_step=state.next_step if state else 1,
-                                 calls=concurrency_mod.in_flight(evol, optimizer))
+                    # --trace: DSPy's settings take the MLflow callback only from the thread that configured
+                    # them, this one, so that run starts here.
+                    (heard if options.trace else queued).start(
+                        options, split=split, init=init, next_step=state.next_step if state else 1,
+                        calls=concurrency_mod.in_flight(evol, optimizer))
                     if options.batch:
                         queued.drain()   # the batch journal is named for the run
                     batched = _batched(options, evol, queued.run_id)
