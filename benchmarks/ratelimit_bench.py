@@ -102,7 +102,7 @@ def settle_time(samples) -> tuple[float | None, float | None]:
     return settled, median
 
 
-def run(base: str, work: Path, items: int, concurrency, timeout: float = 60.0):
+def run(base: str, work: Path, items: int, concurrency, timeout: float = 60.0, judge: bool = True):
     import dspy  # noqa: F401 - imported before the clock starts
 
     from auto_evol.evolve import EvolveOptions, evolve
@@ -110,7 +110,7 @@ def run(base: str, work: Path, items: int, concurrency, timeout: float = 60.0):
     data = work / "seeds.jsonl"
     write_seeds(data, items)
     options = EvolveOptions(data=str(data), out=str(work / "out.jsonl"), methods=["evol-instruct"], rounds=1,
-                            evol_model="openai/fake", api_base=base, judge=True, concurrency=concurrency,
+                            evol_model="openai/fake", api_base=base, judge=judge, concurrency=concurrency,
                             timeout=timeout, cache_dir=None, track=False, max_error_rate=1.0)
     watch = Watch()
     result = evolve(options, observers=[watch])
@@ -118,28 +118,39 @@ def run(base: str, work: Path, items: int, concurrency, timeout: float = 60.0):
     return result, watch, sum(r.get("reason") == "llm_error" for r in rejects)
 
 
-def ceiling(items: int) -> None:
+def ceiling(items: int, judge: bool = True) -> None:
     with Server("--latency", "0.05") as server, tempfile.TemporaryDirectory() as tmp:
-        result, watch, _ = run(server.base, Path(tmp), items, 64)
+        result, watch, _ = run(server.base, Path(tmp), items, 64, judge=judge)
     calls = sum(u["calls"] for u in result.calls.values())
     seconds = watch.ended - watch.begun
     print(f"machine ceiling: no rate limit, concurrency 64, 50 ms: {calls} calls in {seconds:.2f} s = "
           f"{calls / seconds:.0f} calls/s (2 shared cores; the rate-limited runs below need 200/s)")
 
 
-def limited(rate: float, items: int, concurrency, retry_after: str) -> dict:
-    with Server("--latency", "0.05", "--rate", str(rate), "--retry-after", retry_after) as server, \
+SHAPES = {   # --shapes NAME: the fake server's arguments (R = --rate; the in-flight cap: R x 50 ms calls)
+    "bucket": lambda rate: ["--limiter", "bucket", "--rate", str(rate)],
+    "fixed": lambda rate: ["--limiter", "fixed", "--rate", str(rate)],
+    "sliding": lambda rate: ["--limiter", "sliding", "--rate", str(rate)],
+    "inflight503": lambda rate: ["--limiter", "inflight", "--max-in-flight", str(round(rate * 0.05)),
+                                 "--refuse-status", "503"],
+    "inflight429": lambda rate: ["--limiter", "inflight", "--max-in-flight", str(round(rate * 0.05))],
+}
+
+
+def limited(rate: float, items: int, concurrency, retry_after: str, shape: str = "bucket",
+            judge: bool = True) -> dict:
+    with Server("--latency", "0.05", *SHAPES[shape](rate), "--retry-after", retry_after) as server, \
             tempfile.TemporaryDirectory() as tmp:
-        result, watch, lost = run(server.base, Path(tmp), items, concurrency)
+        result, watch, lost = run(server.base, Path(tmp), items, concurrency, judge=judge)
     counts = server.counts()
     seconds = watch.ended - watch.begun
     ok, throttled = counts.get("ok", 0), counts.get("429", 0)
     settled, median = settle_time(watch.samples)
-    row = {"concurrency": concurrency, "retry_after": retry_after, "seconds": round(seconds, 2), "answered": ok,
+    row = {"shape": shape, "concurrency": concurrency, "retry_after": retry_after, "seconds": round(seconds, 2), "answered": ok,
            "calls_per_s": round(ok / seconds, 1), "share_of_rate": round(ok / seconds / rate, 3),
            "share_429": round(throttled / max(1, ok + throttled), 4), "attempts_429": throttled,
            "failed_for_good": lost, "settle_s": settled, "settled_at": median}
-    label = f"--concurrency {concurrency}"
+    label = f"{shape} --concurrency {concurrency}"
     print(f"{label:<20} Retry-After {retry_after:<8} {ok} calls in {seconds:6.2f} s = {ok / seconds:6.1f} calls/s = "
           f"{ok / seconds / rate:.3f} of R; 429s {throttled} = {row['share_429']:.2%} of attempts; "
           f"items failed for good (llm_error) {lost}")
@@ -161,20 +172,29 @@ def main() -> None:
     parser.add_argument("--reference", type=int, default=12,
                         help="also run this fixed concurrency: the best hand-picked one here (R x the ~60 ms a "
                              "call takes on this machine) [default: 12; 0 skips it]")
+    parser.add_argument("--shapes", nargs="+", default=["bucket"], choices=[*SHAPES, "all"],
+                        help="the limiters to run against [default: bucket]; all: every one")
+    parser.add_argument("--answers", action="store_true",
+                        help="evolve and answer, no judge (2 calls an item), as issue 26's table")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    items = args.calls // 3
-    print(f"rate limit R = {args.rate:g} requests/s, latency 50 ms, {items} items x 3 calls, one round")
-    ceiling(items)
+    per_item = 2 if args.answers else 3
+    items = args.calls // per_item
+    judge = not args.answers
+    shapes = list(SHAPES) if "all" in args.shapes else args.shapes
+    print(f"rate limit R = {args.rate:g} requests/s, latency 50 ms, {items} items x {per_item} calls, one round")
+    ceiling(items, judge)
     rows = []
     kinds = ["seconds", "none"] if args.retry_after == "both" else [args.retry_after]
-    for kind in kinds:
-        rows.append(limited(args.rate, items, "auto", kind))
+    for shape in shapes:
+        for kind in kinds:
+            rows.append(limited(args.rate, items, "auto", kind, shape, judge))
+    for kind in kinds if shapes == ["bucket"] else []:
         if not args.no_fixed:
-            rows.append(limited(args.rate, items, 64, kind))
+            rows.append(limited(args.rate, items, 64, kind, judge=judge))
             if args.reference:
-                rows.append(limited(args.rate, items, args.reference, kind))
-            rows.append(limited(args.rate, items // 3, 4, kind))
+                rows.append(limited(args.rate, items, args.reference, kind, judge=judge))
+            rows.append(limited(args.rate, items // 3, 4, kind, judge=judge))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -1,39 +1,35 @@
-"""How many LLM calls to keep in flight when the provider's limit is unknown (``--concurrency auto``).
+"""How many LLM calls to keep in flight, and how fast to start them, when the provider's limit is
+unknown (``--concurrency auto``).
 
-An ``AdaptiveLimit`` gates every HTTP attempt to one server and model (DSPy's retries included) and
-moves its limit by what comes back. The rule is TCP's (slow start, then additive increase and
-multiplicative decrease), with what a rate limit needs on top:
+An ``AdaptiveLimit`` gates every HTTP attempt to one server and model and moves by what comes back.
+Servers and gateways limit in two ways, and one knob cannot serve both:
 
-- slow start: from ``initial`` (8), each success of a call started while the limit binds adds one,
-  so the limit doubles per round trip, until the first throttle (HTTP 429 or 503);
-- then growth by one per round trip (1/limit per success), or by 5% per round trip once that is
-  more (past 20), so a limit of hundreds on slow LLM calls is found in tens of round trips;
-- a throttle cuts the limit at most once per window: only a call started after the last cut can cut
-  it again, so a burst of 429s answers one excess, not many (and only such calls make it grow). The
-  cut is to 3/4 (1/2 at the end of slow start, as in TCP), and no higher than what the server just
-  sustained: the successes' summed latency over the last (up to 16) round trips of steady sending
-  divided by that span (Little's law). A token bucket's burst lets slow start run far past the
-  limit before the first 429; the measured level brings it back in one cut instead of several;
-- after a cut the limit stays under a ceiling (one under the throttled limit, and not above the
-  measured level rounded up; one lower again if it is throttled there) for 16 round trips, or for
-  20 x the Retry-After when that is longer, then probes upward again. Probing provokes the next
-  429, and an honoured Retry-After stops every start: spacing the probes keeps those pauses under
-  ~5% of the time (``PROBE_COST``). A server that answers "Retry-After: 1" at 200 calls/s would
-  otherwise stop the run for a second every few round trips;
-- a Retry-After is waited out by the throttled call itself (DSPy's retry); it holds every new start
-  too (60 s at most; calls in flight go on) only when the cuts do not help: refused three times in a
-  row while held, or at the minimum. Holding every start on each 429 cost a token bucket with
-  "Retry-After: 1" a second per probe (0.81 of its rate); holding after two refusals in a row still
-  0.88-0.92 (a burst draws two now and then), after three 0.944-0.953 with 1% refused;
-- the limit grows only while it binds (calls wait at the gate), so a phase that feeds fewer calls
-  than the limit does not inflate it. Bounds: ``minimum`` .. ``maximum`` (1 .. 512).
+- calls in flight (a local server's slots, a proxy's connection cap): a *window* of calls in flight,
+  clocked by completions, keeps every slot busy; the rule is TCP's (slow start from ``initial``,
+  doubling per round trip until the first refusal, then one more call per round trip);
+- requests per second (token buckets, fixed windows of the clock, sliding windows): a *pace* of starts
+  a second, even and fine-grained. A window cannot do it: at 200/s and 50 ms, 10 calls in flight give
+  182/s and 11 give 200/s, a 10% step, and a fixed window refuses the whole rest of its second once the
+  count is used up (the window rule held 0.75 of such a limit, 0.62 without Retry-After).
 
-Why these parts (a discrete-event simulation of a 200/s token bucket at 50 ms, 5,000 calls): plain
-AIMD halving on each throttle reached 0.88 of the rate with 2.4% of attempts refused; cutting to 3/4
-instead, 0.99 with 2.9%; with the hold, 0.98 with 0.9%. With "Retry-After: 1" honoured, AIMD without
-the hold reached 0.2-0.28 of the rate, one stop every few round trips. Against the real loopback
-server (benchmarks/ratelimit_bench.py) auto reached 0.93 of the rate with 1% refused, the best fixed
-number picked by hand 0.96 with 0.7%.
+Which limit refused is read from the refused call: sent with more calls in flight than any call that
+came back well in the last two seconds, the window is at fault (it goes back to that level and stays
+under it for 16 round trips, then probes one call higher); sent at a level that worked, the rate is.
+Then the pace goes to 95% of the rate the server took (answered calls over the last second, or over
+the run so far if shorter), or of the pace itself once one is set. The pace grows while calls wait for
+it: 4% a second near the pace of the last refusal (a probe about every two seconds, each costing a few
+refusals), 50% a second away from it (after a cold start's guess, or when the server allows more than
+it did). At most one cut per round trip, and only by calls sent after the last cut: a burst of
+refusals answers one excess, not many.
+
+A refused call is not a failed call (llm/http_engine.py sends it again, its Retry-After waited out,
+without spending a retry). Every start is held only when cuts do not help: refused in three round
+trips in a row while held under a cut, or at the minimum; then for the Retry-After (60 s at most),
+or without one for a round trip doubling per further refusal (one second at most), and probing waits
+20 x the Retry-After (``PROBE_COST``: each probe may cost a pause of every start).
+
+Measured against the loopback limiters of benchmarks/ratelimit_bench.py (200/s or 10 in flight, 50 ms,
+4,000 calls from a cold start, figures in its docstring and issue 26's note).
 
 Pure bookkeeping plus an asyncio gate: no I/O, and no clock but the one passed in (tests pass
 theirs). One limit is used from one event loop at a time (evolve runs one loop per phase, in turn).
@@ -50,14 +46,19 @@ from dataclasses import dataclass
 AUTO = "auto"
 MAXIMUM = 512          # calls in flight at most under auto (also the connection pool's size then)
 INITIAL = 8            # where a cold start begins
-BACKOFF = 0.75         # the limit after a throttle, as a share of the limit before it (at most)
-GROWTH = 0.05          # out of slow start the limit grows by 1, or by this share if more, per round trip
-HOLD_TRIPS = 16        # after a cut the limit stays under its ceiling for this many round trips, or for
-PROBE_COST = 0.05      # Retry-After / PROBE_COST seconds if longer: probes' pauses cost at most ~5%
+GROWTH = 0.05          # out of slow start the window grows by 1, or by this share if more, per round trip
+HOLD_TRIPS = 16        # after a cut, no probe for this many round trips
 MAX_PAUSE = 60.0       # a longer Retry-After holds new starts this long (the OpenAI SDK's bound too)
-STUBBORN = 3           # refusals in a row while held that make a Retry-After hold every start
-_SPAN_TRIPS = 16       # the measured level spans at most this many mean round trips
-_KEPT = 4096           # successes remembered for the measure
+BLIND_PAUSE = 1.0      # the longest hold of every start when the refusals name no Retry-After
+EXHAUSTED = 4          # calls in a row refused, none answered, that say the server takes nothing now
+STUBBORN = 3           # refused in this many round trips in a row while held: hold every start
+PACE_CUT = 0.95        # the pace after a refusal, as a share of the rate the server took
+PACE_NEAR = 0.04       # growth of the pace a second from 0.85 of the pace of the last refusal
+PACE_FAST = 1.0        # growth a second below it, or before a whole second was measured
+PACE_BURST = 0.02      # seconds of starts the pace lets go at once
+RATE_SPAN = 1.0        # seconds the server's rate is measured over (a fixed window's whole second)
+FIT_SPAN = 2.0         # seconds over which the levels of calls in flight that worked are remembered
+_KEPT = 4096           # successes remembered for the measures
 
 
 def parse(value) -> str | int:
@@ -84,30 +85,38 @@ def parse(value) -> str | int:
 
 @dataclass(frozen=True)
 class Slot:
-    """One attempt let through the gate: when it started, and how many cuts came before it."""
+    """One attempt let through the gate: when it started, how many cuts came before it, and how many
+    calls were in flight once it had started (itself included)."""
     started: float
     epoch: int
+    level: int = 0
 
 
 class AdaptiveLimit:
     def __init__(self, initial: int = INITIAL, minimum: int = 1, maximum: int = MAXIMUM, *,
-                 backoff: float = BACKOFF, clock=time.monotonic) -> None:
+                 clock=time.monotonic) -> None:
         if not 1 <= minimum <= maximum:
             raise ValueError("need 1 <= minimum <= maximum")
-        if not 0 < backoff < 1:
-            raise ValueError("need 0 < backoff < 1")
-        self.minimum, self.maximum, self.backoff, self.clock = minimum, maximum, backoff, clock
-        self.limit = float(min(max(initial, minimum), maximum))
-        self.threshold = math.inf      # slow start below it; set at the first throttle
+        self.minimum, self.maximum, self.clock = minimum, maximum, clock
+        self.limit = float(min(max(initial, minimum), maximum))   # the window: calls in flight
+        self.threshold = math.inf      # slow start below it; set at the first refusal
+        self.pace = math.inf           # starts a second; set at the first refusal of the rate
+        self.best: float | None = None  # the pace of the last refusal of the rate (fading by 10% a cut)
         self.epoch = 0                 # cuts so far
+        self.cut_at = -math.inf
         self.in_flight = 0
+        self.waiting = 0               # refused calls waiting to be sent again (the engine counts them)
         self.paused_until = -math.inf  # no new start before (Retry-After)
-        self.held_until = -math.inf    # no growth past ``cap`` before (set at each cut)
-        self.cap = math.inf
+        self.held_until = -math.inf    # no probing before (set at each cut)
+        self.cap = math.inf            # the window's ceiling while held
         self.successes = self.throttles = 0
-        self.strikes = 0               # refusals in a row, each while held after the cut before it
+        self.strikes = 0               # round trips in a row refused while held
         self.first_start: float | None = None
-        self._done: deque[tuple[float, float]] = deque(maxlen=_KEPT)   # (end, latency) of successes
+        self._done: deque[tuple[float, float, int]] = deque(maxlen=_KEPT)   # (end, latency, level)
+        self._sent = self._refused = 0   # calls sent and refused since the last cut or pause
+        self._blind = 0                  # pauses without a Retry-After since the last success
+        self._tokens = 1.0
+        self._tokens_at = self._paced_at = 0.0
         self._waiters: deque[asyncio.Future] = deque()
         self._timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
@@ -121,11 +130,24 @@ class AdaptiveLimit:
         """Seconds until new starts are allowed again (0 when they are)."""
         return max(0.0, self.paused_until - self.clock())
 
+    def _refill(self, now: float) -> float:
+        burst = max(1.0, self.pace * PACE_BURST)
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * self.pace)
+        self._tokens_at = now
+        return self._tokens
+
     def room(self) -> int:
         """How many more calls may start now."""
         if self.paused_until > -math.inf and self.paused_for() > 0:
             return 0
-        return max(0, self.current - self.in_flight)
+        window = max(0, self.current - self.in_flight)
+        if window == 0 or self.pace == math.inf:
+            return window
+        return min(window, int(self._refill(self.clock())))
+
+    def _next_token(self) -> float:
+        """Seconds until the pace lets the next call start."""
+        return max(0.0, (1.0 - self._tokens) / self.pace) if self.pace < math.inf else 0.0
 
     def start(self) -> Slot:
         """Count a call as started (the caller checked ``room``)."""
@@ -133,101 +155,186 @@ class AdaptiveLimit:
         now = self.clock()
         if self.first_start is None:
             self.first_start = now
-        return Slot(now, self.epoch)
+        if self.pace < math.inf:
+            self._refill(now)
+            self._tokens -= 1.0
+        self._sent += 1
+        return Slot(now, self.epoch, self.in_flight)
 
     def success(self, slot: Slot) -> None:
         """The call came back well."""
         now = self.clock()
         self.successes += 1
-        self._done.append((now, now - slot.started))
-        binding = self.in_flight + len(self._waiters) >= self.current
+        self._blind = 0
+        self._done.append((now, now - slot.started, slot.level))
+        full = self.in_flight + (len(self._waiters) if self.pace == math.inf else 0) >= self.current
         self.in_flight -= 1
         if now >= self.held_until:   # a hold went by without a refusal: the cuts helped
             self.strikes = 0
-        if slot.epoch == self.epoch and binding:
-            if self.limit < self.threshold:        # slow start: doubles per round trip
-                grown = self.limit + 1.0
-            else:                                  # one call or 1/20 more per round trip
-                grown = self.limit + max(1.0 / self.limit, GROWTH)
+        if slot.epoch == self.epoch:
+            if full:                  # the window binds: slow start doubles it per round trip, then +1
+                grown = self.limit + (1.0 if self.limit < self.threshold else max(1.0 / self.limit, GROWTH))
                 if now < self.held_until:
                     grown = min(grown, max(self.limit, self.cap))
-            self.limit = min(float(self.maximum), grown)
+                self.limit = min(float(self.maximum), grown)
+            elif self.pace < math.inf and self._waiters and now >= self.held_until:   # the pace binds
+                near = self.best is not None and self.pace >= 0.85 * self.best
+                rate = PACE_NEAR if near else PACE_FAST
+                self.pace *= 1.0 + rate * min(self._trip(), max(0.0, now - self._paced_at))
+        self._paced_at = now
         self._wake()
 
     def throttle(self, slot: Slot, retry_after: float | None = None) -> None:
-        """The server said slow down (429, 503); ``retry_after``: for how long, in seconds, if it said."""
+        """The server refused the call (429, or 503 of a limit); ``retry_after``: for how long, in
+        seconds, if it said."""
         now = self.clock()
         self.throttles += 1
-        self.in_flight -= 1
-        pause = min(retry_after, MAX_PAUSE) if retry_after is not None and retry_after > 0 else 0.0
-        # The refused call honours its Retry-After itself (DSPy waits it out before the retry). Every
-        # new start waits it out too only when cuts did not help: calls started after the last cut
-        # were refused three times in a row while the limit was held, or it is at its minimum. Pausing all
-        # starts on every 429 cost a token-bucket server's whole second per probe: 0.81 of its rate
-        # instead of 0.93 (benchmarks/ratelimit_bench.py, "Retry-After: 1" at 200 calls/s).
-        if slot.epoch == self.epoch:
-            # Refusals of calls started since the last cut, while the limit is held under its ceiling:
-            # a token bucket's bursts draw one or two such refusals now and then (not stubborn); a
-            # third in a row says the cuts do not help.
+        trip = self._trip()
+        self._release_later(max(0.0, slot.started + trip - now))
+        # The first refusal of a call sent since the last cut, one round trip after it at the soonest.
+        fresh = slot.epoch == self.epoch and now - self.cut_at >= trip
+        if fresh:
             self.strikes = self.strikes + 1 if now < self.held_until else 0
-        stubborn = slot.epoch == self.epoch and (self.strikes >= STUBBORN or self.limit <= self.minimum)
-        if slot.epoch == self.epoch:   # the first throttle of a call started since the last cut
-            level = self.sustained(now)
-            before = self.limit
-            starting = before < self.threshold
-            # Out of slow start the limit halves (the level a round trip ago got through), as in TCP.
-            cut = before * (0.5 if starting else self.backoff)
-            if level is not None:
-                cut = min(cut, level)
-            # The ceiling held for a while: one under the throttled limit, and not above the level the
-            # server sustained (not known in slow start, where the measure spans the climb); one lower
-            # again when the limit was throttled while held under it.
-            ceiling = before - 1.0
-            if level is not None and not starting:
-                ceiling = min(ceiling, math.ceil(level))
-            if now < self.held_until:
-                ceiling = min(ceiling, self.cap - 1.0)
-            self.cap = max(float(self.minimum), ceiling)
-            # Probes are spaced by 16 round trips, or by 20 x a Retry-After that stops every start.
-            self.held_until = now + max(pause / PROBE_COST if stubborn else 0.0, HOLD_TRIPS * self._trip())
-            self.limit = min(float(self.maximum), max(float(self.minimum), min(cut, self.cap)))
-            self.threshold = self.limit
-            self.epoch += 1
-        if pause and stubborn and now + pause > self.paused_until:
-            self.paused_until = now + pause
-            self._schedule_wake(pause)
+            self._cut(slot, now)
+        if slot.epoch == self.epoch:
+            self._refused += 1
+        # Every start is held when the cuts do not help (refused while held, three round trips in a row),
+        # at the minimum, or when the server takes nothing now: a round trip's worth of calls sent since
+        # the last cut or pause (4 at least) were all refused and none waits for its answer (a fixed
+        # window's count used up; a token bucket over its rate refuses some and answers others; a fixed
+        # window refuses the last milliseconds of its second after a probe, fewer calls, and answers
+        # again at once). Refusals come back at once: in slow start each freed slot was refused again,
+        # 290 in the first half second, until the rule saw it.
+        trip_calls = min(self.current, self.pace * trip) if self.pace < math.inf else EXHAUSTED
+        exhausted = self._refused >= max(EXHAUSTED, trip_calls) and self._refused == self._sent
+        stubborn = (fresh and (self.strikes >= STUBBORN or self.current <= self.minimum)) or exhausted
+        if exhausted:
+            # Nothing taken: the pace is no more than what the last whole second took (a fixed window's
+            # count comes at once: the rate of its last round trips was twice too much or more).
+            second = sum(1 for end, _, _ in self._done if end > now - RATE_SPAN) / RATE_SPAN
+            if second > 0:
+                self.pace = max(0.1, min(self.pace, second * PACE_CUT))
+                self.best = second if self.best is None else min(self.best, max(second, self.pace))
+                self._tokens = min(self._tokens, 1.0)
+        if stubborn:
+            if retry_after is not None and retry_after > 0:
+                pause = min(retry_after, MAX_PAUSE)
+            else:   # no word on how long: a round trip, doubling while nothing is answered in between
+                pause = min(BLIND_PAUSE, max(trip, 0.01) * 2 ** self._blind)
+                self._blind += 1
+            if now + pause > self.paused_until:
+                self.paused_until = now + pause
+                self._schedule_wake(pause)
+            self._sent = self._refused = 0
         self._wake()
+
+    def _cut(self, slot: Slot, now: float) -> None:
+        fit = self.fit(now)
+        hold = HOLD_TRIPS
+        if fit is None:                       # nothing came back yet: slow start ends, halved
+            self.limit = max(float(self.minimum), self.limit / 2)
+            self.cap, hold = self.limit, HOLD_TRIPS // 4
+        elif slot.level > fit:                # more in flight than ever worked: the window's fault
+            self.limit = max(float(self.minimum), min(self.limit, float(fit)))
+            self.cap, hold = self.limit, HOLD_TRIPS // 4
+        else:                                 # a level that worked: the rate's
+            taken, _ = self.taken(now)
+            if self.pace == math.inf:
+                # A cold start's first pace: half the rate its last round trips took (slow start's
+                # halving: that rate was reached by doubling).
+                base = taken * 0.5 / PACE_CUT if taken is not None else math.inf
+            elif taken is not None and taken < 0.7 * self.pace:
+                base = taken                  # a pace far above what the server takes
+                if now >= self.held_until:
+                    self.best = max(taken, (self.best or 0.0) * 0.9)
+            else:
+                base = self.pace
+                # The pace of this refusal, an upper bound of the server's rate: the slow growth starts
+                # under it. It fades by 10% a probe, so a server that allows less is followed; the cuts
+                # that follow within the hold (a bucket's debt) leave it.
+                if now >= self.held_until or self.best is None:
+                    self.best = max(self.pace, (self.best or 0.0) * 0.9)
+            if base < math.inf:
+                self.pace = max(0.1, base * PACE_CUT)
+                self._tokens = min(self._tokens, 1.0)
+        self.threshold = min(self.threshold, self.limit)
+        self.held_until = max(self.held_until, now + hold * self._trip())
+        self.epoch += 1
+        self.cut_at = now
+        self._sent = self._refused = 0
+
+    def _release_later(self, delay: float) -> None:
+        """A refused call keeps its place in the window until a round trip after it was sent, as a lost
+        packet does in TCP: refusals come back at once, and a freed place taken again at once was
+        refused again at once (168 refusals in 60 ms at a cold start's window of 64). Outside an event
+        loop (the rule's tests) it is freed at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or delay <= 0:
+            self.in_flight -= 1
+            return
+
+        def release() -> None:
+            self.in_flight -= 1
+            self._wake()
+
+        loop.call_later(delay, release)
 
     def failure(self, slot: Slot) -> None:
-        """Any other end (an error that is no throttle, a cancelled call): the limit stays."""
+        """Any other end (an error that is no refusal, a cancelled call): the limit stays."""
         self.in_flight -= 1
         self._wake()
 
-    def sustained(self, now: float | None = None) -> float | None:
-        """Calls the server kept in flight, on average, since sending last became steady (one round
-        trip after the first start or the last pause), over at most ``_SPAN_TRIPS`` round trips: the
-        summed latency of the successes that ended in that span over its length (Little's law).
-        None when that span is under two round trips: the measure would fall short."""
-        if not self._done:
-            return None
+    def fit(self, now: float | None = None) -> int | None:
+        """The most calls in flight under which a call came back well in the last ``FIT_SPAN`` s."""
         now = self.clock() if now is None else now
-        trip = self._trip()
-        since = max(max(self.first_start or 0.0, self.paused_until) + trip, now - _SPAN_TRIPS * trip)
-        if trip <= 0 or now - since < 2 * trip:
-            return None
-        busy = 0.0
-        for end, latency in reversed(self._done):
-            if end <= since:
+        best = None
+        for end, _, level in reversed(self._done):
+            if end < now - FIT_SPAN:
                 break
-            busy += latency
-        return busy / (now - since)
+            best = level if best is None else max(best, level)
+        return best
+
+    def taken(self, now: float | None = None) -> tuple[float | None, float]:
+        """(calls a second the server answered well over the last ``RATE_SPAN`` s, or since the first
+        start or the last pause when shorter, two round trips at least; that span). None before any."""
+        if not self._done:
+            return None, 0.0
+        now = self.clock() if now is None else now
+        # Since the first start or the end of the last pause of every start (a pause is ours, not the
+        # server's rate).
+        since = max(self.first_start or now, self.paused_until)
+        span = min(RATE_SPAN, max(now - since, 2 * self._trip()))
+        if span <= 0:
+            return None, 0.0
+        count = 0
+        for end, _, _ in reversed(self._done):
+            if end <= now - span:
+                break
+            count += 1
+        return count / span, span
+
+    def answering(self, now: float | None = None) -> bool:
+        """Whether a call came back well lately (a 503 then is a limit's, not an outage's)."""
+        if not self._done:
+            return False
+        now = self.clock() if now is None else now
+        return now - self._done[-1][0] <= max(2.0, 4 * self._trip())
+
+    def retry_wait(self, refusals: int) -> float:
+        """How long a call refused ``refusals`` times in a row without a Retry-After waits before it is
+        sent again (through the gate): a round trip or a pace's interval, doubling, 2 s at most."""
+        base = max(self._trip(), 1.0 / self.pace if self.pace < math.inf else 0.0, 0.01)
+        return min(2.0, base * 2 ** max(0, refusals - 1))
 
     def _trip(self) -> float:
         """The mean latency of the last 64 successes (0 before any)."""
         if not self._done:
             return 0.0
-        recent = list(self._done)[-64:]
-        return sum(latency for _, latency in recent) / len(recent)
+        n = min(64, len(self._done))
+        return sum(self._done[-i - 1][1] for i in range(n)) / n
 
     # --- the asyncio gate -------------------------------------------------------------------------
     async def acquire(self) -> Slot:
@@ -236,8 +343,7 @@ class AdaptiveLimit:
             return self.start()
         future = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
-        if self.paused_for() > 0:
-            self._schedule_wake(self.paused_for())
+        self._wake()
         try:
             return await future
         except asyncio.CancelledError:
@@ -251,12 +357,18 @@ class AdaptiveLimit:
             raise
 
     def _wake(self) -> None:
-        room = self.room() if self._waiters else 0
+        if not self._waiters:
+            return
+        room = self.room()
         while room > 0 and self._waiters:
             future = self._waiters.popleft()
             if not future.done():
                 future.set_result(self.start())
-                room -= 1
+                room = self.room()
+        if self._waiters:   # held by a pause or by the pace: wake them when it lets the next one go
+            delay = self.paused_for() or (self._next_token() if self.in_flight < self.current else 0.0)
+            if delay > 0:
+                self._schedule_wake(delay)
 
     def _schedule_wake(self, delay: float) -> None:
         """Wake the waiters once a pause has passed (on the running loop; none outside one)."""
@@ -271,10 +383,7 @@ class AdaptiveLimit:
 
         def fire() -> None:
             self._timer = None
-            if self.paused_for() > 0:
-                self._schedule_wake(self.paused_for())
-            else:
-                self._wake()
+            self._wake()
 
         self._timer = (loop, loop.call_later(delay, fire))
 
@@ -326,4 +435,15 @@ def in_flight(*llms) -> Callable[[], str] | None:
                    if x is not None}.values())
     if not limits:
         return None
-    return lambda: f"{sum(x.in_flight for x in limits)} in flight, limit {sum(x.current() for x in limits)}"
+
+    def line() -> str:
+        text = f"{sum(x.in_flight for x in limits)} in flight, limit {sum(_current(x) for x in limits)}"
+        waiting = sum(getattr(x, "waiting", 0) for x in limits)
+        if waiting or any(getattr(x, "paused_for", lambda: 0)() for x in limits):
+            text += f", waiting for the server's limit ({waiting} refused)"
+        return text
+    return line
+
+
+def _current(limit) -> int:
+    return limit.current if isinstance(limit.current, int) else limit.current()

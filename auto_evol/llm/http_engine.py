@@ -13,6 +13,7 @@ import asyncio
 import http.client
 import json
 import os
+import random
 import threading
 import time
 import urllib.parse
@@ -24,6 +25,8 @@ except ImportError:  # pragma: no cover
     _orjson_dumps = None
 
 from ..core.secrets import split_credentials
+
+MAX_REFUSED = 900.0   # seconds one call may be refused by the server's limit before it counts as failed
 
 
 def _json_bytes(value) -> bytes:
@@ -196,6 +199,41 @@ class AsyncOpenAICompatEngine:
         return session
 
     async def complete(self, request):
+        """One call: its refusals by the server's limit (a 429, or a 503 while the server answers other
+        calls or names a Retry-After) are sent again here, each after its Retry-After or a short wait,
+        for as long as ``MAX_REFUSED`` seconds: a limit, however tight, delays an item but never fails
+        it and never spends one of DSPy's retries (at 5 requests/s, 5 of 100 items once ended as
+        llm_error after DSPy's four retries). Any other error goes to DSPy's retries as before."""
+        refusals, first_refused = 0, None
+        while True:
+            status, text, retry_after = await self._attempt(request)
+            gate = self.limit
+            refused = status == 429 or (status == 503 and (retry_after is not None or
+                                                           (gate is not None and gate.answering())))
+            if not refused:
+                break
+            now = time.monotonic()
+            first_refused = now if first_refused is None else first_refused
+            if now - first_refused >= MAX_REFUSED:
+                break   # refused for a quarter of an hour: DSPy's retries, then the item's llm_error
+            refusals += 1
+            if retry_after is not None:
+                wait = min(retry_after, MAX_REFUSED)
+            elif gate is not None:
+                wait = gate.retry_wait(refusals) * random.uniform(0.5, 1.5)
+            else:   # no gate (a fixed --concurrency): DSPy's own backoff, 1 s doubling, 30 s at most
+                wait = min(30.0, 2.0 ** (refusals - 1)) * random.uniform(0.5, 1.5)
+            if gate is not None:
+                gate.waiting += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                if gate is not None:
+                    gate.waiting -= 1
+        return _result(status, text, retry_after, request.model)
+
+    async def _attempt(self, request) -> tuple[int, str, float | None]:
+        """One HTTP attempt through the gate: (status, body, the wait a refusal asked for)."""
         import aiohttp
         from dspy import lm15
 
@@ -214,14 +252,14 @@ class AsyncOpenAICompatEngine:
         except aiohttp.ClientError as exc:
             raise lm15.TransportError(f"connection failed: {exc}") from None
         finally:
-            if slot is not None:   # a 429 / 503 slows the gate down; DSPy retries the call after its wait
-                if status in (429, 503):
+            if slot is not None:
+                if status == 429 or (status == 503 and (retry_after is not None or gate.answering())):
                     gate.throttle(slot, retry_after)
                 elif status is not None and status < 300:
                     gate.success(slot)
                 else:
                     gate.failure(slot)
-        return _result(status, text, retry_after, request.model)
+        return status, text, retry_after
 
     async def stream(self, request):
         from dspy import lm15
