@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import subprocess
 import sys
 import time
@@ -42,98 +43,146 @@ def round_trip(limit: AdaptiveLimit, clock: Clock, slots: list) -> list:
     return window
 
 
-def test_slow_start_doubles_per_window_then_growth_is_one_per_window():
+def test_slow_start_doubles_per_window_then_growth_is_about_one_per_window():
     clock = Clock()
     limit = AdaptiveLimit(initial=4, clock=clock)
     window = full_window(limit)
     for expected in (8, 16, 32):
         window = round_trip(limit, clock, window)
         assert limit.current == expected == len(window)
-    # A throttle ends slow start; from then on a whole window of successes adds one.
-    limit.throttle(window.pop())
+    # Refused with 32 in flight where nothing above 16 has come back yet: the window's fault. Slow start
+    # ends at the level that worked, and no pace is set (the rate was not at fault).
+    refused = window.pop()
+    assert refused.level == 32 and limit.fit() == 16
+    limit.throttle(refused)
+    assert limit.current == 16 and limit.threshold == 16 and limit.pace == math.inf
     clock.now += 100                        # past the hold that follows the cut
     for slot in window:                     # started before the cut: they neither grow nor cut it
         limit.success(slot)
-    after = limit.current
+    after = limit.limit
+    assert after == 16
     window = round_trip(limit, clock, full_window(limit))
-    assert limit.current == after + 1
+    window = round_trip(limit, clock, window)
+    assert limit.limit == pytest.approx(after + 2, abs=0.15)    # two windows of successes: about +2
 
 
-def test_a_burst_of_429s_cuts_once_per_window_and_later_calls_cut_again():
-    limit = AdaptiveLimit(initial=16, clock=Clock())
+def test_refusals_cut_once_per_round_trip():
+    clock = Clock()
+    limit = AdaptiveLimit(initial=16, clock=clock)
     window = full_window(limit)
-    for slot in window:          # every call of the window throttled: one cut (halving out of slow start)
+    for slot in window:          # every call refused and none answered: one cut (slow start halved)
         limit.throttle(slot)
     assert limit.current == 8 and limit.epoch == 1
     later = full_window(limit)
-    limit.throttle(later[0])     # a call started after the cut: cuts again, by a quarter
-    assert limit.current == 6 and limit.epoch == 2
-    for slot in later[1:]:
-        limit.throttle(slot)
-    assert limit.current == 6
+    limit.throttle(later[0])     # sent after the cut, but refused within the same instant: no new cut
+    assert limit.epoch == 1
+    clock.now += concurrency.COLD_TRIP * 1.01            # a call sent after the cut and refused a round trip later cuts again
+    limit.throttle(later[1])
+    assert limit.epoch == 2 and limit.current == 4
 
 
-def test_no_growth_when_the_limit_does_not_bind_or_the_call_started_before_a_cut():
+def rate_bound(limit: AdaptiveLimit, clock: Clock, seconds: float, level: int = 4, latency: float = 0.05):
+    """``level`` calls of ``latency`` always in flight for ``seconds``: all answered well."""
+    for _ in range(int(seconds / latency)):
+        slots = [limit.start() for _ in range(level)]
+        clock.now += latency
+        for slot in slots:
+            limit.success(slot)
+
+
+def test_a_refusal_at_a_level_that_worked_sets_a_pace_and_the_pace_spaces_the_starts():
+    clock = Clock()
+    limit = AdaptiveLimit(initial=64, clock=clock)
+    rate_bound(limit, clock, 2.0)                # 4 in flight at 50 ms: 80 answered calls a second
+    assert limit.taken()[0] == pytest.approx(80, rel=0.05)
+    limit.throttle(limit.start())                # one call, at level 1: the rate refused it
+    assert limit.current == 64                   # the window stays
+    assert limit.pace == pytest.approx(40, rel=0.05)    # a cold start's first pace: half the rate taken
+    # The pace lets a burst of 2% of a second go (at least one call), then one call per 1/pace.
+    clock.now += 1.0
+    assert limit.room() == 1
+    limit.start()
+    assert limit.room() == 0
+    clock.now += 1.01 / limit.pace
+    assert limit.room() == 1
+    # Refused again a round trip later, at the same level, the pace near the rate taken: 95% of it.
+    clock.now += 0.1
+    pace = limit.pace
+    limit.throttle(limit.start())
+    assert limit.pace == pytest.approx(pace * concurrency.PACE_CUT)
+
+
+def test_a_spent_window_of_the_clock_pauses_every_start_for_its_retry_after():
     clock = Clock()
     limit = AdaptiveLimit(initial=8, clock=clock)
-    slot = limit.start()          # one call of eight allowed: the limit does not bind
-    limit.success(slot)
-    assert limit.limit == 8
-    window = full_window(limit)
-    limit.throttle(window[0])
-    cut = limit.limit
-    for slot in window[1:]:       # started before the cut: they neither grow nor cut it
-        limit.success(slot)
-    assert limit.limit == cut
-
-
-def test_a_retry_after_stops_every_start_only_when_a_cut_did_not_help():
-    clock = Clock()
-    limit = AdaptiveLimit(initial=8, clock=clock)
-    window = round_trip(limit, clock, full_window(limit))   # successes: a round-trip time is known
-    limit.throttle(window[0], retry_after=2.0)
-    for slot in window[1:]:
-        limit.success(slot)
-    now = clock.now
-    # The refused call waits its Retry-After itself (DSPy's retry); the others go on at the cut limit,
-    # which stays under its ceiling for 16 round trips before it probes again.
-    assert limit.paused_for() == 0 and limit.room() == limit.current > 0
-    assert now < limit.held_until < now + 2.0
-    # Refused again, for calls started after the cut and while held: a burst may do that once or twice
-    # (no pause); refused a third time in a row: the cuts do not help, every start waits the Retry-After
-    # out, and probing waits 20 x the Retry-After (each probe may cost a pause of every start).
-    for _ in range(concurrency.STUBBORN - 1):
-        limit.throttle(limit.start(), retry_after=2.0)
-        assert limit.paused_for() == 0
-    limit.throttle(limit.start(), retry_after=2.0)
-    assert limit.room() == 0 and limit.paused_for() == pytest.approx(2.0)
-    assert limit.held_until == pytest.approx(now + 2.0 / concurrency.PROBE_COST)
-    clock.now += 1.99
+    rate_bound(limit, clock, 1.0)                # 80 answered in the last second
+    clock.now += 0.2
+    # A fixed window's count used up: every call sent is refused, none answered. The refusals beyond
+    # the first do not cut again, but once a round trip's worth of calls (4 at least) are all refused,
+    # every start waits for the Retry-After, and the pace is no more than the last second took.
+    limit.throttle(limit.start(), retry_after=0.7)    # the first: a cut
+    assert limit.room() > 0
+    for _ in range(concurrency.EXHAUSTED):
+        limit.throttle(limit.start(), retry_after=0.7)
+    assert limit.room() == 0 and limit.paused_for() == pytest.approx(0.7)
+    assert limit.pace <= 80 * concurrency.PACE_CUT + 1e-9
+    clock.now += 0.69
     assert limit.room() == 0
     clock.now += 0.02
-    assert limit.room() == limit.current > 0
+    assert limit.room() > 0
+
+
+def test_without_a_retry_after_the_pause_is_a_round_trip_doubling_to_a_second():
+    clock = Clock()
+    limit = AdaptiveLimit(initial=8, clock=clock)
+    rate_bound(limit, clock, 1.0)
+    pauses = []
+    for _ in range(8):
+        clock.now += 2.0                         # the pause and more went by; nothing answered
+        for _ in range(1 + concurrency.EXHAUSTED):    # a cut, then a round trip's worth refused
+            limit.throttle(limit.start())
+        pauses.append(round(limit.paused_for(), 3))
+    assert pauses[0] == pytest.approx(0.05) and pauses[1] == pytest.approx(0.1)
+    assert pauses[-1] == concurrency.BLIND_PAUSE and pauses == sorted(pauses)
+    limit.success(limit.start())                 # answered again: the next pause starts short again
+    clock.now += 2.0
+    for _ in range(1 + concurrency.EXHAUSTED):
+        limit.throttle(limit.start())
+    assert limit.paused_for() < 0.2
 
 
 def test_the_async_gate_starts_nothing_before_retry_after_and_then_resumes():
     async def scenario():
-        limit = AdaptiveLimit(initial=8)            # room for three cuts above the minimum
-        first, second = await limit.acquire(), await limit.acquire()
-        limit.throttle(first, retry_after=0.3)      # a cut: the others go on
-        limit.success(second)
-        assert limit.paused_for() == 0
-        for _ in range(concurrency.STUBBORN - 1):                # refused again while held: a burst, maybe
-            limit.throttle(await limit.acquire(), retry_after=0.3)
-            assert limit.paused_for() == 0
-        third = await limit.acquire()
+        limit = AdaptiveLimit(initial=8)
+        limit.throttle(await limit.acquire(), retry_after=0.3)        # a cut
+        refused = [await limit.acquire() for _ in range(concurrency.EXHAUSTED)]
+        for slot in refused:                     # all refused since, none answered: every start waits
+            limit.throttle(slot, retry_after=0.3)
         throttled_at = time.monotonic()
-        limit.throttle(third, retry_after=0.3)      # and again: the cuts do not help, everyone waits
         waiter = asyncio.create_task(limit.acquire())
         await asyncio.sleep(0.1)
-        assert not waiter.done()           # room, but paused
+        assert not waiter.done()                 # paused
         slot = await asyncio.wait_for(waiter, 2)
         assert time.monotonic() - throttled_at >= 0.29
         limit.success(slot)
         assert limit.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_call_keeps_its_place_in_the_window_for_a_round_trip():
+    """Refusals come back at once: a place freed at once would be refused again at once."""
+    async def scenario():
+        limit = AdaptiveLimit(initial=4)
+        for _ in range(3):                       # a round trip of 50 ms is known
+            slot = await limit.acquire()
+            await asyncio.sleep(0.05)
+            limit.success(slot)
+        slot = await limit.acquire()
+        limit.throttle(slot)
+        assert limit.in_flight == 1              # still counted
+        await asyncio.sleep(0.08)
+        assert limit.in_flight == 0              # freed once its round trip went by
 
     asyncio.run(scenario())
 
@@ -174,24 +223,6 @@ def test_bounds_hold():
     assert limit.current == 2
     with pytest.raises(ValueError):
         AdaptiveLimit(minimum=0)
-
-
-def test_a_cut_goes_no_higher_than_the_level_the_server_sustained():
-    """A token bucket's burst lets slow start overshoot: the cut goes to what the server kept in
-    flight (Little's law over the last round trips), not to half of the overshoot."""
-    clock = Clock()
-    limit = AdaptiveLimit(initial=8, clock=clock)
-    limit.threshold = 8   # out of slow start
-    # 10 calls of 0.1 s always in flight for 2 s: the server sustained ~10.
-    for _ in range(20):
-        slots = [limit.start() for _ in range(10)]
-        clock.now += 0.1
-        for slot in slots:
-            limit.success(slot)
-    limit.limit = 64.0
-    limit.throttle(limit.start())
-    assert limit.sustained() == pytest.approx(10, rel=0.15)
-    assert limit.current <= 10 and limit.cap <= 11
 
 
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("AUTO", "auto"), ("12", 12), (3, 3)])
@@ -257,40 +288,77 @@ class RateLimited:
         return json.loads((Path(self.folder) / "stats").read_text())
 
 
-def test_the_engine_turns_a_429_into_a_throttle_that_dspy_retries(tmp_path):
+def test_the_engine_waits_out_a_429_itself_and_spends_no_retry(tmp_path):
     from dspy import lm15
-    from dspy.utils.exceptions import LMRateLimitError, is_retryable_lm_error
 
     from auto_evol.llm.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine
 
     request = lm15.Request(model="openai/fake", messages=(lm15.Message.user("Question number 1?"),),
                            config=lm15.Config(max_tokens=16))
-    server = RateLimited("--latency", "0", "--rate", "1", "--burst", "1")
+    server = RateLimited("--latency", "0", "--rate", "2", "--burst", "1")
     server.folder = tmp_path
+    seen = []
 
     async def scenario(base):
         gate = AdaptiveLimit(initial=4)
         engine = AsyncOpenAICompatEngine(OpenAICompatEngine(base, timeout=5), gate)
+
+        async def watch():
+            while True:
+                seen.append(gate.waiting)
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch())
         try:
-            await engine.complete(request)   # the bucket's one token
-            with pytest.raises(lm15.RateLimitError) as caught:
-                await engine.complete(request)
+            replies = [await engine.complete(request) for _ in range(3)]   # the bucket's one token, then 2/s
         finally:
+            watcher.cancel()
             await engine.aclose()
-        return gate, caught.value
+        return gate, replies
 
     with server as base:
-        gate, error = asyncio.run(scenario(base))
-    # What DSPy's retry loop sees (its error boundary wraps the engine's error) is retried after 1 s.
-    from dspy.clients.errors import wrap_error
-    from dspy.clients.execution import _delay
+        started = time.monotonic()
+        gate, replies = asyncio.run(scenario(base))
+        seconds = time.monotonic() - started
+    # No error reached the caller (DSPy's retries): every call came back with its reply, the refusals
+    # waited out inside the engine, each counted as waiting while it waited.
+    assert len(replies) == 3 and all(r.message.text for r in replies)
+    assert gate.successes == 3 and gate.throttles >= 1 and gate.in_flight == 0 and gate.waiting == 0
+    assert max(seen) >= 1 and seconds < 10
+    assert server.counts()["429"] == gate.throttles
 
-    seen = wrap_error(error, model="openai/fake", provider=None)
-    assert isinstance(seen, LMRateLimitError) and is_retryable_lm_error(seen) and _delay(seen, 0) == 1.0
-    assert gate.successes == 1 and gate.throttles == 1 and gate.in_flight == 0
-    # The first refusal cuts the limit; the refused call waits its Retry-After in DSPy's retry (above),
-    # the other calls are not held (a cut that does not help holds them: see the tests above).
-    assert gate.paused_for() == 0 and gate.epoch == 1
+
+def test_a_503_is_a_limit_only_while_the_server_answers_or_names_a_retry_after(tmp_path, monkeypatch):
+    """A 503 from a server that answers nothing is an outage: DSPy's retries and the run's outage rule
+    decide (a limit's wait would hold a dead server's calls for a quarter of an hour)."""
+    from dspy import lm15
+
+    from auto_evol.llm import http_engine
+    from auto_evol.llm.http_engine import AsyncOpenAICompatEngine, OpenAICompatEngine
+
+    gate = AdaptiveLimit(initial=4)
+    engine = AsyncOpenAICompatEngine(OpenAICompatEngine("http://127.0.0.1:9/v1", timeout=5), gate)
+    replies = iter([(503, "busy", None)])
+
+    async def attempt(request):
+        return next(replies)
+
+    monkeypatch.setattr(engine, "_attempt", attempt)
+    request = lm15.Request(model="openai/fake", messages=(lm15.Message.user("Q?"),), config=lm15.Config())
+    with pytest.raises(lm15.ServerError):
+        asyncio.run(engine.complete(request))
+    # The same 503 while other calls come back well is the limit's: waited out, then answered.
+    gate.success(gate.start())
+    ok = json.dumps({"choices": [{"message": {"role": "assistant", "content": "4"}, "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+    replies = iter([(503, "busy", None), (503, "busy", 0.01), (200, ok, None)])
+    reply = asyncio.run(engine.complete(request))
+    assert reply.message.text == "4"
+    # Refused for longer than MAX_REFUSED: the call is given up to DSPy's retries after all.
+    monkeypatch.setattr(http_engine, "MAX_REFUSED", 0.05)
+    replies = iter([(429, "slow down", 0.03)] * 10)
+    with pytest.raises(lm15.RateLimitError):
+        asyncio.run(engine.complete(request))
 
 
 def test_evolve_auto_against_a_rate_limited_server_finishes_every_item_and_grows(tmp_path):

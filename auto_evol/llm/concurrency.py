@@ -57,6 +57,7 @@ PACE_NEAR = 0.04       # growth of the pace a second from 0.85 of the pace of th
 PACE_FAST = 1.0        # growth a second below it, or before a whole second was measured
 PACE_BURST = 0.02      # seconds of starts the pace lets go at once
 RATE_SPAN = 1.0        # seconds the server's rate is measured over (a fixed window's whole second)
+COLD_TRIP = 0.1       # the round trip assumed between cuts before any call came back
 FIT_SPAN = 2.0         # seconds over which the levels of calls in flight that worked are remembered
 _KEPT = 4096           # successes remembered for the measures
 
@@ -143,7 +144,7 @@ class AdaptiveLimit:
         window = max(0, self.current - self.in_flight)
         if window == 0 or self.pace == math.inf:
             return window
-        return min(window, int(self._refill(self.clock())))
+        return max(0, min(window, int(self._refill(self.clock()))))
 
     def _next_token(self) -> float:
         """Seconds until the pace lets the next call start."""
@@ -191,8 +192,9 @@ class AdaptiveLimit:
         self.throttles += 1
         trip = self._trip()
         self._release_later(max(0.0, slot.started + trip - now))
+        gap = trip or COLD_TRIP
         # The first refusal of a call sent since the last cut, one round trip after it at the soonest.
-        fresh = slot.epoch == self.epoch and now - self.cut_at >= trip
+        fresh = slot.epoch == self.epoch and now - self.cut_at >= gap
         if fresh:
             self.strikes = self.strikes + 1 if now < self.held_until else 0
             self._cut(slot, now)
@@ -243,8 +245,9 @@ class AdaptiveLimit:
                 # A cold start's first pace: half the rate its last round trips took (slow start's
                 # halving: that rate was reached by doubling).
                 base = taken * 0.5 / PACE_CUT if taken is not None else math.inf
-            elif taken is not None and taken < 0.7 * self.pace:
-                base = taken                  # a pace far above what the server takes
+            elif taken and taken < 0.7 * self.pace:
+                base = taken                  # a pace far above what the server takes (none answered
+                # in the span says nothing of its rate: a spent window of the clock; the rule below)
                 if now >= self.held_until:
                     self.best = max(taken, (self.best or 0.0) * 0.9)
             else:
