@@ -15,8 +15,9 @@ instruction that merely shares a stock phrase with a benchmark item ("how much m
 left at the end of the") shares one or two 13-grams out of dozens, below the share.
 
 Measured (benchmarks/decontaminate_bench.py, one core of two shared): 1,319 GSM8K problems indexed
-in about 0.1 s; 100,000 records of about 50 words checked against them in a few seconds (the
-figures are in the README).
+in 0.05 s; 100,000 records (GSM8K problems, as they are, evolved and reworded) checked against them
+in 2.2 s, with 100 planted benchmark problems: 50/50 copies inside an evolution, 25/25 with two
+words replaced, 21/25 with three.
 
 Texts shorter than ``n`` words have one n-gram, the whole text, which matches only an identical
 short text: a five-word seed is never flagged by a long problem that contains it.
@@ -33,10 +34,12 @@ from dataclasses import dataclass
 # may be fine and still must not be released. Not a Failure: optimize's failure rates never see it.
 CONTAMINATED = "contaminated"
 NGRAM = 13
-# Shared n-grams over the shorter text's n-grams at which an item is contaminated. Measured on
-# GSM8K's training problems against 1,319 others (the test's planted sets): a verbatim copy
-# shares 1.0; a copy with three words changed 0.3-0.6; unrelated problems from the same source top out
-# at 0.05 (shared stock phrases).
+# Shared n-grams over the shorter text's n-grams at which an item is contaminated. Measured with
+# 13-grams, GSM8K's 6,154 first training problems against its last 1,319: 8 reach 0.1, each the same
+# problem told again (other names or numbers: 0.16-0.95); the next highest share is 0.071, then 0.029
+# (stock phrases); every other problem shares none. Of 300 benchmark problems with 1 / 2 / 3 / 5
+# words replaced at random, 299 / 281 / 239 / 165 are still caught; a copy inside a longer
+# evolution, all of them.
 SHARE = 0.1
 
 _WORD = re.compile(r"\w+")

@@ -198,7 +198,7 @@ def estimate_table(estimate: dict) -> str:
     rows = []
 
     def cell(row: dict, key: str, text) -> str:
-        if ranged and key in row.get("range", {}):
+        if ranged and key in row.get("range", {}) and row["range"][key][0] != row["range"][key][1]:
             lo, hi = row["range"][key]
             fmt = _usd if key == "cost_usd" else _count
             return f"{text} ({fmt(lo)}-{fmt(hi)})"
@@ -229,8 +229,10 @@ def estimate_table(estimate: dict) -> str:
         p = estimate["pilot"]
         per_call = "; ".join(f"{role} {v['input_tokens']:.0f} in / {v['output_tokens']:.0f} out"
                              for role, v in p["per_call"].items())
-        out.append(f"measured on the first {p['items']} items (the pilot, {_usd(p['spent_usd'])} this time; their "
-                   f"results are kept in the work folder, so the real run pays for them no more)")
+        paid = (_usd(p["spent_usd"]) if isinstance(p["spent_usd"], (int, float)) else "at no known price")
+        out.append(f"measured on the first {p['items']} items (the pilot: {p['used']['evol']['calls'] + p['used']['answer']['calls']:,} "
+                   f"calls, {paid} in this process; their results are kept in the work folder, so the real run "
+                   f"pays for them no more)")
         out.append(f"tokens per call: {per_call}")
         for r, e in p["elimination"].items():
             reasons = ", ".join(f"{k} {v}" for k, v in sorted(e["reasons"].items(), key=lambda kv: -kv[1]))
