@@ -1,7 +1,8 @@
 """A stand-in for the Hugging Face Hub on 127.0.0.1: the few endpoints ``huggingface_hub``'s
 ``create_repo`` and ``upload_folder`` use without hf_xet (repo creation, preupload, one NDJSON commit
 with the files inline as base64), for tests that push a dataset. Point a client at it with
-``HfApi(endpoint=fake.base)`` or ``HF_ENDPOINT``. It keeps the repos created, the files committed and
+``HfApi(endpoint=fake.base)`` or ``HF_ENDPOINT``. The README's YAML header is checked as the Hub does
+(``/api/validate-yaml``), with PyYAML. It keeps the repos created, the files committed and
 every Authorization header seen; a request it does not know is answered 404 and noted in ``unknown``.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ class FakeHub:
         self.auth: list[str] = []
         self.unknown: list[str] = []
         self.bodies: list[bytes] = []
+        self.validated: list[str] = []   # README.md contents whose YAML header was checked
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,7 +57,17 @@ class FakeHub:
                     return
                 path = self.path.split("?")[0]
                 parts = path.strip("/").split("/")
-                if path == "/api/repos/create":
+                if path == "/api/validate-yaml":   # the card's YAML header: parsed, so a broken one fails here
+                    import yaml
+
+                    content = json.loads(body)["content"]
+                    try:
+                        yaml.safe_load(content.split("---")[1])
+                        outer.validated.append(content)
+                        self.reply(200, {"errors": [], "warnings": []})
+                    except Exception as exc:
+                        self.reply(400, {"errors": [{"message": str(exc)}]})
+                elif path == "/api/repos/create":
                     request = json.loads(body)
                     repo = f"{request.get('type', 'model')}s/{request['organization']}/{request['name']}"
                     outer.repos.setdefault(repo, {"private": request.get("private")})
