@@ -719,7 +719,8 @@ def _ingest(options: EvolveOptions, work: WorkFolder, benchmarks=None) -> tuple[
         return seeds, [BadRow(**row) for row in read(bad_file)]
     bad: list[BadRow] = []
     usable = 0
-    with atomic_write(seeds) as fh, atomic_write(work.contaminated) as dirty:
+    with atomic_write(seeds) as fh, (atomic_write(work.contaminated) if benchmarks is not None
+                                     else contextlib.nullcontext()) as dirty:
         for where, seed, problem in _seed_rows(options):
             if seed is None:
                 if options.on_bad_line == "fail":
