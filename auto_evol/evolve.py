@@ -1121,17 +1121,19 @@ def _estimate(options: EvolveOptions, methods, benchmarks=None, measured: list[d
 
 def _extrapolate(measured: list[dict], totals: dict[int, int]) -> tuple[dict, tuple[dict, dict]]:
     """Per role, calls and tokens for every item from the pilot's per-item measures: per phase (0: the
-    seeds' answers, r: round r) N_p items x the pilot's mean, summed; a 95% range from the standard error
-    of each phase's mean (sd / sqrt(n), times the finite-population correction sqrt(1 - n / N)), phases
-    summed in quadrature. A phase the pilot did not reach (seeds with answers in the pilot, none without)
-    takes the answer role's mean per call over the pilot's rounds."""
+    seeds' answers, r: round r) N_p items x the pilot's mean, summed. The 95% range is that of a sum of
+    the pilot items' own totals, each item's phases weighted by N_p / n_p (so a long seed, long in every
+    round, counts once, not as independent phases): the standard error sd / sqrt(n) of their mean, times
+    the finite-population correction sqrt(1 - n / N). A phase the pilot did not reach (seeds with answers
+    in the pilot, none without) takes the answer role's mean per call over the pilot's rounds."""
     keys = ("calls", "input_tokens", "output_tokens")
+    roles = ("evol", "answer")
     by_phase: dict[int, list[dict]] = {}
     for line in measured:
         by_phase.setdefault(int(line["phase"]), []).append(line)
-    point = {role: dict.fromkeys(keys, 0.0) for role in ("evol", "answer")}
-    variance = {role: dict.fromkeys(keys, 0.0) for role in ("evol", "answer")}
+    point = {role: dict.fromkeys(keys, 0.0) for role in roles}
     answer_calls = [line["answer"] for p, lines in by_phase.items() if p for line in lines if line["answer"]["calls"]]
+    weighted: dict[str, dict[str, dict[str, float]]] = {}   # item -> role -> key -> its weighted total
     for phase, total in totals.items():
         if not total:
             continue
@@ -1142,17 +1144,24 @@ def _extrapolate(measured: list[dict], totals: dict[int, int]) -> tuple[dict, tu
                 for k in keys:
                     point["answer"][k] += total * sum(a[k] for a in answer_calls) / calls
             continue
-        n = len(lines)
-        for role in ("evol", "answer"):
+        weight = total / len(lines)
+        for line in lines:
+            item = weighted.setdefault(line["seed_id"], {role: dict.fromkeys(keys, 0.0) for role in roles})
+            for role in roles:
+                for k in keys:
+                    item[role][k] += weight * line[role][k]
+                    point[role][k] += weight * line[role][k]
+    n, population = len(weighted), max(totals.values(), default=0)
+    spread = {role: dict.fromkeys(keys, 0.0) for role in roles}
+    if n > 1:
+        for role in roles:
             for k in keys:
-                values = [line[role][k] for line in lines]
+                values = [item[role][k] for item in weighted.values()]
                 m = sum(values) / n
-                point[role][k] += total * m
-                if n > 1:
-                    sd2 = sum((v - m) ** 2 for v in values) / (n - 1)
-                    variance[role][k] += total ** 2 * sd2 / n * max(0.0, 1 - n / total)
-    low = {role: {k: max(0.0, point[role][k] - Z95 * variance[role][k] ** 0.5) for k in keys} for role in point}
-    high = {role: {k: point[role][k] + Z95 * variance[role][k] ** 0.5 for k in keys} for role in point}
+                sd2 = sum((v - m) ** 2 for v in values) / (n - 1)
+                spread[role][k] = Z95 * (n * sd2 * max(0.0, 1 - n / population)) ** 0.5
+    low = {role: {k: max(0.0, point[role][k] - spread[role][k]) for k in keys} for role in roles}
+    high = {role: {k: point[role][k] + spread[role][k] for k in keys} for role in roles}
     return point, (low, high)
 
 

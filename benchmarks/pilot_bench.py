@@ -5,7 +5,7 @@ A loopback server answers like an evolver given e0 (tests/fake_openai.e0_world: 
 list and a plan of 60-160 words each and two rewrites, the judge 'equal' for 1 in 9, answers of 40-240
 words, 1 in 7 a short 'Sorry'); usage is counted in words. Seeds: gsm8k_seed's training problems.
 
-    python benchmarks/pilot_bench.py [SEEDS [PILOT [ROUNDS]]]      # default 500 20 2
+    python benchmarks/pilot_bench.py [SEEDS [PILOT [ROUNDS [OFFSET]]]]      # default 500 20 2 0
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     pilot = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    offset = int(sys.argv[4]) if len(sys.argv) > 4 else 0   # seeds from this line of gsm8k_seed's training file
     os.environ.setdefault("OPENAI_API_KEY", "unused-by-fake")
-    rows = [json.loads(line) for line in (ROOT / "dev_sets" / "gsm8k_seed" / "train.jsonl").read_text().splitlines()][:n]
+    rows = [json.loads(line) for line in (ROOT / "dev_sets" / "gsm8k_seed" / "train.jsonl").read_text().splitlines()][offset:offset + n]
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(reply=e0_world) as fake:
         data = Path(tmp) / "seeds.jsonl"
         data.write_text("".join(json.dumps({"id": r["id"], "instruction": r["instruction"]}) + "\n" for r in rows))
@@ -41,7 +42,7 @@ def main() -> None:
         took = time.perf_counter() - started
         result = evolve(EvolveOptions(**kw))
     used = estimate["pilot"]["used"]
-    print(f"{n} seeds, {rounds} rounds, e0, pilot {pilot} ({took:.1f} s); tokens: estimate / spent (pilot + run) "
+    print(f"{n} seeds from line {offset}, {rounds} rounds, e0, pilot {pilot} ({took:.1f} s); tokens: estimate / spent (pilot + run) "
           f"/ error; on paper")
     for role in ("evol", "answer"):
         for k in ("input_tokens", "output_tokens"):
