@@ -115,7 +115,9 @@ def render(facts: CardFacts) -> str:
            f"evolutions and the seeds, merged in a seeded random order"
            + (f", {facts.sample:,} of them drawn" if facts.sample else "") + ".", ""]
     out += ["## Seeds", "", f"- Source: `{facts.seeds_source}` ({facts.seeds:,} seeds used"
-            + (f", {facts.bad_lines:,} rows skipped as unreadable" if facts.bad_lines else "") + ")",
+            + (f", {facts.bad_lines:,} rows skipped as unreadable" if facts.bad_lines else "")
+            + (f", {facts.contamination['seeds']:,} left out as benchmark items" if facts.contamination.get("seeds")
+               else "") + ")",
             "- License: " + (f"`{facts.license}` (from the seeds' license file)" if facts.license else
                              "not known from the seeds: check the source's terms before publishing "
                              "(the header says `other`)"), ""]
@@ -160,7 +162,8 @@ def render(facts: CardFacts) -> str:
             ("Near-duplicate evolutions (word-set Jaccard 0.6 or more, with one another or with another seed) "
              "were reduced to one (`near_duplicate` in the table above)." if facts.dedup == "near" else
              "None (`--dedup near` not given): rounds of one seed may be near-duplicates of each other."), ""]
-    out += ["## Cost", ""]
+    out += ["## Cost", "", "The calls of the process that wrote this card; calls an earlier process made for the same "
+            "work folder (a `--dry-run --pilot`, a run stopped and continued) are not in it.", ""]
     if facts.cost:
         for role, row in facts.cost.items():
             if isinstance(row, dict):
@@ -171,7 +174,7 @@ def render(facts: CardFacts) -> str:
                               f" ({row.get('note') or 'no known price'})"))
         total = facts.cost.get("total_usd")
         if isinstance(total, (int, float)):
-            out.append(f"- total: {total:.4f} USD (the last process's calls; a resumed run's earlier ones are not summed)")
+            out.append(f"- total: {total:.4f} USD")
     else:
         out.append("Not recorded.")
     out += ["", "## Reproducing", "",
