@@ -320,3 +320,25 @@ def test_dedup_near_removes_and_counts_per_round(tmp_path):
     assert rejects[f"{clean[2]['id']}#1"]["duplicate_of"] == f"{clean[3]['id']}#0"
     stats = json.loads((tmp_path / "out.jsonl.work" / "stats.json").read_text())
     assert stats["dedup"] == {"mode": "near", "removed": 2, "per_round": {"1": 2}}
+
+
+# --- optimize --decontaminate -------------------------------------------------------------------------
+
+def test_optimize_leaves_benchmark_items_out_of_its_pool_and_dev_set(project):
+    from auto_evol.algorithm.devset import load_split
+    from auto_evol.optimize import Options, _decontaminated
+
+    write_jsonl(project / "bench.jsonl", [{"id": f"b{i}", "question": f"Question number {i}?"} for i in range(0, 40, 4)])
+    options = Options(data="questions.jsonl", dev_size=8, batch_size=3, decontaminate=["bench.jsonl"])
+    plain = load_split("questions.jsonl", dev_size=8, batch_size=3, seed=0)
+    split = _decontaminated(plain, options)
+    left = {i.id for i in plain.train + plain.dev} - {i.id for i in split.train + split.dev}
+    assert left == {str(i) for i in range(0, 40, 4)}
+    assert "left out" in split.notes[0] and "bench.jsonl" in split.notes[0]
+    args = ["optimize", "--data", "questions.jsonl", "--init-method", "init.md", "--dev-size", "8", "--batch-size", "3",
+            "--dry-run", "--decontaminate", "bench.jsonl"]
+    estimate = json.loads(CliRunner().invoke(app, args).stdout)
+    assert estimate["dev_items"] == len(split.dev)
+    write_jsonl(project / "all.jsonl", [{"question": f"Question number {i}?"} for i in range(40)])
+    refused = CliRunner().invoke(app, args[:-1] + ["all.jsonl"])
+    assert refused.exit_code != 0 and "too few remain" in str(refused.exception or refused.output)

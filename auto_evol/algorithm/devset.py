@@ -46,6 +46,7 @@ class Split:
     name: str
     train: list[Item]
     dev: list[Item]
+    notes: tuple[str, ...] = ()   # what was done to the split besides splitting (optimize --decontaminate)
 
 
 def registered() -> dict[str, Path]:

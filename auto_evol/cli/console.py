@@ -69,6 +69,8 @@ class OptimizeConsole(PhaseProgress):
             f"start {init.name} | steps {options.steps}, m {options.candidates}, batch {options.batch_size}, "
             f"rounds {options.rounds} | evol {evol.label} (t={evol.temperature}), "
             f"optimizer {opt.label} (t={opt.temperature})")
+        for note in getattr(split, "notes", ()):
+            self.console.print(note)
         if options.resume:
             self.console.print(f"resuming MLflow run {options.resume} after its last finished step")
         self.progress.start()

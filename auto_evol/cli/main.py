@@ -134,6 +134,10 @@ def optimize(
     selection: Optional[str] = typer.Option(None, help=selection_mod.help_text()),
     accept: Optional[str] = typer.Option(None, help="lower | paired (a paired test on the same dev items must agree). [default: lower]"),
     confidence: Optional[float] = typer.Option(None, help="Confidence of --accept paired. [default: 0.95]"),
+    decontaminate: list[str] = typer.Option([], "--decontaminate", metavar="SPEC...",
+                                            help="Benchmark sets (files or hf:NAME[:SPLIT]) whose items, and light "
+                                                 "rewordings of them, are left out of the training pool and dev set."),
+    decontaminate_ngram: Optional[int] = typer.Option(None, help="Words per n-gram for --decontaminate. [default: 13]"),
     max_error_rate: Optional[float] = typer.Option(None, help=MAX_ERROR_RATE_HELP),
     structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
     batch: Optional[str] = typer.Option(None, "--batch", metavar="[all|evol]",
