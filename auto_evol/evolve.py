@@ -376,6 +376,8 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
         raise UserError("--pilot is for --dry-run: it runs the first N items to measure what the rest would take")
     if pilot is not None and pilot < 1:
         raise UserError(f"--pilot must be at least 1, got {pilot}")
+    if pilot is not None and _uses_cluster(options):
+        raise UserError("--pilot runs its items in this process; leave out --ray (and vllm: roles)")
     benchmarks = _benchmarks(options)
     if dry_run and pilot is None:
         return _estimate(options, methods, benchmarks)
@@ -1220,8 +1222,6 @@ def _pilot(n: int, options: EvolveOptions, methods, work: WorkFolder, evol: Llm,
     """--dry-run --pilot N: the first N seeds through every phase for real, measured; then the estimate
     extrapolated from them. Their records go to the journals, as a run's do, so the real run (the same
     command without --dry-run) continues after them; the work folder's manifest holds the same settings."""
-    if _uses_cluster(options):
-        raise UserError("--pilot runs its items in this process; leave out --ray (and vllm: roles)")
     seeds_path, _ = _claim(options, methods, work, benchmarks)
     seeds = sum(1 for _ in read(seeds_path))
     ids = set(itertools.islice((row["seed_id"] for row in read(seeds_path)), n))
