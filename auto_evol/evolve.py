@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .algorithm import contamination, dedup as dedup_mod
 from .algorithm.failure import Failure
 from .algorithm.method import CLASSIC, Method
 from .algorithm.rounds import RoundPlan, round_item, seed_answer
@@ -39,7 +40,7 @@ from .llm.client import Llm, RoleSettings
 from .llm.roles import build_roles
 from .storage import locks, output
 from .storage.checkpoint import Journal, atomic_write, check_writable, read, remove_leftovers
-from .storage.data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows
+from .storage.data import BadRow, guess_field, guess_output_field, row_id, row_problem, stream_rows, with_input
 from .storage.workfolder import WorkFolder
 from .tracking.registry import resolve_methods
 
@@ -88,6 +89,11 @@ class EvolveOptions:
     ray_batch_size: int = 64                  # items a worker takes at once
     vllm_tensor_parallel: int = 1             # GPUs per vLLM engine (a vllm:MODEL role)
     vllm_replicas: int = 1                    # vLLM engines per vllm:MODEL role
+    decontaminate: list[str] = field(default_factory=list)   # benchmark sets (files, hf:NAME): their items'
+                                              # copies and light rewordings are rejected (contamination.py)
+    decontaminate_ngram: int = contamination.NGRAM   # words per n-gram of that check
+    dedup: str = "off"                        # off | near: near-duplicate evolutions reduced to one (dedup.py)
+    push_to_hub: str | None = None            # OWNER/NAME: upload the --format hf folder (storage/hub.py)
     # Why no reply cache by default: the work folder's journals keep every finished item and the steps
     # finished of unfinished ones (round*.partial.jsonl), so a rerun pays for no finished call anyway,
     # while the cache's per-call key hashing and SQLite writes held evolve to 0.69 of a bare client's
@@ -111,8 +117,11 @@ class EvolveOptions:
         from .core.secrets import redact
 
         # A password in --api-base is never written down; a rerun may give it again, or another one.
-        return {**{k: getattr(self, k) for k in keep}, "api_base": redact(self.api_base) or None,
-                "methods": [[m.hash, w] for m, w in methods]}
+        found = {**{k: getattr(self, k) for k in keep}, "api_base": redact(self.api_base) or None,
+                 "methods": [[m.hash, w] for m, w in methods]}
+        if self.decontaminate:   # it decides which seeds are evolved and which evolutions are kept
+            found.update(decontaminate=list(self.decontaminate), decontaminate_ngram=self.decontaminate_ngram)
+        return found
 
 
 @dataclass
@@ -142,18 +151,19 @@ class EvolveStats:
     seconds: float
     notices: tuple[str, ...] = ()     # the roles' adaptations and fallbacks, each once
     cost: dict = field(default_factory=dict)   # per role: tokens and USD (cost.Cost.to_dict), and the total
+    finishing: dict = field(default_factory=dict)   # "decontamination", "dedup" (evolve._finishing), when asked for
 
     @classmethod
-    def of(cls, result: "EvolveResult", notices: list[str]) -> "EvolveStats":
+    def of(cls, result: "EvolveResult", notices: list[str], finishing: dict | None = None) -> "EvolveStats":
         return cls(records=result.records, complete=result.complete, rounds=tuple(result.rounds),
                    bad_lines=len(result.bad_lines), calls=result.calls, seconds=result.seconds,
                    notices=tuple(dict.fromkeys(notices)),
-                   cost=cost_mod.report(result.costs) if result.costs else {})
+                   cost=cost_mod.report(result.costs) if result.costs else {}, finishing=dict(finishing or {}))
 
     def to_dict(self) -> dict:
         return {"records": self.records, "complete": self.complete, "rounds": [s.to_dict() for s in self.rounds],
                 "bad_lines": self.bad_lines, "calls": self.calls, "seconds": self.seconds,
-                "notices": list(self.notices), "cost": self.cost}
+                "notices": list(self.notices), "cost": self.cost, **self.finishing}
 
 
 @dataclass
@@ -334,8 +344,10 @@ def _batched(role) -> bool:
 
 
 def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = None, evol: Llm | None = None,
-           answerer: Llm | None = None, dry_run: bool = False) -> EvolveResult | dict:
-    """Evolve ``options.data``; with ``dry_run`` only count the calls and tokens it would take.
+           answerer: Llm | None = None, dry_run: bool = False, pilot: int | None = None) -> EvolveResult | dict:
+    """Evolve ``options.data``; with ``dry_run`` only count the calls and tokens it would take, and with
+    ``pilot`` N as well run the first N seeds for real to measure them (``_pilot``; their results stay in
+    the work folder, so the real run does not pay for them again).
 
     The steps: check every setting and the output's place; build (and check) the roles; take the work
     folder's lock; read the input into the work folder; answer the seeds that have no answer; run the
@@ -355,9 +367,20 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
     fmt = output.format_for(out, options.format)
     methods = resolve_methods(options.methods)
     work = WorkFolder(out)
-    _check_out(out, work)
-    if dry_run:
-        return _estimate(options, methods)
+    _check_out(out, work, fmt)
+    if options.push_to_hub:
+        from .storage import hub
+
+        hub.check(options.push_to_hub, fmt)
+    if pilot is not None and not dry_run:
+        raise UserError("--pilot is for --dry-run: it runs the first N items to measure what the rest would take")
+    if pilot is not None and pilot < 1:
+        raise UserError(f"--pilot must be at least 1, got {pilot}")
+    if pilot is not None and _uses_cluster(options):
+        raise UserError("--pilot runs its items in this process; leave out --ray (and vllm: roles)")
+    benchmarks = _benchmarks(options)
+    if dry_run and pilot is None:
+        return _estimate(options, methods, benchmarks)
     cost_mod.require_prices(options.max_cost, (
         (evol.settings if evol else options.evol_settings(), "--evol-model"),
         (answerer.settings if answerer else options.answer_settings(), "--answer-model")))
@@ -382,8 +405,10 @@ def evolve(options: EvolveOptions, *, observers: Iterable[Observer] | None = Non
     try:
         with _on_cluster(options) as cluster_run, \
                 locks.hold(work.lock, f"{work.path} (the work folder of --out {out})", note=evol.notice), \
-                Observers(observers) as heard:
-            return _run(options, out, fmt, methods, work, evol, answerer, heard, cluster_run)
+                Observers([] if pilot else observers) as heard:
+            if pilot:
+                return _pilot(pilot, options, methods, work, evol, answerer, heard, benchmarks)
+            return _run(options, out, fmt, methods, work, evol, answerer, heard, cluster_run, benchmarks)
     finally:
         if options.batch:
             batch_mod.release(evol, answerer)
@@ -404,6 +429,10 @@ def _validate(options: EvolveOptions) -> None:
         raise UserError(f"--max-cost must be above 0 (USD), got {options.max_cost}")
     if options.timeout <= 0:
         raise UserError(f"--timeout must be above 0, got {options.timeout}")
+    if options.dedup not in ("off", "near"):
+        raise UserError(f"--dedup must be off or near, got {options.dedup!r}")
+    if options.decontaminate_ngram < 1:
+        raise UserError(f"--decontaminate-ngram must be at least 1, got {options.decontaminate_ngram}")
     for name in ("evol_temperature", "retry_temperature", "answer_temperature"):
         if not 0 <= getattr(options, name) <= 2:
             raise UserError(f"--{name.replace('_', '-')} must be between 0 and 2")
@@ -493,16 +522,43 @@ def _on_cluster(options: EvolveOptions):
                                options.max_error_rate)
 
 
-def _check_out(out: Path, work: WorkFolder) -> None:
-    """The output and its work folder can be written where --out says, before any work is done."""
+def _check_out(out: Path, work: WorkFolder, fmt: str = output.DEFAULT_FORMAT) -> None:
+    """The output and its work folder can be written where --out says, before any work is done. A
+    folder format (hf) takes a folder that is new, empty, or an earlier dataset of this format (its
+    README.md and data/ are replaced); any other folder is someone else's."""
+    if output.FORMATS[fmt].folder:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: is a file; --format {fmt} writes a folder (data/ and README.md): "
+                            f"name a new or empty folder")
+        if out.is_dir():
+            foreign = [p.name for p in out.iterdir() if p.name not in (output.HF_DATA, "README.md")
+                       and not p.name.startswith(".")]
+            if foreign:
+                raise UserError(f"--out {out}: the folder holds other files ({', '.join(sorted(foreign)[:3])}); "
+                                f"--format {fmt} replaces a folder's README.md and data/, so name a new or empty one")
+        check_writable(out if out.is_dir() else out.parent, f"--out {out}")
+        work.check()
+        return
     if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; name a file such as {out / 'evolved.jsonl'}")
+        raise UserError(f"--out {out}: is a folder; name a file such as {out / 'evolved.jsonl'}"
+                        f" (or write a Hugging Face dataset folder with --format hf)")
     check_writable(out.parent, f"--out {out}")
     work.check()
 
 
+def _benchmarks(options: EvolveOptions) -> contamination.BenchmarkIndex | None:
+    """--decontaminate's benchmark sets read and indexed (before any call: a bad file is one line)."""
+    if not options.decontaminate:
+        return None
+    from .storage.data import benchmark_items
+
+    return contamination.BenchmarkIndex(
+        ((spec, item_id, text) for spec in options.decontaminate for item_id, text in benchmark_items(spec)),
+        n=options.decontaminate_ngram)
+
+
 def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder, evol: Llm, answerer: Llm,
-         heard: Observers, cluster_run=None) -> EvolveResult:
+         heard: Observers, cluster_run=None, benchmarks=None) -> EvolveResult:
     """The run itself, under the work folder's lock; every event goes to ``heard``."""
     if cluster_run is not None:   # before a --restart drops anything: every node must see the folder
         from .cluster.connect import check_shared
@@ -513,15 +569,7 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
             if not work.ingested:   # only the lock's folder was made: nothing of a run is there
                 work.remove()
             raise
-    fresh = not work.ingested or options.restart
-    try:
-        work.claim(options.fingerprint(methods), restart=options.restart)
-        seeds_path, bad = _ingest(options, work)
-    except BaseException:
-        if fresh:   # nothing was done yet: leave no folder (or manifest) behind; the lock goes with it,
-            work.remove()   # as this process, its holder, is about to let go
-        raise
-    work.drop_stale_temps()
+    seeds_path, bad = _claim(options, methods, work, benchmarks)
     started = time.perf_counter()
     seeds = sum(1 for _ in read(seeds_path))
     heard.start(options, seeds=seeds, methods=methods, concurrency=_live_concurrency(evol, answerer))
@@ -537,14 +585,16 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
         pool = seeds_path if round_ == 1 else work.journal(round_ - 1)
         if cluster_run is not None:
             complete = _cluster_round(cluster_run, round_, pool, seeds, options, work, methods, evol, answerer,
-                                      budget, heard)
+                                      budget, heard, benchmarks)
         else:
             complete = llm_mod.run_async(_round(round_, pool, seeds, options, work, methods, evol, answerer,
-                                                budget, heard))
+                                                budget, heard, benchmarks=benchmarks))
     usage = {"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol else {
         "evol_and_answer": evol.usage.snapshot()}
+    # --dedup near: which kept evolutions repeat another record (only once every round is whole)
+    duplicates = _near_duplicates(options, work, seeds_path) if complete and options.dedup == "near" else {}
     result = EvolveResult(out=out, records=0, rejects=work.rejects,
-                          rounds=_round_stats(work, options.rounds),
+                          rounds=_round_stats(work, options.rounds, duplicates),
                           bad_lines=bad, calls=usage, seconds=0.0, complete=complete,
                           costs=cost_mod.costs(usage, {"evol": evol.settings, "answer": answerer.settings,
                                                        "evol_and_answer": evol.settings},
@@ -558,14 +608,86 @@ def _run(options: EvolveOptions, out: Path, fmt: str, methods, work: WorkFolder,
         remove_leftovers(*work.outputs())
         # At most every seed plus every kept evolution (seeds that got no answer drop out).
         bound = seeds + sum(s.kept for s in result.rounds)
-        result.records = _assemble(options, work, seeds_path, out, fmt, bound)
-        _write_rejects(work, options.rounds, result.rejects)
+        result.records = _assemble(options, work, seeds_path, out, fmt, bound, duplicates)
+        _write_rejects(work, options.rounds, result.rejects, duplicates)
     result.seconds = round(time.perf_counter() - started, 2)
-    result.stats = EvolveStats.of(result, evol.notices + answerer.notices)
+    result.stats = EvolveStats.of(result, evol.notices + answerer.notices,
+                                  finishing=_finishing(options, work, benchmarks, duplicates, result.rounds))
     work.write_stats(result.stats.to_dict())
     heard.finish(result)
     result.run_id = heard.run_id
+    if complete and output.FORMATS[fmt].folder:   # the card needs the stats (and the MLflow run, when recorded)
+        _write_card(options, out, methods, evol, answerer, result, seeds)
+        if options.push_to_hub:
+            from .storage import hub
+
+            hub.push(out, options.push_to_hub)
     return result
+
+
+def _claim(options: EvolveOptions, methods, work: WorkFolder, benchmarks) -> tuple[Path, list[BadRow]]:
+    """The work folder made this run's and the input read into it; an error here leaves no folder behind."""
+    fresh = not work.ingested or options.restart
+    try:
+        work.claim(options.fingerprint(methods), restart=options.restart)
+        found = _ingest(options, work, benchmarks)
+    except BaseException:
+        if fresh:   # nothing was done yet: leave no folder (or manifest) behind; the lock goes with it,
+            work.remove()   # as this process, its holder, is about to let go
+        raise
+    work.drop_stale_temps()
+    return found
+
+
+def _near_duplicates(options: EvolveOptions, work: WorkFolder, seeds_path: Path) -> dict[str, str]:
+    """--dedup near over the seeds and every round's kept evolutions (dedup.py): {dropped id: repeated id}.
+    Holds their texts in memory (one string per record), unlike the rest of the run."""
+    seeds = [(row["seed_id"], with_input(row["instruction"], row["input"])) for row in read(seeds_path)]
+    evolved = [dedup_mod.Evolved(f"{row['seed_id']}#{round_}", row["seed_id"], round_, row["instruction"])
+               for round_ in range(1, options.rounds + 1) for row in read(work.journal(round_))
+               if row["status"] == "kept"]
+    return dedup_mod.near_duplicates(seeds, evolved)
+
+
+def _finishing(options: EvolveOptions, work: WorkFolder, benchmarks, duplicates: dict, rounds) -> dict:
+    """stats.json's account of --decontaminate and --dedup (absent when neither was asked for)."""
+    found = {}
+    if benchmarks is not None:
+        found["decontamination"] = {
+            "benchmarks": list(options.decontaminate), "benchmark_items": len(benchmarks),
+            "ngram": benchmarks.n, "share": benchmarks.share,
+            "seeds": sum(1 for _ in read(work.contaminated)),
+            "evolved": sum(s.eliminated.get(contamination.CONTAMINATED, 0) for s in rounds)}
+    if options.dedup != "off":
+        found["dedup"] = {"mode": options.dedup, "removed": len(duplicates),
+                          "per_round": {str(s.round): s.eliminated.get(dedup_mod.NEAR_DUPLICATE, 0) for s in rounds}}
+    return found
+
+
+def _write_card(options: EvolveOptions, out: Path, methods, evol: Llm, answerer: Llm, result: EvolveResult,
+                seeds: int) -> None:
+    from .core.secrets import redact
+    from .storage import card
+
+    specs = [spec.rpartition("=")[0] if "=" in spec and spec.rpartition("=")[2].replace(".", "", 1).isdigit()
+             else spec for spec in options.methods]
+    links = {}
+    for spec in specs:
+        if spec.startswith("prompts:/"):
+            from .tracking.registry import resolve
+
+            links[resolve(spec).hash] = spec
+    stats = result.stats.to_dict()
+    facts = card.CardFacts(
+        title=f"{out.name}: evolved from {Path(options.data).name if not options.data.startswith('hf:') else options.data}",
+        records=result.records, seeds_source=redact(options.data) or options.data, seeds=seeds,
+        evol_model=evol.settings.label, answer_model=answerer.settings.label,
+        methods=tuple(card.MethodFact(m.name, m.hash, round(w, 4), m.text, links.get(m.hash, "")) for m, w in methods),
+        rounds=tuple(stats["rounds"]), license=card.license_of(options.data), bad_lines=stats["bad_lines"],
+        sample=options.sample, seed=options.seed, judge=options.judge, cost=stats.get("cost", {}),
+        contamination=stats.get("decontamination", {}), dedup=options.dedup, tracking_run=result.run_id)
+    with atomic_write(out / "README.md") as fh:
+        fh.write(card.render(facts))
 
 
 def _seed_rows(options: EvolveOptions):
@@ -591,19 +713,27 @@ def _seed_rows(options: EvolveOptions):
                       "output": str(row.get(output_name) or "") if output_name else ""}, None
 
 
-def _ingest(options: EvolveOptions, work: WorkFolder) -> tuple[Path, list[BadRow]]:
-    """Read the input once into ``seeds.jsonl``, reporting bad rows (or stopping at the first)."""
+def _ingest(options: EvolveOptions, work: WorkFolder, benchmarks=None) -> tuple[Path, list[BadRow]]:
+    """Read the input once into ``seeds.jsonl``, reporting bad rows (or stopping at the first); under
+    --decontaminate a seed that overlaps a benchmark item goes to ``contaminated.jsonl`` instead."""
     seeds, done, bad_file = work.seeds, work.seeds_done, work.bad_lines
     if done.exists():
         return seeds, [BadRow(**row) for row in read(bad_file)]
     bad: list[BadRow] = []
     usable = 0
-    with atomic_write(seeds) as fh:
+    with atomic_write(seeds) as fh, (atomic_write(work.contaminated) if benchmarks is not None
+                                     else contextlib.nullcontext()) as dirty:
         for where, seed, problem in _seed_rows(options):
             if seed is None:
                 if options.on_bad_line == "fail":
                     raise UserError(f"{where}: {problem}")
                 bad.append(BadRow(where, problem))
+                continue
+            hit = benchmarks.check(with_input(seed["instruction"], seed["input"])) if benchmarks is not None else None
+            if hit is not None:
+                dirty.write(json.dumps({**seed, "reason": contamination.CONTAMINATED, "benchmark": hit.benchmark,
+                                        "benchmark_id": hit.item_id, "overlap": hit.share},
+                                       ensure_ascii=False) + "\n")
                 continue
             usable += 1
             fh.write(json.dumps(seed, ensure_ascii=False) + "\n")
@@ -624,7 +754,8 @@ def _row_problem(row, field_name, options: EvolveOptions, seen: set[str], n: int
     return row_problem(row, field_name, seen, n, options.max_instruction_chars, "--max-instruction-chars")
 
 
-async def _answer_seeds(options, work: WorkFolder, seeds_path, answerer, budget, heard: Observers) -> bool:
+async def _answer_seeds(options, work: WorkFolder, seeds_path, answerer, budget, heard: Observers,
+                        pilot: "_PilotLog | None" = None) -> bool:
     """Seeds that came without an answer get one, so round 0 of the output is complete."""
     journal_path = work.answers
     done = work.resume(0, retry=Failure.LLM_ERROR.value)
@@ -632,10 +763,12 @@ async def _answer_seeds(options, work: WorkFolder, seeds_path, answerer, budget,
     if unanswered == len(done):
         return True
     heard.phase("answer seeds", unanswered, len(done))
-    todo = (row for row in read(seeds_path) if not row["output"] and row["seed_id"] not in done)
+    todo = (row for row in read(seeds_path) if not row["output"] and row["seed_id"] not in done
+            and (pilot is None or row["seed_id"] in pilot.ids))
 
     async def work_on(row, journal):
-        journal.append(await arun_steps(seed_answer(row), answerer, answerer))
+        steps = arun_steps(seed_answer(row), answerer, answerer)
+        journal.append(await (steps if pilot is None else pilot.measure(0, row["seed_id"], steps)))
         heard.advance("answer seeds")
 
     budget.phase()
@@ -715,11 +848,12 @@ async def _drive(rows, work_on, journal_path: Path, concurrency: int | str, budg
 
 
 async def _round(round_: int, pool: Path, total: int, options: EvolveOptions, work: WorkFolder, methods,
-                 evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
+                 evol: Llm, answerer: Llm, budget: _Budget, heard: Observers, *, benchmarks=None,
+                 pilot: "_PilotLog | None" = None) -> bool:
     journal_path = work.journal(round_)
     done = work.resume(round_, retry=Failure.LLM_ERROR.value)
     heard.phase(f"round {round_}", total, len(done))
-    plan = round_plan(round_, options, methods, evol, answerer)
+    plan = round_plan(round_, options, methods, evol, answerer, benchmarks)
 
     # Steps an earlier run finished for items it did not finish (the evolution, the judge's verdict):
     # a rerun starts those items after them, so without a reply cache it pays for no finished call.
@@ -730,15 +864,19 @@ async def _round(round_: int, pool: Path, total: int, options: EvolveOptions, wo
     async def work_on(row, journal):
         steps = round_item(row, plan, known=known.pop(row["seed_id"], {}),
                            keep=lambda step: partial.append({"seed_id": row["seed_id"], **step}))
-        journal.append(await arun_steps(steps, evol, answerer))
+        if pilot is None:
+            journal.append(await arun_steps(steps, evol, answerer))
+        else:
+            journal.append(await pilot.measure(round_, row["seed_id"], arun_steps(steps, evol, answerer)))
         heard.advance(f"round {round_}")
 
-    rows = (row for row in read(pool) if row["seed_id"] not in done)
+    rows = (row for row in read(pool) if row["seed_id"] not in done
+            and (pilot is None or row["seed_id"] in pilot.ids))
     budget.phase()
     with partial:
         complete = await _drive(rows, work_on, journal_path, options.concurrency, budget,
                                 calls_per_item=plan.calls_per_item)
-    if complete:   # every item of the round is in its journal: the steps kept on the way are spent
+    if complete and pilot is None:   # every item of the round is in its journal: the steps kept on the way are spent
         partial_path.unlink(missing_ok=True)
     return complete
 
@@ -758,11 +896,11 @@ def _cluster_seeds(cluster_run, work: WorkFolder, seeds_path: Path, evol: Llm, a
 
 
 def _cluster_round(cluster_run, round_: int, pool: Path, total: int, options: EvolveOptions, work: WorkFolder,
-                   methods, evol: Llm, answerer: Llm, budget: _Budget, heard: Observers) -> bool:
+                   methods, evol: Llm, answerer: Llm, budget: _Budget, heard: Observers, benchmarks=None) -> bool:
     from .cluster.pipeline import Phase
 
     done = work.resume(round_, retry=Failure.LLM_ERROR.value)
-    complete = _cluster_phase(cluster_run, Phase(round_plan(round_, options, methods, evol, answerer)),
+    complete = _cluster_phase(cluster_run, Phase(round_plan(round_, options, methods, evol, answerer, benchmarks)),
                               f"round {round_}", pool, work.journal(round_), total, done, evol, answerer, budget,
                               heard)
     if complete:   # steps an earlier single-process run kept are spent (this path starts items afresh)
@@ -792,21 +930,25 @@ def _cluster_phase(cluster_run, phase, label: str, pool: Path, journal_path: Pat
     return limit is None
 
 
-def round_plan(round_: int, options: EvolveOptions, methods, evol: Llm, answerer: Llm) -> RoundPlan:
+def round_plan(round_: int, options: EvolveOptions, methods, evol: Llm, answerer: Llm, benchmarks=None) -> RoundPlan:
     """What decides round ``round_``'s records besides the replies (rounds.RoundPlan). An item failed
     last round is evolved again at --retry-temperature when --evol-temperature is 0 (greedy would
     repeat the failure)."""
     return RoundPlan(round_, tuple(methods), options.seed, options.judge,
                      options.retry_temperature if not options.evol_temperature else None,
-                     evol.settings.label, answerer.settings.label)
+                     evol.settings.label, answerer.settings.label, benchmarks)
 
 
-def _round_stats(work: WorkFolder, rounds: int) -> list[RoundStats]:
+def _round_stats(work: WorkFolder, rounds: int, duplicates: dict | None = None) -> list[RoundStats]:
+    """Kept and eliminated per round; a kept evolution --dedup drops counts as eliminated (near_duplicate)."""
+    duplicates = duplicates or {}
     stats = []
     for round_ in range(1, rounds + 1):
         s = RoundStats(round_)
         for row in read(work.journal(round_)):
-            if row["status"] == "kept":
+            if row["status"] == "kept" and f"{row['seed_id']}#{round_}" in duplicates:
+                s.eliminated[dedup_mod.NEAR_DUPLICATE] += 1
+            elif row["status"] == "kept":
                 s.kept += 1
                 s.words_before += _words(row["parent_instruction"])
                 s.words_after += _words(row["instruction"])
@@ -838,71 +980,264 @@ def _records(options: EvolveOptions, work: WorkFolder, seeds_path: Path):
                     "parent_instruction", "evol_model", "answer_model")}}
 
 
-def _assemble(options: EvolveOptions, work: WorkFolder, seeds_path: Path, out: Path, fmt: str, bound: int) -> int:
+def _assemble(options: EvolveOptions, work: WorkFolder, seeds_path: Path, out: Path, fmt: str, bound: int,
+              duplicates: dict | None = None) -> int:
     """Write the output; ``bound`` (at least the number of records) only sizes the shuffle's buckets,
-    so the journals are read once here, not counted first."""
-    ordered = output.shuffled(_records(options, work, seeds_path), seed=options.seed, count=bound, workdir=work.path)
+    so the journals are read once here, not counted first. ``duplicates`` (--dedup) are left out."""
+    records = _records(options, work, seeds_path)
+    if duplicates:
+        records = (r for r in records if r["id"] not in duplicates)
+    ordered = output.shuffled(records, seed=options.seed, count=bound, workdir=work.path)
     if options.sample is not None:
         ordered = itertools.islice(ordered, options.sample)
     return output.write(ordered, out, fmt)
 
 
-def _write_rejects(work: WorkFolder, rounds: int, path: Path) -> None:
+def _write_rejects(work: WorkFolder, rounds: int, path: Path, duplicates: dict | None = None) -> None:
+    duplicates = duplicates or {}
     with atomic_write(path) as fh:
+        for row in read(work.contaminated):   # --decontaminate: seeds left out at ingest
+            fh.write(json.dumps({"id": f"{row['seed_id']}#0", "round": 0, "status": "rejected", **row},
+                                ensure_ascii=False) + "\n")
         for row in read(work.answers):
             if not row["output"]:
                 fh.write(json.dumps({"id": f"{row['seed_id']}#0", "round": 0, "status": "rejected", **row},
                                     ensure_ascii=False) + "\n")
         for round_ in range(1, rounds + 1):
             for row in read(work.journal(round_)):
+                record_id = f"{row['seed_id']}#{round_}"
                 if row["status"] == "rejected":
-                    fh.write(json.dumps({"id": f"{row['seed_id']}#{round_}", **row}, ensure_ascii=False) + "\n")
+                    fh.write(json.dumps({"id": record_id, **row}, ensure_ascii=False) + "\n")
+                elif record_id in duplicates:
+                    fh.write(json.dumps({"id": record_id, **row, "status": "rejected",
+                                         "reason": dedup_mod.NEAR_DUPLICATE, "duplicate_of": duplicates[record_id]},
+                                        ensure_ascii=False) + "\n")
 
 
-def _estimate(options: EvolveOptions, methods) -> dict:
-    """Calls, tokens and cost a run would take, per role, without calling anything (tokens ~ characters
-    / 4; the information-gain judge's calls belong to the evol role; cost from cost.py's prices)."""
+# What an evolver writes besides the instruction, per working step of the method's reply format (e0's
+# Methods List and Plan): assumed about 120 tokens each when nothing is measured. e0's reply is four
+# steps, two of them the instruction again (rewritten, then finally rewritten), so it writes several
+# times the instruction's length; --pilot measures it instead.
+WORKING_STEP_TOKENS = 120
+# The evolved instruction is about this much longer than the one it came from (e0 adds 10 to 20 words).
+GROWTH = 1.3
+Z95 = 1.96
+
+
+def _evolver_reply_tokens(method: Method, instruction_tokens: float) -> float:
+    """The tokens an evolver's reply to ``method`` takes, from its reply format (llm/replies.py): each
+    field that holds an instruction about as long as the evolved one, each other field a working step."""
+    from .llm.replies import evolution_format
+
+    fields = evolution_format(method.text).fields
+    return sum(instruction_tokens * GROWTH if "instruction" in f.label.lower() or "prompt" in f.label.lower()
+               else WORKING_STEP_TOKENS for f in fields) or instruction_tokens * GROWTH
+
+
+def _estimate(options: EvolveOptions, methods, benchmarks=None, measured: list[dict] | None = None,
+              spent: dict | None = None) -> dict:
+    """Calls, tokens and cost a run would take, per role. Without ``measured``, on paper, calling nothing
+    (tokens ~ characters / 4; the evolver's reply from its method's reply format; the information-gain
+    judge's calls belong to the evol role; cost from cost.py's prices). With ``measured`` (--pilot: per
+    pilot item and phase, the calls and the server's token counts per role) the pilot's means are
+    extrapolated to every item, with a 95% range (``_extrapolate``). The JSON keeps the keys it always
+    had (prompt_tokens_estimate, output_tokens_estimate, roles, cost_usd)."""
     from .algorithm.judge import gain_prompt
 
-    items = chars = unanswered = bad = 0
+    items = chars = unanswered = bad = dirty = 0
     for _, seed, _ in _seed_rows(options):
         if seed is None:
             bad += 1
+            continue
+        if benchmarks is not None and benchmarks.check(with_input(seed["instruction"], seed["input"])):
+            dirty += 1
             continue
         items += 1
         chars += len(seed["instruction"])
         unanswered += not seed["output"]
     per_item = 3 if options.judge else 2   # rounds.RoundPlan.calls_per_item
-    method_chars = sum(len(m.text) * w for m, w in methods) / sum(w for _, w in methods)
+    weights = sum(w for _, w in methods)
+    method_chars = sum(len(m.text) * w for m, w in methods) / weights
     mean, evolutions = chars / max(items, 1), items * options.rounds
+    reply = sum(_evolver_reply_tokens(m, mean / 4) * w for m, w in methods) / weights
     judged = evolutions if options.judge else 0
-    roles = {
-        "evol": {"settings": options.evol_settings(), "calls": evolutions + judged,
+    paper = {
+        "evol": {"calls": evolutions + judged,
                  "input_tokens": (evolutions * (method_chars + mean)
-                                  + judged * (len(gain_prompt("", "")) + mean * 2.3)) / 4,
-                 "output_tokens": evolutions * mean * 1.3 / 4 + judged * 3},
-        "answer": {"settings": options.answer_settings(), "calls": unanswered + evolutions,
-                   "input_tokens": (unanswered * mean + evolutions * mean * 1.3) / 4,
+                                  + judged * (len(gain_prompt("", "")) + mean * (1 + GROWTH))) / 4,
+                 "output_tokens": evolutions * reply + judged * 3},
+        "answer": {"calls": unanswered + evolutions,
+                   "input_tokens": (unanswered * mean + evolutions * mean * GROWTH) / 4,
                    "output_tokens": (unanswered + evolutions) * options.answer_max_tokens / 4},
     }
+    ranges = None
+    if measured is not None:
+        paper, ranges = _extrapolate(measured, {0: unanswered, **{r: items for r in range(1, options.rounds + 1)}})
+    settings = {"evol": options.evol_settings(), "answer": options.answer_settings()}
     batched = {"evol": options.batch in ("all", "evol"), "answer": options.batch in ("all", "answer")}
-    spent = {}
-    for role, r in roles.items():
-        settings = r.pop("settings")
-        usage = {k: int(v) for k, v in r.items()}
-        spent[role] = cost_mod.role_cost(role, usage, cost_mod.price_of(settings), settings.model,
-                                         batched=usage if batched[role] else None)
-    estimate, cost_usd = cost_mod.estimate(spent)
+
+    def priced(usages: dict) -> dict:
+        out = {}
+        for role, r in usages.items():
+            usage = {k: int(round(v)) for k, v in r.items()}
+            out[role] = cost_mod.role_cost(role, usage, cost_mod.price_of(settings[role]), settings[role].model,
+                                           batched=usage if batched[role] else None)
+        return out
+
+    estimate, cost_usd = cost_mod.estimate(priced(paper))
     for role, row in estimate.items():
         row["price"] = "batch" if batched[role] else "online"
-    return {"items": items, "bad_rows": bad, "seeds_without_answer": unanswered, "rounds": options.rounds,
-            "calls": unanswered + items * options.rounds * per_item,
-            "prompt_tokens_estimate": sum(r["input_tokens"] for r in estimate.values()),
-            "output_tokens_estimate": sum(r["output_tokens"] for r in estimate.values()),
-            "roles": estimate,
-            "cost_usd": cost_usd,
-            "assumes": "every evolution kept; the evolver's reply about as long as the evolved instruction "
-                       "(a multi-step method such as e0 writes several times more); answers average a quarter "
-                       "of --answer-max-tokens; "
-                       + ("online (not batch) prices" if not options.batch else
-                          "batch prices for the roles --batch sends to batches, online for the others")}
+    found = {"items": items, "bad_rows": bad, "seeds_without_answer": unanswered, "rounds": options.rounds,
+             "calls": (sum(r["calls"] for r in estimate.values()) if measured is not None
+                       else unanswered + items * options.rounds * per_item),
+             "prompt_tokens_estimate": sum(r["input_tokens"] for r in estimate.values()),
+             "output_tokens_estimate": sum(r["output_tokens"] for r in estimate.values()),
+             "roles": estimate,
+             "cost_usd": cost_usd}
+    if benchmarks is not None:
+        found["contaminated_seeds"] = dirty
+    prices = ("online (not batch) prices" if not options.batch else
+              "batch prices for the roles --batch sends to batches, online for the others")
+    if measured is None:
+        found["assumes"] = ("every evolution kept (eliminated ones make no answer call, so this is an upper bound "
+                            "on the answers); tokens ~ characters / 4; the evolver's reply: "
+                            f"~{reply:.0f} tokens (each instruction field of the method's reply format about "
+                            f"{GROWTH:g} x the seed's length, each working step such as a plan ~{WORKING_STEP_TOKENS} "
+                            "tokens); answers average a quarter of --answer-max-tokens; " + prices
+                            + "; --pilot N measures all of this on the first N items")
+        return found
+    lo, hi = priced(ranges[0]), priced(ranges[1])
+    for role, row in estimate.items():
+        row["range"] = {k: [int(round(ranges[0][role][k])), int(round(ranges[1][role][k]))]
+                        for k in ("calls", "input_tokens", "output_tokens")}
+        if lo[role].usd is not None:
+            row["range"]["cost_usd"] = [round(lo[role].usd, 6), round(hi[role].usd, 6)]
+    if all(lo[r].usd is not None for r in lo):
+        found["cost_usd_range"] = [round(sum(c.usd for c in lo.values()), 6), round(sum(c.usd for c in hi.values()), 6)]
+    found["pilot"] = _pilot_summary(measured, spent or {}, settings, batched)
+    found["assumes"] = (f"the first {found['pilot']['items']} items (the pilot) stand for the rest: their calls and "
+                        "tokens per item, as the server counted them, per round, times every item; the range is a 95% "
+                        "interval of that mean (normal, finite-population corrected); " + prices)
+    return found
+
+
+def _extrapolate(measured: list[dict], totals: dict[int, int]) -> tuple[dict, tuple[dict, dict]]:
+    """Per role, calls and tokens for every item from the pilot's per-item measures: per phase (0: the
+    seeds' answers, r: round r) N_p items x the pilot's mean, summed. The 95% range is that of a sum of
+    the pilot items' own totals, each item's phases weighted by N_p / n_p (so a long seed, long in every
+    round, counts once, not as independent phases): the standard error sd / sqrt(n) of their mean, times
+    the finite-population correction sqrt(1 - n / N). A phase the pilot did not reach (seeds with answers
+    in the pilot, none without) takes the answer role's mean per call over the pilot's rounds."""
+    keys = ("calls", "input_tokens", "output_tokens")
+    roles = ("evol", "answer")
+    by_phase: dict[int, list[dict]] = {}
+    for line in measured:
+        by_phase.setdefault(int(line["phase"]), []).append(line)
+    point = {role: dict.fromkeys(keys, 0.0) for role in roles}
+    answer_calls = [line["answer"] for p, lines in by_phase.items() if p for line in lines if line["answer"]["calls"]]
+    weighted: dict[str, dict[str, dict[str, float]]] = {}   # item -> role -> key -> its weighted total
+    for phase, total in totals.items():
+        if not total:
+            continue
+        lines = by_phase.get(phase, [])
+        if not lines:
+            if phase == 0 and answer_calls:
+                calls = sum(a["calls"] for a in answer_calls)
+                for k in keys:
+                    point["answer"][k] += total * sum(a[k] for a in answer_calls) / calls
+            continue
+        weight = total / len(lines)
+        for line in lines:
+            item = weighted.setdefault(line["seed_id"], {role: dict.fromkeys(keys, 0.0) for role in roles})
+            for role in roles:
+                for k in keys:
+                    item[role][k] += weight * line[role][k]
+                    point[role][k] += weight * line[role][k]
+    n, population = len(weighted), max(totals.values(), default=0)
+    spread = {role: dict.fromkeys(keys, 0.0) for role in roles}
+    if n > 1:
+        for role in roles:
+            for k in keys:
+                values = [item[role][k] for item in weighted.values()]
+                m = sum(values) / n
+                sd2 = sum((v - m) ** 2 for v in values) / (n - 1)
+                spread[role][k] = Z95 * (n * sd2 * max(0.0, 1 - n / population)) ** 0.5
+    low = {role: {k: max(0.0, point[role][k] - spread[role][k]) for k in keys} for role in roles}
+    high = {role: {k: point[role][k] + spread[role][k] for k in keys} for role in roles}
+    return point, (low, high)
+
+
+def _pilot_summary(measured: list[dict], spent: dict, settings: dict, batched: dict) -> dict:
+    """What the pilot did: its items, their calls and tokens (all kept in the work folder), tokens per
+    call per role, the elimination rate per round, and what this process paid for it."""
+    keys = ("calls", "input_tokens", "output_tokens")
+    used = {role: {k: sum(line[role][k] for line in measured) for k in keys} for role in ("evol", "answer")}
+    per_call = {role: {k: round(u[k] / u["calls"], 1) for k in ("input_tokens", "output_tokens")}
+                for role, u in used.items() if u["calls"]}
+    rounds: dict[int, Counter] = {}
+    for line in measured:
+        if int(line["phase"]):
+            rounds.setdefault(int(line["phase"]), Counter())[line.get("reason") or "kept"] += 1
+    elimination = {str(r): {"items": sum(c.values()), "eliminated": sum(v for k, v in c.items() if k != "kept"),
+                            "rate": round(sum(v for k, v in c.items() if k != "kept") / sum(c.values()), 3),
+                            "reasons": {k: v for k, v in c.items() if k != "kept"}}
+                   for r, c in sorted(rounds.items())}
+    paid = cost_mod.costs(spent, settings, batched={r: u for r, u in spent.items() if batched.get(r)}) if spent else {}
+    return {"items": len({line["seed_id"] for line in measured}), "used": used, "per_call": per_call,
+            "elimination": elimination,
+            "spent_usd": cost_mod.total(paid) if paid else 0.0,
+            "kept_in": "the work folder of --out: the real run pays for these items' calls no more"}
+
+
+class _PilotLog:
+    """--pilot: which seeds the pilot runs, and each one's calls per role and phase, measured by a Tally
+    (client.TALLY: every call made in the item's task counts there) and appended to ``pilot.jsonl``."""
+
+    def __init__(self, path: Path, ids: set[str], evol: Llm, answerer: Llm) -> None:
+        self.path, self.ids, self.evol, self.answerer = path, ids, evol, answerer
+
+    async def measure(self, phase: int, seed_id: str, steps) -> dict:
+        tally = llm_mod.Tally()
+        token = llm_mod.TALLY.set(tally)
+        try:
+            record = await steps
+        finally:
+            llm_mod.TALLY.reset(token)
+
+        def used(llm) -> dict:
+            u = tally.of(llm.usage)
+            return {"calls": u.calls, "input_tokens": u.input_tokens, "output_tokens": u.output_tokens}
+
+        evol = used(self.evol)
+        answer = used(self.answerer) if self.answerer is not self.evol else {"calls": 0, "input_tokens": 0,
+                                                                              "output_tokens": 0}
+        line = {"phase": phase, "seed_id": seed_id, "reason": record.get("reason"), "evol": evol, "answer": answer}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(line) + "\n")
+        return record
+
+
+def _pilot(n: int, options: EvolveOptions, methods, work: WorkFolder, evol: Llm, answerer: Llm, heard: Observers,
+           benchmarks) -> dict:
+    """--dry-run --pilot N: the first N seeds through every phase for real, measured; then the estimate
+    extrapolated from them. Their records go to the journals, as a run's do, so the real run (the same
+    command without --dry-run) continues after them; the work folder's manifest holds the same settings."""
+    seeds_path, _ = _claim(options, methods, work, benchmarks)
+    seeds = sum(1 for _ in read(seeds_path))
+    ids = set(itertools.islice((row["seed_id"] for row in read(seeds_path)), n))
+    log = _PilotLog(work.pilot, ids, evol, answerer)
+    budget = _Budget(options.max_calls, [evol, answerer], options.max_cost)
+    complete = llm_mod.run_async(_answer_seeds(options, work, seeds_path, answerer, budget, heard, pilot=log))
+    for round_ in range(1, options.rounds + 1):
+        if not complete:
+            break
+        pool = seeds_path if round_ == 1 else work.journal(round_ - 1)
+        complete = llm_mod.run_async(_round(round_, pool, seeds, options, work, methods, evol, answerer, budget,
+                                            heard, benchmarks=benchmarks, pilot=log))
+    if not complete:
+        raise UserError(f"--pilot {n}: stopped at {budget.stopped_by or 'a budget'} before its items were done; "
+                        f"what it finished is kept in {work.path}")
+    latest = {(line["phase"], line["seed_id"]): line for line in read(work.pilot) if line["seed_id"] in ids}
+    spent = ({"evol": evol.usage.snapshot(), "answer": answerer.usage.snapshot()} if answerer is not evol
+             else {"evol": evol.usage.snapshot()})
+    return _estimate(options, methods, benchmarks, measured=list(latest.values()), spent=spent)

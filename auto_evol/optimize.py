@@ -80,6 +80,9 @@ class Options:
                                     # for RAY_ADDRESS or a local Ray; the trajectories and the optimizer stay here
     ray_workers: int | None = None  # workers judging dev pairs under --ray; None: 2 per node
     ray_batch_size: int = 16        # dev pairs one worker takes at once (its calls in flight)
+    decontaminate: list[str] = field(default_factory=list)   # benchmark sets: their items are left out of the
+                                    # training pool and the dev set (evolve's check, contamination.py)
+    decontaminate_ngram: int = 13
 
     def evol_settings(self) -> RoleSettings:
         return RoleSettings(self.evol_model, self.api_base, self.evol_temperature, self.evol_top_p,
@@ -278,8 +281,8 @@ def estimate(options: Options) -> dict:
     if options.resume:
         raise UserError("--dry-run estimates a new run; it does not take --resume")
     init = registry.resolve(options.init_method)
-    split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size, seed=options.seed,
-                       instruction_field=options.instruction_field)
+    split = _decontaminated(load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
+                                       seed=options.seed, instruction_field=options.instruction_field), options)
     items = split.dev + split.train
     mean = sum(len(i.instruction) for i in items) / max(len(items), 1)   # characters of an instruction
     dev, size, m, steps = len(split.dev), min(options.batch_size, len(split.train)), options.candidates, options.steps
@@ -316,7 +319,7 @@ def estimate(options: Options) -> dict:
     return {"upper_bound": True, "data": split.name, "dev_items": dev, "batch": size, "steps": steps,
             "candidates": m, "rounds": options.rounds, "phases": by_phase, "roles": by_role,
             "calls": calls, "paper_calls": PAPER_CALLS,
-            "cost_usd": cost_usd,
+            "cost_usd": cost_usd, **({"notes": list(split.notes)} if split.notes else {}),
             "assumes": "an upper bound: every step runs, every candidate is new and judged on every dev item "
                        "(halving, racing, duplicates and failed evolutions call less), every reply uses its whole "
                        "--*-max-tokens, no reply comes from the cache; input tokens are estimates (characters / 4, "
@@ -530,7 +533,10 @@ def _batched(options: Options, evol: Llm, run_id: str | None):
     else:
         what = dataclasses.replace(options, concurrency=1, max_cost=None, max_error_rate=1.0, resume=None,
                                    trace=False, track=False, batch="all")
-        digest = hashlib.sha256(json.dumps(dataclasses.asdict(what), sort_keys=True, default=str).encode())
+        fields = dataclasses.asdict(what)
+        if not fields["decontaminate"]:   # a run without it keeps the journal it had before the flag existed
+            del fields["decontaminate"], fields["decontaminate_ngram"]
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
         path = Path(options.cache_dir or backends.DEFAULT_CACHE_DIR) / "batches" / \
             f"optimize-{digest.hexdigest()[:16]}.jsonl"
     # One process per journal (an untracked run's is shared by the same command run twice): refused here.
@@ -567,8 +573,8 @@ def optimize(options: Options | None = None, *, observers: Iterable[Observer] | 
         options.validate()
         # Everything that can be wrong with the input is found before the first LLM call.
         init = state.init if state else registry.resolve(options.init_method)
-        split = load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
-                           seed=options.seed, instruction_field=options.instruction_field)
+        split = _decontaminated(load_split(options.data, dev_size=options.dev_size, batch_size=options.batch_size,
+                                           seed=options.seed, instruction_field=options.instruction_field), options)
         check_writable(Path(options.methods_dir), f"--methods-dir {options.methods_dir}")
         cost_mod.require_prices(options.max_cost, (
             (evol.settings if evol else options.evol_settings(), "--evol-model"),
@@ -727,7 +733,7 @@ async def _arun(options: Options, state: LoopState | None, split: Split, init: M
         result.usage, result.batch_usage = run_usage()
         result.costs = cost_mod.costs(result.usage, roles, batched=result.batch_usage)
         result.process_cost = process_cost()
-        result.notices = list(dict.fromkeys(evol.notices + optimizer.notices))
+        result.notices = list(dict.fromkeys([*split.notes, *evol.notices, *optimizer.notices]))
         result.seconds = round(time.perf_counter() - started, 2)
         return result
     finally:
@@ -785,6 +791,38 @@ def _evol_usage(evol: Llm, batched=None) -> tuple[dict, dict]:
         return online, {}
     part = batched.usage.snapshot()
     return cost_mod.add(online, part), part
+
+
+def _decontaminated(split: Split, options: Options) -> Split:
+    """--decontaminate: training and dev items that overlap a benchmark item (evolve's n-gram check,
+    contamination.py) are left out, so a method is never optimized, or judged, on the benchmark it will
+    be evaluated by; the split says what it left out (a notice on the terminal and in MLflow). Checked
+    before any call, as the split is."""
+    if not options.decontaminate:
+        return split
+    if options.decontaminate_ngram < 1:
+        raise UserError(f"--decontaminate-ngram must be at least 1, got {options.decontaminate_ngram}")
+    from .algorithm.contamination import BenchmarkIndex
+    from .storage.data import benchmark_items
+
+    index = BenchmarkIndex(((spec, item_id, text) for spec in options.decontaminate
+                            for item_id, text in benchmark_items(spec)), n=options.decontaminate_ngram)
+    hits = {item.id: index.check(item.instruction) for item in split.train + split.dev}
+    train = [i for i in split.train if hits[i.id] is None]
+    dev = [i for i in split.dev if hits[i.id] is None]
+    if len(train) == len(split.train) and len(dev) == len(split.dev):
+        return dataclasses.replace(split, notes=(*split.notes, f"--decontaminate: no item overlaps "
+                                                 f"{', '.join(options.decontaminate)} ({len(index)} items)"))
+    if len(train) < options.batch_size or not dev:
+        raise UserError(f"{options.data}: after --decontaminate left out {len(split.train) - len(train)} training and "
+                        f"{len(split.dev) - len(dev)} dev items, too few remain for a mini-batch of "
+                        f"{options.batch_size} and a dev set")
+    first = next(h for h in hits.values() if h is not None)
+    first_id = next(k for k, h in hits.items() if h is first)
+    note = (f"--decontaminate: left out {len(split.train) - len(train)} training and {len(split.dev) - len(dev)} dev "
+            f"items that overlap {', '.join(options.decontaminate)} (e.g. {first_id}: {first.benchmark} "
+            f"{first.item_id}); the dev set has {len(dev)} items")
+    return dataclasses.replace(split, train=train, dev=dev, notes=(*split.notes, note))
 
 
 def _resumed_options(stored: dict, given: Options) -> Options:

@@ -186,3 +186,38 @@ def compare_world(prompt: str) -> str:
         n = prompt.count("twist") + prompt.count("explain each step")
         return "not sure" if int(re.search(r"number (\d+)", prompt).group(1)) % 10 == 0 else str(min(10, 3 + 2 * n))
     return world(prompt)
+
+
+_FILLER = ("add a second quantity that must be tracked; ask for the answer in another unit; require each "
+           "intermediate result; add a condition on the order of events; ask to check the answer against the "
+           "data; include a distractor that must be ignored; make the reader compare two options; ").split()
+
+
+def e0_world(body: dict) -> str:
+    """Replies like an evolver given e0 (``FakeOpenAI(reply=e0_world)``): four steps, a methods list and a
+    plan of 60-160 words each and two rewrites of the instruction, a few hundred words in all, their
+    lengths fixed per instruction (a hash of it); the information-gain judge answers 'equal' for one
+    instruction in 9; answers run 40-240 words, one in 7 a short 'Sorry' (eliminated). Usage is counted
+    in words, as FakeOpenAI does."""
+    import hashlib
+
+    def digest(text: str) -> int:   # not crc32: its bits follow the text's shared suffixes, phase to phase
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+    prompt = body["messages"][-1]["content"]
+    if isinstance(prompt, list):
+        prompt = "".join(part.get("text", "") for part in prompt)
+    if "#Finally Rewritten Instruction#" in prompt and "#Instruction#:" in prompt:
+        instruction = prompt.rsplit("#Instruction#:", 1)[1].strip()
+        h = digest(instruction)
+        listed = " ".join((_FILLER * 8)[: 60 + h % 100])
+        plan = " ".join((_FILLER * 8)[: 60 + (h >> 8) % 100])
+        extra = " ".join(_FILLER[(h >> 16) % 10: (h >> 16) % 10 + 12])
+        return (f"Step 1 #Methods List#:\n{listed}\n\nStep 2 #Plan#:\n{plan}\n\nStep 3 #Rewritten Instruction#:\n"
+                f"{instruction} Also {extra}.\n\nStep 4 #Finally Rewritten Instruction#:\n{instruction} Then also {extra}.")
+    h = digest(prompt)
+    if prompt.startswith("Compare two instructions"):
+        return "equal" if h % 9 == 0 else "not equal"
+    if h % 7 == 0:
+        return "Sorry, I cannot."
+    return "The answer follows step by step. " + " ".join((_FILLER * 20)[: 40 + h % 200]) + " So the answer is 4."

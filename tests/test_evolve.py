@@ -98,9 +98,13 @@ def test_every_output_format_reads_back(tmp_path, fmt):
     records = [{"id": f"s{i}#1", "seed_id": f"s{i}", "round": 1, "instruction": f"Do {i}", "input": "x" if i else "",
                 "output": f"done {i}", "method": "m", "method_hash": "h", "parent_instruction": "p",
                 "evol_model": "e", "answer_model": "a"} for i in range(3)]
-    path = tmp_path / ("out.parquet" if fmt == "parquet" else "out.json")
+    path = tmp_path / {"parquet": "out.parquet", "hf": "out_hf"}.get(fmt, "out.json")
     assert output.write(iter(records), path, fmt) == 3
-    if fmt == "parquet":
+    if fmt == "hf":   # a folder of Parquet shards (its README.md card is evolve's: tests/test_finishing.py)
+        rows = pd.read_parquet(path / "data").to_dict("records")
+        assert rows[1]["instruction"] == "Do 1" and rows[1]["round"] == 1
+        assert [p.name for p in path.iterdir()] == ["data"]
+    elif fmt == "parquet":
         rows = pd.read_parquet(path).to_dict("records")
         assert rows[1]["instruction"] == "Do 1" and rows[1]["seed_id"] == "s1" and rows[1]["round"] == 1
     elif fmt == "alpaca":

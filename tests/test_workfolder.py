@@ -85,11 +85,11 @@ def test_claim_refuses_another_runs_folder_and_restart_keeps_only_the_lock(tmp_p
 
 
 def test_every_format_is_one_table_entry_read_by_validation_writing_and_help(tmp_path, monkeypatch):
-    assert list(output.FORMATS) == ["jsonl", "alpaca", "sharegpt", "openai", "parquet"]
-    assert output.format_help() == "jsonl | alpaca | sharegpt | openai | parquet [default: from --out]"
+    assert list(output.FORMATS) == ["jsonl", "alpaca", "sharegpt", "openai", "parquet", "hf"]
+    assert output.format_help() == "jsonl | alpaca | sharegpt | openai | parquet | hf [default: from --out]"
     assert output.format_for(tmp_path / "x.PARQUET", None) == "parquet"
     assert output.format_for(tmp_path / "x.json", None) == "jsonl"
-    with pytest.raises(UserError, match=r"unknown --format 'csv' \(known: jsonl, alpaca, sharegpt, openai, parquet\)"):
+    with pytest.raises(UserError, match=r"unknown --format 'csv' \(known: jsonl, alpaca, sharegpt, openai, parquet, hf\)"):
         output.format_for(tmp_path / "x.json", "csv")
     import typer
 

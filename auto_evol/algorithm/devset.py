@@ -46,6 +46,7 @@ class Split:
     name: str
     train: list[Item]
     dev: list[Item]
+    notes: tuple[str, ...] = ()   # what was done to the split besides splitting (optimize --decontaminate)
 
 
 def registered() -> dict[str, Path]:
@@ -140,6 +141,33 @@ def near_duplicate_groups(texts: list[str], threshold: float = NEAR_DUPLICATE_JA
     _, component = connected_components(graph, directed=False)
     first: dict[int, int] = {}
     return [first.setdefault(c, i) for i, c in enumerate(component[node].tolist())]
+
+
+def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD) -> list[tuple[int, int]]:
+    """Every pair (i, j), i < j, of texts whose word sets reach ``threshold`` Jaccard similarity: the
+    same exact join as ``near_duplicate_groups``, without the transitive closure (evolve's --dedup
+    decides per pair: an evolution near its own seed is no duplicate, near another seed it is)."""
+    t = Fraction(threshold).limit_denominator(1000)
+    if not 0 < t <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    node_of: dict[object, int] = {}
+    sets: list[frozenset[str]] = []
+    members: list[list[int]] = []
+    for i, text in enumerate(texts):
+        words = _words(text)
+        key = words if words else ("", text)
+        if key not in node_of:
+            node_of[key] = len(sets)
+            sets.append(words)
+            members.append([])
+        members[node_of[key]].append(i)
+    found: set[tuple[int, int]] = set()
+    for group in members:   # identical word sets
+        found.update((a, b) for k, a in enumerate(group) for b in group[k + 1:])
+    xs, ys = _similar_pairs(sets, t.numerator, t.denominator)
+    for x, y in zip(xs.tolist(), ys.tolist()):
+        found.update((min(a, b), max(a, b)) for a in members[x] for b in members[y])
+    return sorted(found)
 
 
 def _similar_pairs(sets: list[frozenset[str]], num: int, den: int) -> tuple[np.ndarray, np.ndarray]:

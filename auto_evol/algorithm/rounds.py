@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ..llm.client import LLMError
 from ..storage.data import with_input
+from .contamination import CONTAMINATED
 from .failure import Failure, Rules
 from .method import Method, pick
 from .trajectory import ANSWER, Ask, evolution_steps, rollout_id
@@ -32,6 +33,7 @@ class RoundPlan:
     retry_temperature: float | None = None  # the evol temperature for an item failed last round (None: as set)
     evol_label: str = ""
     answer_label: str = ""
+    contamination: object = None            # --decontaminate: a contamination.BenchmarkIndex, or None
 
     @property
     def calls_per_item(self) -> int:
@@ -63,7 +65,13 @@ def round_item(row: dict, plan: RoundPlan, *, known: dict | None = None, keep=No
         method, parent, rules=Rules.ELIMINATION, answer=True, gain_judge=plan.judge,
         rollout=rollout(plan.seed, row["seed_id"], plan.round),
         temperature=plan.retry_temperature if retry else None, known=known, keep=keep)
-    if outcome.failure is None:
+    hit = (plan.contamination.check(outcome.rewrite)
+           if outcome.failure is None and plan.contamination is not None else None)
+    if hit is not None:   # a benchmark item (or a light rewording of one): never released, tried again next round
+        record.update(status="rejected", instruction=instruction, rejected_instruction=outcome.rewrite,
+                      rejected_output=outcome.answer or "", reason=CONTAMINATED,
+                      benchmark=hit.benchmark, benchmark_id=hit.item_id, overlap=hit.share)
+    elif outcome.failure is None:
         record.update(status="kept", instruction=outcome.rewrite, input="", output=outcome.answer)
     else:
         record.update(status="rejected", instruction=instruction, rejected_instruction=outcome.rewrite or "",

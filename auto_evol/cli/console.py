@@ -69,6 +69,8 @@ class OptimizeConsole(PhaseProgress):
             f"start {init.name} | steps {options.steps}, m {options.candidates}, batch {options.batch_size}, "
             f"rounds {options.rounds} | evol {evol.label} (t={evol.temperature}), "
             f"optimizer {opt.label} (t={opt.temperature})")
+        for note in getattr(split, "notes", ()):
+            self.console.print(note)
         if options.resume:
             self.console.print(f"resuming MLflow run {options.resume} after its last finished step")
         self.progress.start()
@@ -175,3 +177,69 @@ class CompareConsole(PhaseProgress):
         self.console.print(f"[bold]auto-evol compare[/] {split.name}: {len(split.dev)} dev items, {options.rounds} "
                            f"rounds, methods {', '.join(methods)}")
         self.progress.start()
+
+
+def _count(n) -> str:
+    n = float(n)
+    for bound, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= bound:
+            return f"{n / bound:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+def _usd(value) -> str:
+    return usd_text(value) if isinstance(value, (int, float)) else str(value)
+
+
+def estimate_table(estimate: dict) -> str:
+    """evolve --dry-run for a person: per role calls, tokens in and out and USD (with the pilot's 95%
+    range when there was one), the total, then what the figures assume. Plain text: it is read once,
+    pasted into an issue or a budget request."""
+    ranged = "pilot" in estimate
+    header = ("role", "model", "calls", "tokens in", "tokens out", "USD")
+    rows = []
+
+    def cell(row: dict, key: str, text) -> str:
+        if ranged and key in row.get("range", {}) and row["range"][key][0] != row["range"][key][1]:
+            lo, hi = row["range"][key]
+            fmt = _usd if key == "cost_usd" else _count
+            return f"{text} ({fmt(lo)}-{fmt(hi)})"
+        return str(text)
+
+    for role, row in estimate["roles"].items():
+        rows.append((role, row["model"], cell(row, "calls", _count(row["calls"])),
+                     cell(row, "input_tokens", _count(row["input_tokens"])),
+                     cell(row, "output_tokens", _count(row["output_tokens"])),
+                     cell(row, "cost_usd", _usd(row["cost_usd"])) + ("" if row.get("price") != "batch" else " batch")))
+    total = _usd(estimate["cost_usd"])
+    if ranged and "cost_usd_range" in estimate:
+        lo, hi = estimate["cost_usd_range"]
+        total += f" ({_usd(lo)}-{_usd(hi)})"
+    rows.append(("total", "", _count(estimate["calls"]), _count(estimate["prompt_tokens_estimate"]),
+                 _count(estimate["output_tokens_estimate"]), total))
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    out = [f"evolve --dry-run: {estimate['items']:,} seeds x {estimate['rounds']} rounds"
+           + (f" ({estimate['seeds_without_answer']:,} seeds without an answer get one)"
+              if estimate["seeds_without_answer"] else "")
+           + (f"; {estimate['bad_rows']:,} bad rows skipped" if estimate["bad_rows"] else "")
+           + (f"; {estimate['contaminated_seeds']:,} seeds contaminated, left out" if estimate.get("contaminated_seeds")
+              else ""),
+           "", line(header), line(["-" * w for w in widths]), *(line(r) for r in rows[:-1]),
+           line(["-" * w for w in widths]), line(rows[-1]), ""]
+    if ranged:
+        p = estimate["pilot"]
+        per_call = "; ".join(f"{role} {v['input_tokens']:.0f} in / {v['output_tokens']:.0f} out"
+                             for role, v in p["per_call"].items())
+        paid = (_usd(p["spent_usd"]) if isinstance(p["spent_usd"], (int, float)) else "at no known price")
+        out.append(f"measured on the first {p['items']} items (the pilot: {p['used']['evol']['calls'] + p['used']['answer']['calls']:,} "
+                   f"calls, {paid} in this process; their results are kept in the work folder, so the real run "
+                   f"pays for them no more)")
+        out.append(f"tokens per call: {per_call}")
+        for r, e in p["elimination"].items():
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(e["reasons"].items(), key=lambda kv: -kv[1]))
+            out.append(f"round {r}: {e['eliminated']} of {e['items']} eliminated ({e['rate']:.0%})"
+                       + (f": {reasons}" if reasons else ""))
+        out.append("(ranges: 95%)")
+    out.append(f"assumes: {estimate['assumes']}")
+    return "\n".join(out)

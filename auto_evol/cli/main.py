@@ -58,7 +58,7 @@ MAX_ERROR_RATE_HELP = ("Stop (exit 4, finished work kept) when more than this sh
 
 
 # Parameters that say how a verb runs or prints, not what it does: never an option of its dataclass.
-NOT_OPTIONS = frozenset({"config", "quiet", "dry_run"})
+NOT_OPTIONS = frozenset({"config", "quiet", "dry_run", "pilot", "json_output"})
 # Flags that set an option of another name: the option and the value a typed flag gives it.
 SWITCHES = {"no_track": ("track", False), "no_cache": ("cache_dir", None)}
 RENAMED = {"method": "methods"}   # --method / --methods, repeated: the list of methods
@@ -134,6 +134,10 @@ def optimize(
     selection: Optional[str] = typer.Option(None, help=selection_mod.help_text()),
     accept: Optional[str] = typer.Option(None, help="lower | paired (a paired test on the same dev items must agree). [default: lower]"),
     confidence: Optional[float] = typer.Option(None, help="Confidence of --accept paired. [default: 0.95]"),
+    decontaminate: list[str] = typer.Option([], "--decontaminate", metavar="SPEC...",
+                                            help="Benchmark sets (files or hf:NAME[:SPLIT]) whose items, and light "
+                                                 "rewordings of them, are left out of the training pool and dev set."),
+    decontaminate_ngram: Optional[int] = typer.Option(None, help="Words per n-gram for --decontaminate. [default: 13]"),
     max_error_rate: Optional[float] = typer.Option(None, help=MAX_ERROR_RATE_HELP),
     structured: Optional[str] = typer.Option(None, help=STRUCTURED_HELP),
     batch: Optional[str] = typer.Option(None, "--batch", metavar="[all|evol]",
@@ -233,7 +237,23 @@ def evolve(
                                                         "than this many USD (LiteLLM's price table); rerun to go on."),
     max_error_rate: float = typer.Option(0.5, help=MAX_ERROR_RATE_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the calls, tokens and cost per role it would take "
-                                                          "(JSON); do nothing."),
+                                                          "(a table; --json for JSON); make no call unless --pilot."),
+    json_output: bool = typer.Option(False, "--json", help="With --dry-run: print the estimate as JSON."),
+    pilot: Optional[int] = typer.Option(None, "--pilot", metavar="N",
+                                        help="With --dry-run: run the first N seeds for real (kept in OUT.work/, so the "
+                                             "real run does not pay for them again), measure their calls, tokens and "
+                                             "eliminations, and extrapolate to all seeds with a 95% range."),
+    decontaminate: list[str] = typer.Option([], "--decontaminate", metavar="SPEC...",
+                                            help="Benchmark sets to keep out (JSONL/JSON/CSV/Parquet files or "
+                                                 "hf:NAME[:SPLIT]; text from question, instruction, prompt or problem): "
+                                                 "a seed or evolution sharing their long n-grams is rejected as "
+                                                 "'contaminated'."),
+    decontaminate_ngram: int = typer.Option(13, help="Words per n-gram for --decontaminate."),
+    dedup: str = typer.Option("off", help="off | near: reduce near-duplicate evolutions (of one another, or of "
+                                          "another seed) to one, counted per round as near_duplicate."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", metavar="OWNER/NAME",
+                                              help="With --format hf: upload the dataset folder to this Hub dataset "
+                                                   "repo (token from HF_TOKEN; HF_ENDPOINT for another Hub)."),
     restart: bool = typer.Option(False, "--restart", help="Drop OUT.work/ of an earlier run instead of continuing it."),
     on_bad_line: str = typer.Option("skip", help="skip (report file:line and reason) | fail"),
     cache_dir: Optional[str] = typer.Option(None, help="Also keep every LLM reply in DSPy's disk cache here, to reuse "
@@ -250,8 +270,16 @@ def evolve(
     from ..evolve import evolve as run
 
     options = _options(ctx, EvolveOptions)
+    if (json_output or pilot is not None) and not dry_run:
+        raise UserError(f"{'--json' if json_output else '--pilot'} is for --dry-run: add --dry-run, or leave it out")
     if dry_run:
-        typer.echo(_json.dumps(run(options, dry_run=True), indent=2))
+        estimate = run(options, dry_run=True, pilot=pilot)
+        if json_output:
+            typer.echo(_json.dumps(estimate, indent=2))
+        else:
+            from .console import estimate_table
+
+            typer.echo(estimate_table(estimate))
         return
     observers = []   # the verb puts its MLflow logger in front (inert under --no-track)
     if not quiet:
@@ -398,19 +426,23 @@ def _fill_optional_values(argv: list[str]) -> list[str]:
     return out
 
 
+SPREAD = ("--methods", "--decontaminate")   # options that take several values after one flag
+
+
 def _spread_methods(argv: list[str]) -> list[str]:
-    """`--methods a b c` -> `--methods a --methods b --methods c` (click options take one value)."""
+    """`--methods a b c` -> `--methods a --methods b --methods c` (click options take one value); the same
+    for --decontaminate."""
     out, i = [], 0
     while i < len(argv):
         out.append(argv[i])
-        if argv[i] == "--methods":
-            values = []
+        if argv[i] in SPREAD:
+            flag, values = argv[i], []
             while i + 1 < len(argv) and not argv[i + 1].startswith("-"):
                 values.append(argv[i + 1])
                 i += 1
             out.pop()
             for value in values or [""]:
-                out += ["--methods", value]
+                out += [flag, value]
         i += 1
     return out
 

@@ -411,3 +411,33 @@ def _parquet_rows(path: Path):
         for row in rows:
             n += 1
             yield f"{path} row {n}", row
+
+
+# The columns a benchmark's problem text is read from (--decontaminate), the first one a row has.
+BENCHMARK_FIELDS = ("question", "instruction", "prompt", "problem")
+
+
+def benchmark_items(spec: str) -> list[tuple[str, str]]:
+    """(id, text) for every item of a benchmark set named by ``--decontaminate``: a JSONL / JSON / CSV /
+    Parquet file or ``hf:NAME[:SPLIT]``. The text is the first of BENCHMARK_FIELDS the rows have; an id
+    is the row's ``id`` (or ``task_id``) column, else its line. A row that cannot be read, or lacks the
+    text, is an error naming it: a benchmark read in part would let its other items through unseen."""
+    items: list[tuple[str, str]] = []
+    field_name = None
+    for n, (where, row) in enumerate(stream_rows(spec), start=1):
+        if isinstance(row, BadRow):
+            raise UserError(f"--decontaminate {where}: {row.reason}")
+        if field_name is None:
+            field_name = next((f for f in BENCHMARK_FIELDS if f in row), None)
+            if field_name is None:
+                columns = ", ".join(c for c in row if not str(c).startswith("_"))
+                raise UserError(f"--decontaminate {where}: no problem text column (looked for "
+                                f"{', '.join(BENCHMARK_FIELDS)}; columns: {columns})")
+        text = row.get(field_name)
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"--decontaminate {where}: empty or missing {field_name!r}")
+        item_id = row.get("id", row.get("task_id"))
+        items.append((str(item_id) if item_id is not None else f"line {n}", text))
+    if not items:
+        raise UserError(f"--decontaminate {spec}: holds no items")
+    return items

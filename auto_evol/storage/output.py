@@ -33,6 +33,7 @@ class Format:
     array: bool = False
     sidecar: bool = False
     suffix: str = ""
+    folder: bool = False    # --out names a folder the format fills (hf), not a file
 
 
 def provenance(record: dict) -> dict:
@@ -86,25 +87,83 @@ def _write_text(records: Iterable[dict], path: Path, fmt: Format) -> int:
     return count
 
 
-def _write_parquet(records: Iterable[dict], path: Path, fmt: Format) -> int:
+COLUMNS = ("instruction", "input", "output", *PROVENANCE)
+
+
+def _schema():
     import pyarrow as pa
+
+    return pa.schema([(c, pa.int64() if c == "round" else pa.string()) for c in COLUMNS])
+
+
+def _parquet_rows(records: Iterable[dict], open_writer, rows_per_file: int | None = None) -> int:
+    """Stream ``records`` into Parquet writers from ``open_writer(index)``, a new file every ``rows_per_file``."""
+    import pyarrow as pa
+
+    schema = _schema()
+    count, files, writer, batch = 0, 0, None, []
+
+    def flush():
+        nonlocal writer, batch, files
+        if batch:
+            if writer is None:
+                writer = open_writer(files, schema)
+                files += 1
+            writer.write_table(pa.Table.from_pylist(batch, schema))
+            batch = []
+
+    for record in records:
+        batch.append({c: record.get(c) if c != "input" else record.get("input", "") for c in COLUMNS})
+        count += 1
+        if len(batch) >= 2048 or (rows_per_file and count % rows_per_file == 0):
+            flush()
+            if rows_per_file and count % rows_per_file == 0:
+                writer.close()
+                writer = None
+    flush()
+    if writer is None and not count:
+        writer = open_writer(0, schema)   # an empty dataset is still one (empty) file
+    if writer is not None:
+        writer.close()
+    return count
+
+
+def _write_parquet(records: Iterable[dict], path: Path, fmt: Format) -> int:
     import pyarrow.parquet as pq
 
-    count = 0
-    columns = ("instruction", "input", "output", *PROVENANCE)
-    schema = pa.schema([(c, pa.int64() if c == "round" else pa.string()) for c in columns])
     with atomic_write(path, mode=None) as tmp:
-        writer = pq.ParquetWriter(tmp, schema)
-        batch: list[dict] = []
-        for record in records:
-            batch.append({c: record.get(c) if c != "input" else record.get("input", "") for c in columns})
-            count += 1
-            if len(batch) >= 2048:
-                writer.write_table(pa.Table.from_pylist(batch, schema))
-                batch = []
-        if batch:
-            writer.write_table(pa.Table.from_pylist(batch, schema))
-        writer.close()
+        return _parquet_rows(records, lambda _, schema: pq.ParquetWriter(tmp, schema))
+
+
+# Records per Parquet shard of an hf folder: about 100-300 MB of evolved text, under the Hub's advice of
+# shards below 500 MB, and few enough files that the Hub's viewer and `datasets` read them in one go.
+HF_SHARD_ROWS = 200_000
+HF_DATA = "data"
+
+
+def _write_hf(records: Iterable[dict], path: Path, fmt: Format) -> int:
+    """A folder ``datasets.load_dataset(path)`` reads: ``data/train-0000i-of-0000n.parquet`` (the card,
+    README.md, is the caller's: it needs the run's statistics). The shards are written into a hidden
+    folder beside ``data/`` and swapped in whole, so a killed write never leaves a half dataset."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    path.mkdir(parents=True, exist_ok=True)
+    staging, old = path / f".{HF_DATA}.tmp", path / f".{HF_DATA}.old"
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir()
+    count = _parquet_rows(records, lambda i, schema: pq.ParquetWriter(staging / f"train-{i:05d}.parquet", schema),
+                          HF_SHARD_ROWS)
+    shards = sorted(staging.glob("train-*.parquet"))
+    for i, shard in enumerate(shards):
+        shard.rename(staging / f"train-{i:05d}-of-{len(shards):05d}.parquet")
+    target = path / HF_DATA
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
     return count
 
 
@@ -115,6 +174,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("openai", "chat JSON Lines of {messages}; provenance in OUT-stem.provenance.jsonl", _openai_row,
            sidecar=True),
     Format("parquet", "columns instruction, input, output and provenance", write=_write_parquet, suffix=".parquet"),
+    Format("hf", "a Hugging Face dataset folder (--out DIR): data/*.parquet and a README.md dataset card",
+           write=_write_hf, folder=True),
 )}
 DEFAULT_FORMAT = "jsonl"
 

@@ -14,6 +14,10 @@ is spelled here and nowhere else:
   unfinished items, so a rerun pays for no finished call; dropped once the round is whole;
 - ``batches.jsonl``: under ``--batch``, the batches submitted (intent, batch id, done; llm/batch/), so a
   rerun attaches to a batch instead of paying for it twice;
+- ``contaminated.jsonl``: under ``--decontaminate``, the seeds left out at ingest as copies of a
+  benchmark item (with the item's id); they go to the rejects, never to a round;
+- ``pilot.jsonl``: ``--dry-run --pilot N``'s measure of each pilot item's calls and tokens per role and
+  phase; the items' results are in the journals above, so the real run does not pay for them again;
 - ``stats.json``: the run's stats (EvolveStats), also logged to MLflow;
 - ``shuffle/``: output.shuffled's bucket files while the output is assembled.
 
@@ -38,6 +42,8 @@ SEEDS_DONE = "seeds.done"
 BAD_LINES = "bad_lines.jsonl"
 STATS = "stats.json"
 BATCHES = "batches.jsonl"
+CONTAMINATED = "contaminated.jsonl"
+PILOT = "pilot.jsonl"
 SUFFIX = ".work"
 
 
@@ -54,6 +60,8 @@ class WorkFolder:
         self.bad_lines = self.path / BAD_LINES
         self.stats = self.path / STATS
         self.batches = self.path / BATCHES   # the journal of --batch (batch_journal.BatchJournal)
+        self.contaminated = self.path / CONTAMINATED
+        self.pilot = self.path / PILOT
 
     def __repr__(self) -> str:
         return f"WorkFolder({str(self.path)!r})"
