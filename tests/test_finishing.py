@@ -207,6 +207,10 @@ def test_push_to_hub_uploads_the_folder_with_the_token_from_the_environment(tmp_
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    # An in-process compare earlier in the suite sets HF_HUB_OFFLINE for its own process (its report's
+    # embeddings): this test's process is a user's evolve, which never ran a compare.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.setenv("HF_TOKEN", token)
     with FakeHub(token=token) as hub:

@@ -14,19 +14,19 @@ Servers and gateways limit in two ways, and one knob cannot serve both:
 
 Which limit refused is read from the refused call: sent with more calls in flight than any call that
 came back well in the last two seconds, the window is at fault (it goes back to that level and stays
-under it for 16 round trips, then probes one call higher); sent at a level that worked, the rate is.
-Then the pace goes to 95% of the rate the server took (answered calls over the last second, or over
-the run so far if shorter), or of the pace itself once one is set. The pace grows while calls wait for
-it: 4% a second near the pace of the last refusal (a probe about every two seconds, each costing a few
-refusals), 50% a second away from it (after a cold start's guess, or when the server allows more than
-it did). At most one cut per round trip, and only by calls sent after the last cut: a burst of
-refusals answers one excess, not many.
+under it for 4 round trips); sent at a level that worked, the rate is. Then the pace goes to 95% of the
+pace (or, when the server took far less, of the rate it took: answered calls over the last second);
+a cold start's first pace is half the rate its last round trips took. The pace grows while calls wait
+for it: 4% a second near the pace of the last refusal, 100% a second below 0.85 of it. At most one cut
+per round trip, and only by calls sent after the last cut: a burst of refusals answers one excess.
 
-A refused call is not a failed call (llm/http_engine.py sends it again, its Retry-After waited out,
-without spending a retry). Every start is held only when cuts do not help: refused in three round
-trips in a row while held under a cut, or at the minimum; then for the Retry-After (60 s at most),
-or without one for a round trip doubling per further refusal (one second at most), and probing waits
-20 x the Retry-After (``PROBE_COST``: each probe may cost a pause of every start).
+A refused call is not a failed call: llm/http_engine.py sends it again itself, after its Retry-After
+or ``retry_wait``, without spending one of DSPy's retries, and keeps its place in the window for a
+round trip. Every start is held when cuts do not help: a round trip's worth of calls sent since the
+last cut all refused and none answered (a fixed window's count spent: the pace then goes to 95% of what
+the last second took), three refused round trips in a row while held, or refusals at the minimum;
+for the Retry-After (60 s at most), or without one for a round trip doubling per further pause (1 s
+at most).
 
 Measured against the loopback limiters of benchmarks/ratelimit_bench.py (200/s or 10 in flight, 50 ms,
 4,000 calls from a cold start, figures in its docstring and issue 26's note).
