@@ -122,20 +122,7 @@ def near_duplicate_groups(texts: list[str], threshold: float = NEAR_DUPLICATE_JA
     0.6 s (1.1 s with the other core busy); 50,000 rows (those problems, their worked solutions, and
     problems with 30% of their words replaced at random: a worst case of shared vocabulary) in 11 s.
     """
-    t = Fraction(threshold).limit_denominator(1000)
-    if not 0 < t <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    # identical word sets (and identical texts without a word) are one node before the join
-    node_of: dict[object, int] = {}
-    sets: list[frozenset[str]] = []
-    node = np.empty(len(texts), dtype=np.int64)
-    for i, text in enumerate(texts):
-        words = _words(text)
-        key = words if words else ("", text)
-        if key not in node_of:
-            node_of[key] = len(sets)
-            sets.append(words)
-        node[i] = node_of[key]
+    t, sets, node = _nodes(texts, threshold)
     pairs = _similar_pairs(sets, t.numerator, t.denominator)
     graph = sparse.coo_matrix((np.ones(len(pairs[0])), pairs), shape=(len(sets), len(sets)))
     _, component = connected_components(graph, directed=False)
@@ -147,20 +134,10 @@ def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_DUPLICATE_JAC
     """Every pair (i, j), i < j, of texts whose word sets reach ``threshold`` Jaccard similarity: the
     same exact join as ``near_duplicate_groups``, without the transitive closure (evolve's --dedup
     decides per pair: an evolution near its own seed is no duplicate, near another seed it is)."""
-    t = Fraction(threshold).limit_denominator(1000)
-    if not 0 < t <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    node_of: dict[object, int] = {}
-    sets: list[frozenset[str]] = []
-    members: list[list[int]] = []
-    for i, text in enumerate(texts):
-        words = _words(text)
-        key = words if words else ("", text)
-        if key not in node_of:
-            node_of[key] = len(sets)
-            sets.append(words)
-            members.append([])
-        members[node_of[key]].append(i)
+    t, sets, node = _nodes(texts, threshold)
+    members: list[list[int]] = [[] for _ in sets]
+    for i, n in enumerate(node.tolist()):
+        members[n].append(i)
     found: set[tuple[int, int]] = set()
     for group in members:   # identical word sets
         found.update((a, b) for k, a in enumerate(group) for b in group[k + 1:])
@@ -168,6 +145,25 @@ def near_duplicate_pairs(texts: list[str], threshold: float = NEAR_DUPLICATE_JAC
     for x, y in zip(xs.tolist(), ys.tolist()):
         found.update((min(a, b), max(a, b)) for a in members[x] for b in members[y])
     return sorted(found)
+
+
+def _nodes(texts: list[str], threshold: float) -> tuple[Fraction, list[frozenset[str]], np.ndarray]:
+    """The threshold as a fraction (checked), the distinct word sets, and each text's index among them:
+    identical word sets (and identical texts without a word) are one node before the join."""
+    t = Fraction(threshold).limit_denominator(1000)
+    if not 0 < t <= 1:
+        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    node_of: dict[object, int] = {}
+    sets: list[frozenset[str]] = []
+    node = np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        words = _words(text)
+        key = words if words else ("", text)
+        if key not in node_of:
+            node_of[key] = len(sets)
+            sets.append(words)
+        node[i] = node_of[key]
+    return t, sets, node
 
 
 def _similar_pairs(sets: list[frozenset[str]], num: int, den: int) -> tuple[np.ndarray, np.ndarray]:
