@@ -29,6 +29,13 @@ from ..core.secrets import split_credentials
 MAX_REFUSED = 900.0   # seconds one call may be refused by the server's limit before it counts as failed
 
 
+def _refused(status: int | None, retry_after: float | None, gate) -> bool:
+    """A refusal by the server's limit, not a failure: a 429, or a 503 that names a Retry-After or comes
+    while the server answers other calls (a 503 from a server that answers nothing is an outage)."""
+    return status == 429 or (status == 503 and (retry_after is not None or
+                                                 (gate is not None and gate.answering())))
+
+
 def _json_bytes(value) -> bytes:
     """A request body as JSON bytes: orjson takes ~2 us where json.dumps (what aiohttp's ``json=``
     calls) took ~21 us per body, profiled. A value orjson refuses (a lone surrogate in a prompt, an
@@ -208,9 +215,7 @@ class AsyncOpenAICompatEngine:
         while True:
             status, text, retry_after = await self._attempt(request)
             gate = self.limit
-            refused = status == 429 or (status == 503 and (retry_after is not None or
-                                                           (gate is not None and gate.answering())))
-            if not refused:
+            if not _refused(status, retry_after, gate):
                 break
             now = time.monotonic()
             first_refused = now if first_refused is None else first_refused
@@ -253,7 +258,7 @@ class AsyncOpenAICompatEngine:
             raise lm15.TransportError(f"connection failed: {exc}") from None
         finally:
             if slot is not None:
-                if status == 429 or (status == 503 and (retry_after is not None or gate.answering())):
+                if _refused(status, retry_after, gate):
                     gate.throttle(slot, retry_after)
                 elif status is not None and status < 300:
                     gate.success(slot)
